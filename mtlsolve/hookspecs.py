@@ -1,0 +1,30 @@
+"""The hooks a plugin implements.
+
+A plugin is a module (or object) named by an entry point in the ``mtlsolve``
+group. It implements the hooks below with ``@mtlsolve.hookimpl``::
+
+    from mtlsolve import hookimpl
+
+    @hookimpl
+    def register_solvers(register):
+        register(MySolver)
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "mtlsolve"
+ENTRY_POINT_GROUP = "mtlsolve"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_solvers(register):
+    """Register solver classes by calling ``register(SolverClass)`` once for each.
+
+    The class supplies its canonical ``name``, its ``aliases`` (each alias may
+    preset keyword arguments) and the rest of its metadata.
+    """

@@ -1,0 +1,258 @@
+"""The solver registry: plugin discovery through entry points, lookup by name and config.
+
+Plugins are found through the ``mtlsolve`` entry-point group, the built-in
+solver families included, and loaded lazily the first time a name is looked
+up. Two environment variables control loading:
+
+* ``MTLSOLVE_DISABLE_PLUGIN_AUTOLOAD=1`` loads only the entry points of the
+  ``mtlsolve`` distribution itself (the built-in solvers);
+* ``MTLSOLVE_BLOCK_PLUGINS=a,b`` skips the entry points whose name or whose
+  distribution name is listed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import threading
+import warnings
+from typing import Any, Callable, Iterable, Mapping
+
+import attrs
+import pluggy
+
+from mtlsolve import hookspecs
+from mtlsolve.errors import InvalidConfigError, PluginError, PluginWarning, UnknownSolverError
+from mtlsolve.solver import FAMILIES, PROPERTIES, Need, Solver
+
+DISABLE_AUTOLOAD_ENV = "MTLSOLVE_DISABLE_PLUGIN_AUTOLOAD"
+BLOCK_ENV = "MTLSOLVE_BLOCK_PLUGINS"
+OWN_DISTRIBUTION = "mtlsolve"
+
+
+def normalise(name: str) -> str:
+    """The lookup key of a name: lower case, without ``-``, ``_`` or spaces."""
+    return "".join(ch for ch in name.lower() if ch not in "-_ ")
+
+
+@attrs.frozen
+class Entry:
+    """One registered solver: its class and where it came from."""
+
+    cls: type[Solver]
+    distribution: str
+    plugin: str
+
+    @property
+    def name(self) -> str:
+        return self.cls.name
+
+
+@attrs.frozen
+class _Alias:
+    canonical: str
+    preset: Mapping[str, Any]
+
+
+class Registry:
+    """Solver classes by canonical name, with aliases; filled once from the plugins."""
+
+    def __init__(self, entry_points: Callable[[], Iterable[importlib.metadata.EntryPoint]] | None = None) -> None:
+        self._entry_points = entry_points or (lambda: importlib.metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP))
+        self._lock = threading.RLock()
+        self._loaded = False
+        self._entries: dict[str, Entry] = {}
+        self._aliases: dict[str, _Alias] = {}
+        self.plugin_manager: pluggy.PluginManager | None = None
+
+    # ---------------------------------------------------------------- loading
+    def load(self) -> None:
+        """Discover and register every plugin; runs once, later calls return at once."""
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            pm = pluggy.PluginManager(hookspecs.PROJECT)
+            pm.add_hookspecs(hookspecs)
+            distributions: dict[str, str] = {}
+            for ep in self._selected_entry_points():
+                dist = _distribution_name(ep)
+                try:
+                    plugin = ep.load()
+                    pm.register(plugin, name=ep.name)
+                except Exception as exc:  # a broken plugin must not break the registry
+                    warnings.warn(
+                        f"mtlsolve plugin {ep.name!r} from distribution {dist!r} failed to load "
+                        f"({type(exc).__name__}: {exc}); its solvers are unavailable",
+                        PluginWarning,
+                        stacklevel=3,
+                    )
+                    continue
+                distributions[ep.name] = dist
+            for impl in pm.hook.register_solvers.get_hookimpls():
+                dist = distributions.get(impl.plugin_name, "<unknown>")
+                try:
+                    impl.function(register=lambda cls, _d=dist, _p=impl.plugin_name: self.register(cls, _d, _p))
+                except Exception as exc:
+                    warnings.warn(
+                        f"mtlsolve plugin {impl.plugin_name!r} from distribution {dist!r} failed while "
+                        f"registering solvers ({type(exc).__name__}: {exc})",
+                        PluginWarning,
+                        stacklevel=3,
+                    )
+            self.plugin_manager = pm
+            self._loaded = True
+
+    def reload(self) -> None:
+        """Forget everything and discover the plugins again (for tests and notebooks)."""
+        with self._lock:
+            self._loaded = False
+            self._entries.clear()
+            self._aliases.clear()
+            self.load()
+
+    def _selected_entry_points(self) -> list[importlib.metadata.EntryPoint]:
+        blocked = {b.strip() for b in os.environ.get(BLOCK_ENV, "").split(",") if b.strip()}
+        own_only = os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no")
+        selected = []
+        for ep in self._entry_points():
+            dist = _distribution_name(ep)
+            if ep.name in blocked or dist in blocked:
+                continue
+            if own_only and dist != OWN_DISTRIBUTION:
+                continue
+            selected.append(ep)
+        # The built-in solvers register first, so a third-party clash never shadows them.
+        return sorted(selected, key=lambda ep: _distribution_name(ep) != OWN_DISTRIBUTION)
+
+    # ----------------------------------------------------------- registering
+    def register(self, cls: type[Solver], distribution: str = "<direct>", plugin: str = "<direct>") -> None:
+        """Add a solver class; a clash keeps the first registration and warns naming both sources."""
+        _validate_solver_class(cls, distribution)
+        entry = Entry(cls, distribution, plugin)
+        with self._lock:
+            names = [cls.name, *cls.aliases]
+            for name in names:
+                key = normalise(name)
+                holder = self._holder(key)
+                if holder is not None:
+                    warnings.warn(
+                        f"solver name {name!r} from distribution {distribution!r} (plugin {plugin!r}) clashes "
+                        f"with {holder.name!r} from distribution {holder.distribution!r}; keeping the latter",
+                        PluginWarning,
+                        stacklevel=3,
+                    )
+                    if name == cls.name:
+                        return
+                    continue
+                if name == cls.name:
+                    self._entries[key] = entry
+                else:
+                    self._aliases[key] = _Alias(normalise(cls.name), dict(cls.aliases[name]))
+
+    def _holder(self, key: str) -> Entry | None:
+        if key in self._entries:
+            return self._entries[key]
+        if key in self._aliases:
+            return self._entries[self._aliases[key].canonical]
+        return None
+
+    # ---------------------------------------------------------------- lookup
+    def available(self) -> list[str]:
+        self.load()
+        return sorted(e.name for e in self._entries.values())
+
+    def entries(self) -> list[Entry]:
+        self.load()
+        return sorted(self._entries.values(), key=lambda e: e.name)
+
+    def resolve(self, name: str) -> tuple[Entry, Mapping[str, Any]]:
+        """The entry a name or alias refers to, and the keyword arguments the alias presets."""
+        self.load()
+        if not isinstance(name, str):
+            raise UnknownSolverError(f"a solver name must be a string, got {name!r}")
+        key = normalise(name)
+        if key in self._entries:
+            return self._entries[key], {}
+        if key in self._aliases:
+            alias = self._aliases[key]
+            return self._entries[alias.canonical], alias.preset
+        raise UnknownSolverError(f"no solver named {name!r}; available: {', '.join(self.available())}")
+
+    def get(self, name: str, **kwargs: Any) -> Solver:
+        entry, preset = self.resolve(name)
+        clash = {k for k in preset if k in kwargs and kwargs[k] != preset[k]}
+        if clash:
+            raise InvalidConfigError(
+                f"{name!r} presets {dict((k, preset[k]) for k in clash)}; use {entry.name!r} to set them yourself"
+            )
+        return construct(entry.cls, {**preset, **kwargs}, label=name)
+
+    def from_config(self, config: Mapping[str, Any]) -> Solver:
+        if not isinstance(config, Mapping):
+            raise InvalidConfigError(f"a solver config must be a mapping with a 'name' key, got {config!r}")
+        kwargs = dict(config)
+        name = kwargs.pop("name", None)
+        if name is None:
+            raise InvalidConfigError(f"a solver config needs a 'name' key; got keys {sorted(kwargs)}")
+        return self.get(name, **kwargs)
+
+
+def construct(cls: type[Solver], kwargs: Mapping[str, Any], label: str | None = None) -> Solver:
+    """Build ``cls(**kwargs)``, turning unknown or invalid arguments into an error that lists the fields."""
+    label = label or cls.name
+    fields = hyperparameters(cls)
+    unknown = sorted(set(kwargs) - set(fields))
+    if unknown:
+        raise InvalidConfigError(f"{label}: unknown argument(s) {unknown}; valid fields: {_describe(fields)}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise InvalidConfigError(f"{label}: invalid argument ({exc}); valid fields: {_describe(fields)}") from exc
+
+
+def hyperparameters(cls: type[Solver]) -> dict[str, Any]:
+    """The constructor fields of a solver class and their defaults (``attrs.NOTHING`` when required)."""
+    out = {}
+    for f in attrs.fields(cls):
+        if not f.init:
+            continue
+        default = f.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory() if not default.takes_self else attrs.NOTHING
+        out[f.alias or f.name] = default
+    return out
+
+
+def _describe(fields: Mapping[str, Any]) -> str:
+    parts = [name if d is attrs.NOTHING else f"{name}={d!r}" for name, d in fields.items()]
+    return ", ".join(parts) if parts else "(none)"
+
+
+def _validate_solver_class(cls: Any, distribution: str) -> None:
+    problem = None
+    if not (isinstance(cls, type) and issubclass(cls, Solver)):
+        problem = "is not a subclass of mtlsolve.Solver"
+    elif not attrs.has(cls):
+        problem = "is not an attrs class"
+    elif not isinstance(cls.name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", cls.name):
+        problem = f"has an invalid canonical name {cls.name!r} (lower case with underscores)"
+    elif cls.family not in FAMILIES:
+        problem = f"declares unknown family {cls.family!r}; valid: {sorted(FAMILIES)}"
+    elif not all(isinstance(n, Need) for n in cls.needs):
+        problem = f"declares needs that are not mtlsolve.Need values: {cls.needs}"
+    elif set(cls.properties) - set(PROPERTIES):
+        problem = f"claims unknown properties {sorted(set(cls.properties) - set(PROPERTIES))}"
+    if problem:
+        raise PluginError(f"{cls!r} registered by distribution {distribution!r} {problem}")
+
+
+def _distribution_name(ep: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.name if dist is not None and dist.name else "<unknown>"
+
+
+#: The process-wide registry behind mtlsolve.get / available / from_config.
+registry = Registry()

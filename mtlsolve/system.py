@@ -1,0 +1,258 @@
+"""The gradient system: everything one training step hands to a solver."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import numpy as np
+
+from mtlsolve._array import is_torch, to_numpy64
+from mtlsolve.errors import InvalidSystemError, NonFiniteError
+
+#: What a system's gradient rows are taken with respect to.
+GRADIENT_KINDS = ("shared", "representation")
+
+
+class GradientSystem:
+    """One step's task gradients, Gramian, losses and extras; immutable.
+
+    ``matrix`` is the task-gradient matrix G (m x n, numpy array or torch
+    tensor on any device), ``gramian`` K = G Gᵀ (m x m; computed from G once,
+    on G's device, when not given), ``losses`` the m task losses, ``extras``
+    anything else a solver may ask for (a preference vector, the step index).
+    ``kind`` says whether the rows are gradients of the shared parameters or
+    of a shared representation.
+
+    Shapes and dtypes are checked on construction; finiteness is checked
+    where the values are first read on the host (the Gramian and the losses),
+    or by :meth:`check_matrix` for solvers that read G element-wise, so that
+    NaN or Inf raise :class:`~mtlsolve.errors.NonFiniteError` instead of
+    flowing into the update.
+    """
+
+    __slots__ = ("_matrix", "_gramian", "_losses", "_extras", "_kind", "_m", "_cache")
+
+    def __init__(
+        self,
+        matrix: Any = None,
+        *,
+        gramian: Any = None,
+        losses: Any = None,
+        extras: Mapping[str, Any] | None = None,
+        kind: str = "shared",
+    ) -> None:
+        if kind not in GRADIENT_KINDS:
+            raise InvalidSystemError(f"kind must be one of {GRADIENT_KINDS}, got {kind!r}")
+        matrix = _as_float_array(matrix, "matrix", ndim=2)
+        gramian = _as_float_array(gramian, "gramian", ndim=2)
+        losses = _as_float_array(losses, "losses", ndim=1)
+        sizes = {
+            "matrix rows": None if matrix is None else matrix.shape[0],
+            "gramian size": None if gramian is None else gramian.shape[0],
+            "losses": None if losses is None else losses.shape[0],
+        }
+        given = {k: v for k, v in sizes.items() if v is not None}
+        if not given:
+            raise InvalidSystemError("a gradient system needs a matrix, a gramian or losses")
+        if len(set(given.values())) > 1:
+            raise InvalidSystemError(f"inconsistent number of tasks: {given}")
+        if gramian is not None and gramian.shape[0] != gramian.shape[1]:
+            raise InvalidSystemError(f"gramian must be square, got shape {tuple(gramian.shape)}")
+        m = next(iter(given.values()))
+        if m < 1:
+            raise InvalidSystemError("a gradient system needs at least one task")
+        setter = object.__setattr__
+        setter(self, "_matrix", matrix)
+        setter(self, "_gramian", gramian)
+        setter(self, "_losses", losses)
+        setter(self, "_extras", MappingProxyType(dict(extras or {})))
+        setter(self, "_kind", kind)
+        setter(self, "_m", int(m))
+        setter(self, "_cache", {})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("GradientSystem is immutable; build a new one with .replace()")
+
+    def __repr__(self) -> str:
+        parts = [f"m={self._m}"]
+        if self._matrix is not None:
+            parts.append(f"n={self._matrix.shape[1]}")
+        parts.append("backend=" + self.backend)
+        if self._kind != "shared":
+            parts.append(f"kind={self._kind!r}")
+        return f"GradientSystem({', '.join(parts)})"
+
+    # ----------------------------------------------------------------- fields
+    @property
+    def m(self) -> int:
+        """The number of tasks."""
+        return self._m
+
+    @property
+    def n(self) -> int | None:
+        """The number of gradient coordinates, when G is present."""
+        return None if self._matrix is None else int(self._matrix.shape[1])
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    @property
+    def extras(self) -> Mapping[str, Any]:
+        return self._extras
+
+    @property
+    def has_matrix(self) -> bool:
+        return self._matrix is not None
+
+    @property
+    def has_gramian(self) -> bool:
+        return self._gramian is not None or self._matrix is not None
+
+    @property
+    def has_losses(self) -> bool:
+        return self._losses is not None
+
+    @property
+    def backend(self) -> str:
+        """``"torch"`` when any array is a tensor, else ``"numpy"``."""
+        arrays = (self._matrix, self._gramian, self._losses)
+        return "torch" if any(is_torch(a) for a in arrays) else "numpy"
+
+    @property
+    def reference(self) -> Any:
+        """The array whose type, dtype and device results should take."""
+        for a in (self._matrix, self._gramian, self._losses):
+            if a is not None:
+                return a
+        raise AssertionError("unreachable: a system always holds an array")
+
+    @property
+    def matrix(self) -> Any:
+        """G, m x n, exactly as given; raises if the system has none."""
+        if self._matrix is None:
+            raise InvalidSystemError("this solver needs the task-gradient matrix G, and the system has none")
+        return self._matrix
+
+    @property
+    def gramian(self) -> Any:
+        """K = G Gᵀ in G's array type and device, computed once."""
+        if self._gramian is not None:
+            return self._gramian
+        if "gramian" not in self._cache:
+            G = self.matrix
+            if is_torch(G) and G.dtype in _torch_half_dtypes():
+                G = G.float()
+            elif not is_torch(G) and G.dtype == np.float16:
+                G = G.astype(np.float32)
+            self._cache["gramian"] = G @ G.T
+        return self._cache["gramian"]
+
+    @property
+    def gramian64(self) -> np.ndarray:
+        """K as a symmetric float64 numpy array on the host, checked finite.
+
+        This is where inner m x m problems read the Gramian; for a tensor on
+        a GPU it is the one device-to-host copy of a step.
+        """
+        if "gramian64" not in self._cache:
+            K = to_numpy64(self.gramian)
+            if not np.isfinite(K).all():
+                bad = [i for i in range(self._m) if not np.isfinite(K[i]).all()]
+                raise NonFiniteError(
+                    f"the Gramian has non-finite entries in rows {bad}: task gradients hold NaN or Inf, "
+                    "or are so large that their squared norm overflows"
+                )
+            K = 0.5 * (K + K.T)
+            K.setflags(write=False)
+            self._cache["gramian64"] = K
+        return self._cache["gramian64"]
+
+    @property
+    def losses(self) -> Any:
+        """The task losses as given; raises if the system has none."""
+        if self._losses is None:
+            raise InvalidSystemError("this solver needs the task losses, and the system has none")
+        return self._losses
+
+    @property
+    def losses64(self) -> np.ndarray:
+        """The losses as a float64 numpy vector, checked finite."""
+        if "losses64" not in self._cache:
+            L = to_numpy64(self.losses)
+            if not np.isfinite(L).all():
+                raise NonFiniteError(f"losses must be finite, got {L.tolist()}")
+            L.setflags(write=False)
+            self._cache["losses64"] = L
+        return self._cache["losses64"]
+
+    def check_matrix(self) -> None:
+        """Raise NonFiniteError if G holds NaN or Inf (one pass over G)."""
+        if self._cache.get("matrix_checked"):
+            return
+        G = self.matrix
+        finite = bool(G.isfinite().all()) if is_torch(G) else bool(np.isfinite(G).all())
+        if not finite:
+            raise NonFiniteError("the task-gradient matrix holds NaN or Inf")
+        self._cache["matrix_checked"] = True
+
+    def replace(self, **changes: Any) -> "GradientSystem":
+        """A new system with some of ``matrix, gramian, losses, extras, kind`` changed."""
+        fields = {
+            "matrix": self._matrix,
+            "gramian": self._gramian,
+            "losses": self._losses,
+            "extras": self._extras,
+            "kind": self._kind,
+        }
+        unknown = set(changes) - set(fields)
+        if unknown:
+            raise TypeError(f"unknown fields {sorted(unknown)}; valid: {sorted(fields)}")
+        if "matrix" in changes and "gramian" not in changes:
+            fields["gramian"] = None
+        fields.update(changes)
+        return GradientSystem(fields.pop("matrix"), **fields)
+
+
+def as_system(
+    matrix: Any = None,
+    *,
+    gramian: Any = None,
+    losses: Any = None,
+    kind: str = "shared",
+    **extras: Any,
+) -> GradientSystem:
+    """Wrap the arguments of ``solver(...)`` into a system (a system passes through)."""
+    if isinstance(matrix, GradientSystem):
+        if gramian is not None or losses is not None or extras:
+            raise InvalidSystemError("pass either a GradientSystem or arrays, not both")
+        return matrix
+    return GradientSystem(matrix, gramian=gramian, losses=losses, extras=extras, kind=kind)
+
+
+def _torch_half_dtypes():
+    import torch
+
+    return (torch.float16, torch.bfloat16)
+
+
+def _as_float_array(x: Any, what: str, ndim: int) -> Any:
+    if x is None:
+        return None
+    if is_torch(x):
+        if not x.is_floating_point():
+            raise InvalidSystemError(f"{what} must be a floating-point tensor, got {x.dtype}")
+    else:
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # ragged lists and other non-arrays
+            raise InvalidSystemError(f"{what} cannot be read as an array: {exc}") from None
+        if x.dtype.kind in "biu":
+            x = x.astype(np.float64)
+        elif x.dtype.kind != "f":
+            raise InvalidSystemError(f"{what} must hold real numbers, got dtype {x.dtype}")
+    if x.ndim != ndim:
+        shape = "m x n" if ndim == 2 else "m"
+        raise InvalidSystemError(f"{what} must be {ndim}-D ({shape}), got shape {tuple(x.shape)}")
+    return x

@@ -1,0 +1,16 @@
+"""Gradient weightings on the Gramian (catalogue §3.2): w from K = G Gᵀ, update d = Gᵀw."""
+
+from mtlsolve import hookimpl
+from mtlsolve.plugins.gramian.aligned_mtl import AlignedMTL
+from mtlsolve.plugins.gramian.cagrad import CAGrad
+from mtlsolve.plugins.gramian.imtl_g import IMTLG
+from mtlsolve.plugins.gramian.mgda import MGDA
+from mtlsolve.plugins.gramian.nash_mtl import NashMTL
+from mtlsolve.plugins.gramian.pcgrad import PCGrad
+from mtlsolve.plugins.gramian.upgrad import UPGrad
+
+
+@hookimpl
+def register_solvers(register):
+    for cls in (AlignedMTL, CAGrad, IMTLG, MGDA, NashMTL, PCGrad, UPGrad):
+        register(cls)
