@@ -1,0 +1,5 @@
+import sys
+
+from mtlsolve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""The ``mtlsolve`` command line: ``list``, ``info NAME`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+import attrs
+
+from mtlsolve.registry import hyperparameters, registry
+from mtlsolve.solver import FAMILIES, PROPERTIES
+
+
+def _table(rows: list[Sequence[str]], header: Sequence[str]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = []
+    for e in registry.entries():
+        needs = ", ".join(sorted(n.value for n in e.cls.needs)) or "-"
+        rows.append((e.name, e.cls.family, needs, e.distribution))
+    print(_table(rows, ("name", "family", "needs", "distribution")))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    entry, preset = registry.resolve(args.name)
+    cls = entry.cls
+    doc = " ".join((cls.__doc__ or "").split())
+    print(f"{cls.name}  ({FAMILIES.get(cls.family, cls.family)})")
+    if preset:
+        print(f"  alias {args.name!r} presets {dict(preset)}")
+    print(f"  paper:        {cls.paper or '-'}")
+    print(f"  summary:      {doc or '-'}")
+    print(f"  aliases:      {', '.join(cls.aliases) or '-'}")
+    print(f"  needs:        {', '.join(sorted(n.value for n in cls.needs)) or '-'}")
+    flags = [f for f, on in (("stateful", cls.stateful), ("randomized", cls.randomized)) if on]
+    print(f"  behaviour:    {', '.join(flags) or 'stateless, deterministic'}")
+    print(f"  distribution: {entry.distribution}")
+    print("  defaults:")
+    for name, default in hyperparameters(cls).items():
+        print(f"    {name} = {'(required)' if default is attrs.NOTHING else repr(default)}")
+    print("  properties:")
+    for p in sorted(cls.properties):
+        print(f"    {p}: {PROPERTIES[p]}")
+    if not cls.properties:
+        print("    (none claimed)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mtlsolve import bench
+
+    return bench.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtlsolve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="every registered solver: name, family, needs, distribution").set_defaults(
+        func=cmd_list
+    )
+    info = sub.add_parser("info", help="one solver's paper, defaults and properties")
+    info.add_argument("name", help="a solver name or alias")
+    info.set_defaults(func=cmd_info)
+    bench = sub.add_parser("bench", help="run solvers on the built-in problems and print a results table")
+    from mtlsolve.bench import add_arguments
+
+    add_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from mtlsolve.errors import MtlsolveError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MtlsolveError as exc:
+        print(f"mtlsolve: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
