@@ -1,0 +1,511 @@
+"""CAGrad's inner problem (Liu et al., NeurIPS 2021, arXiv 2110.14048, eq. (4)–(5)).
+
+With g_0 = Gᵀ1/m, b = K1/m (b_i = g_i·g_0) and φ = c‖g_0‖, the dual is
+
+    w* = argmin_{w ∈ Δ_m} F(w),   F(w) = bᵀw + φ√(wᵀKw) = g_wᵀg_0 + φ‖g_w‖,
+
+and the update is d = g_0 + φ g_w*/‖g_w*‖. The kernel does not solve the dual
+directly. CAGrad's primal max_{‖d − g_0‖ ≤ φ} min_i g_i·d has the value
+θ* = F(w*), and for every θ the projection of g_0 onto P_θ = {d : g_i·d ≥ θ}
+is d(θ) = g_0 + Gᵀν(θ) with
+
+    ν(θ) = argmin_{ν ≥ 0} ½νᵀKν + (b − θ1)ᵀν          (a non-negative QP),
+
+so p(θ) = φ²/2 − ½‖d(θ) − g_0‖² is the optimal value plus φ²/2: concave and
+non-increasing. θ* is its root (the largest θ whose P_θ meets the ball), d* =
+d(θ*), ν* = φw*/‖g_w*‖, so w* = ν*/1ᵀν* and the update's weights are
+1/m + ν*. Equivalently θ* = min_{ν ≥ 0} (½νᵀKν + bᵀν + φ²/2)/1ᵀν, which
+Dinkelbach's method (Newton's method on p from the right) minimises; on a
+fixed free set F, ν_F(θ) = θK_FF⁻¹1 − K_FF⁻¹b_F is affine and p a concave
+parabola, so once the free set is right its root is computed in closed form
+and checked against the KKT conditions: the result is exact, not iterated
+to a tolerance.
+
+Degenerate cases, none producing NaN:
+
+- φ = 0 (c = 0 or g_0 = 0): d = g_0, ν = 0; w* is a vertex minimising b.
+- θ* = 0: every d of the ball with Gd ≥ 0 is optimal (d is unique whenever
+  θ* ≠ 0). This happens when 0 ∈ conv{g_i} and dist(g_0, P_0) ≤ φ (the dual
+  optimum has g_w* = 0), or at c = 1 exactly when 0 ∈ conv{g_i}. The kernel
+  returns the optimal d nearest g_0, the projection of g_0 onto
+  P_0 = {d : Gd ≥ 0}, which is also the limit of d(θ*) as the data approach
+  such a case, flagged ``degenerate``; w* is then a minimiser with F(w*) = 0
+  (where g_w* = 0, only to about √δ).
+  For θ > 0 the QP is unbounded when 0 ∈ conv{g_i}; the ridge bounds it with
+  y ~ θ/δ, which the kernel recognises because the resulting d misses
+  min_i g_i·d = θ with the unregularised K.
+
+The QPs are solved in the Jacobi-scaled variable y = s∘ν (s_i = ‖g_i‖) by a
+primal active-set method (Nocedal & Wright, Alg. 16.3, bounds only) with a
+Cholesky factor of the free block that grows by one row per added index and is
+refactored when one leaves; a relative ridge δ = 1e-14 on the unit diagonal
+keeps dependent free sets (duplicated gradients, n < m) well posed, and the
+final closed-form root is recomputed without it where Q_FF allows (pivots
+above 1e-10), so the ridge does not bias the answer.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from mtlsolve.kernels import _cvx
+
+#: ridge δ added to the unit diagonal of the scaled Gramian
+RIDGE = 1e-14
+#: outer (Dinkelbach) iteration cap; each outer step costs one warm-started QP solve
+MAX_OUTER = 60
+
+
+@numba.njit(cache=True)
+def _chol_append(L, nf, Q, idx, j, delta):
+    """Extend the Cholesky factor L (nf x nf) of Q[F, F] + δI by index j."""
+    for r in range(nf):
+        s = Q[idx[r], j]
+        for c in range(r):
+            s -= L[nf, c] * L[r, c]
+        L[nf, r] = s / L[r, r]
+    d = Q[j, j] + delta
+    for c in range(nf):
+        d -= L[nf, c] * L[nf, c]
+    # the Schur complement of a matrix ⪰ δI is ≥ δ: clamp round-off and slightly indefinite input
+    L[nf, nf] = np.sqrt(max(d, delta))
+    idx[nf] = j
+
+
+@numba.njit(cache=True)
+def _factor(L, Q, idx, free, delta):
+    """Factor Q[F, F] + δI for the free set F from scratch; returns |F|."""
+    nf = 0
+    for i in range(Q.shape[0]):
+        if free[i]:
+            _chol_append(L, nf, Q, idx, i, delta)
+            nf += 1
+    return nf
+
+
+@numba.njit(cache=True)
+def _chol_solve(L, nf, rhs, out):
+    """out[:nf] = (L Lᵀ)⁻¹ rhs[:nf]."""
+    for i in range(nf):
+        s = rhs[i]
+        for c in range(i):
+            s -= L[i, c] * out[c]
+        out[i] = s / L[i, i]
+    for i in range(nf - 1, -1, -1):
+        s = out[i]
+        for r in range(i + 1, nf):
+            s -= L[r, i] * out[r]
+        out[i] = s / L[i, i]
+
+
+@numba.njit(cache=True)
+def _nnqp(Q, q, delta, y, free, L, idx, rhs, z, max_iter):
+    """min ½yᵀ(Q + δI)y + qᵀy over y ≥ 0, from the feasible y with free set ``free`` (both
+    updated in place). Returns (|F|, iterations, converged); L holds the factor of the final
+    free block, in the order ``idx[:|F|]``."""
+    m = Q.shape[0]
+    for i in range(m):
+        if not free[i]:
+            y[i] = 0.0
+    nf = _factor(L, Q, idx, free, delta)
+    qscale = 0.0
+    for i in range(m):
+        qscale = max(qscale, abs(q[i]))
+    last = -1
+    it = 0
+    while it < max_iter:
+        it += 1
+        if nf > 0:
+            for r in range(nf):
+                rhs[r] = -q[idx[r]]
+            _chol_solve(L, nf, rhs, z)
+            # ratio test: step from y towards the free-set minimiser z until a weight reaches 0
+            alpha = 1.0
+            block = -1
+            for r in range(nf):
+                if z[r] < 0.0:
+                    yr = y[idx[r]]
+                    step = yr / (yr - z[r])
+                    if step < alpha:
+                        alpha = step
+                        block = r
+            for r in range(nf):
+                i = idx[r]
+                y[i] = max(y[i] + alpha * (z[r] - y[i]), 0.0)
+            if block >= 0:
+                j = idx[block]
+                y[j] = 0.0
+                free[j] = False
+                nf = _factor(L, Q, idx, free, delta)
+                if j == last and alpha == 0.0:
+                    # the index just added cannot move: its multiplier was negative by round-off only
+                    return nf, it, True
+                continue
+        # price the bounds: the most negative gradient entry outside the free set enters
+        total = 0.0
+        for r in range(nf):
+            total += y[idx[r]]
+        tol = 1e-13 * (total + qscale)
+        best = -tol
+        last = -1
+        for j in range(m):
+            if not free[j]:
+                g = q[j]
+                for r in range(nf):
+                    g += Q[j, idx[r]] * y[idx[r]]
+                if g < best:
+                    best = g
+                    last = j
+        if last < 0:
+            return nf, it, True
+        _chol_append(L, nf, Q, idx, last, delta)
+        free[last] = True
+        nf += 1
+    return nf, it, False
+
+
+@numba.njit(cache=True)
+def _ratio(Qs, bs, e, y, phi2, delta):
+    """(N, N/D) with N = ½yᵀ(Q + δI)y + bᵀy + φ²/2 (p(0) when y = y(0)) and D = eᵀy:
+    Dinkelbach's update N/D is ≥ θ* for every y ≥ 0, y ≠ 0 (inf for y = 0)."""
+    m = Qs.shape[0]
+    num = 0.5 * phi2
+    den = 0.0
+    for i in range(m):
+        if y[i] != 0.0:
+            t = 0.0
+            for j in range(m):
+                t += Qs[i, j] * y[j]
+            num += y[i] * (0.5 * (t + delta * y[i]) + bs[i])
+            den += e[i] * y[i]
+    return num, (num / den if den > 0.0 else np.inf)
+
+
+@numba.njit(cache=True)
+def _cagrad(K, c, max_iter):
+    m = K.shape[0]
+    s = np.empty(m)
+    b = np.zeros(m)
+    g0sq = 0.0
+    for i in range(m):
+        s[i] = np.sqrt(K[i, i]) if K[i, i] > 0.0 else 1.0
+        for j in range(m):
+            b[i] += K[i, j]
+        b[i] /= m
+        g0sq += b[i] / m
+    phi = c * np.sqrt(max(g0sq, 0.0))
+    phi2 = phi * phi
+    nu = np.zeros(m)
+    w = np.zeros(m)
+    if phi == 0.0:
+        # F(w) = bᵀw: a vertex; d = g_0
+        k = np.argmin(b)
+        w[k] = 1.0
+        return w, nu, b[k], 0, True, False
+    Qs = np.empty((m, m))
+    bs = np.empty(m)
+    e = np.empty(m)
+    bmax = 0.0
+    for i in range(m):
+        bs[i] = b[i] / s[i]
+        e[i] = 1.0 / s[i]
+        bmax = max(bmax, abs(b[i]))
+        for j in range(m):
+            Qs[i, j] = K[i, j] / (s[i] * s[j])
+        if K[i, i] > 0.0:
+            Qs[i, i] = 1.0
+    delta = RIDGE
+    y = np.zeros(m)
+    free = np.zeros(m, np.bool_)
+    work = np.empty((m + 5, m + 1))  # the factor L (first m rows), then work vectors
+    idx = np.empty(m, np.int64)
+    # θ_0 = min_i F(e_i) ≥ θ*, attained by y = t·e_i with t = φ/√(Q_ii + δ)
+    best = 0
+    theta = np.inf
+    for i in range(m):
+        f = b[i] + phi * s[i] * np.sqrt(Qs[i, i] + delta)
+        if f < theta:
+            theta = f
+            best = i
+    y[best] = phi / np.sqrt(Qs[best, best] + delta)
+    free[best] = True
+    theta, iterations, converged = _dinkelbach(Qs, bs, e, phi2, delta, theta, y, free, work, idx, max_iter)
+    scale = bmax + phi2
+    # For θ > 0 the QP is bounded only if 0 ∉ conv{g_i}; the ridge bounds it anyway, with
+    # y ~ θ/δ. A genuine solution has min_i g_i·d = θ with the unregularised K; if not,
+    # 0 ∈ conv{g_i} and θ* ≤ 0. At θ* = 0 (that case, or a root at 0 to round-off) every d of
+    # the ball with Gd ≥ 0 is optimal: take the one nearest g_0, the projection onto P_0.
+    artefact = False
+    if theta > 1e-12 * scale:
+        gd = np.inf
+        for i in range(m):
+            t = bs[i]
+            for j in range(m):
+                t += Qs[i, j] * y[j]
+            gd = min(gd, s[i] * t)
+        artefact = not gd >= theta - 1e-9 * (abs(theta) + scale)
+    if artefact or abs(theta) <= 1e-12 * scale:
+        L = work[:m]
+        if artefact:
+            # y grew along (Q_FF + δI)⁻¹e_F on its free set: w ∝ that direction has g_w ≈ 0
+            nf = _factor(L, Qs, idx, free, delta)
+            for r in range(nf):
+                work[m, r] = e[idx[r]]
+            _chol_solve(L, nf, work[m], work[m + 1])
+            for i in range(m):
+                y[i] = 0.0
+            for r in range(nf):
+                y[idx[r]] = max(work[m + 1, r], 0.0)
+        _weights_of(y, s, w)
+        y0 = np.zeros(m)
+        free0 = np.zeros(m, np.bool_)
+        nf, it, conv0 = _nnqp(Qs, bs, delta, y0, free0, L, idx, work[m], work[m + 1], max_iter)
+        iterations += it
+        if nf > 0 and _exact_factor(L, Qs, idx, nf):
+            alpha = work[m + 2]
+            if _face_root(Qs, bs, e, phi2, L, idx, nf, free0, work[m], alpha, work[m + 3], work[m + 4], True):
+                _set_free(y0, work[m + 4], idx, nf)
+        if _ratio(Qs, bs, e, y0, phi2, delta)[0] >= -1e-12 * scale:
+            # dist(g_0, P_0) ≤ φ: θ* = 0
+            for i in range(m):
+                nu[i] = y0[i] / s[i]
+            return w, nu, 0.0, iterations, conv0, True
+        if artefact:
+            y[:] = y0
+            free[:] = free0
+            theta, it, converged = _dinkelbach(
+                Qs, bs, e, phi2, delta, _ratio(Qs, bs, e, y, phi2, delta)[1], y, free, work, idx, max_iter
+            )
+            iterations += it
+    for i in range(m):
+        nu[i] = y[i] / s[i]
+    _weights_of(y, s, w)
+    return w, nu, theta, iterations, converged, False
+
+
+@numba.njit(cache=True)
+def _weights_of(y, s, w):
+    """w = ν/1ᵀν with ν = y/s (uniform for y = 0)."""
+    m = y.shape[0]
+    total = 0.0
+    for i in range(m):
+        w[i] = y[i] / s[i]
+        total += w[i]
+    for i in range(m):
+        w[i] = w[i] / total if total > 0.0 else 1.0 / m
+
+
+@numba.njit(cache=True)
+def _dinkelbach(Qs, bs, e, phi2, delta, theta, y, free, work, idx, max_iter):
+    """From θ ≥ θ* and a feasible y (with its free set), decrease θ to the root of p: Dinkelbach
+    steps θ ← R(y(θ)), finished by the exact root on the free set once that set is optimal.
+    Returns (θ*, iterations, converged) with y = y(θ*)."""
+    m = Qs.shape[0]
+    L = work[:m]
+    rhs = work[m]
+    z = work[m + 1]
+    q = work[m + 2]
+    alpha = work[m + 3]
+    beta = work[m + 4]
+    iterations = 0
+    for _ in range(MAX_OUTER):
+        for i in range(m):
+            q[i] = bs[i] - theta * e[i]
+        nf, it, _ = _nnqp(Qs, q, delta, y, free, L, idx, rhs, z, max_iter)
+        iterations += it + 1
+        if nf > 0 and _face_root(Qs, bs, e, phi2, L, idx, nf, free, rhs, alpha, beta, z, False):
+            # the free set is optimal: y_F(θ*) in closed form; without the ridge where Q_FF allows
+            theta = alpha[nf]
+            _set_free(y, z, idx, nf)
+            if _exact_factor(L, Qs, idx, nf) and _face_root(
+                Qs, bs, e, phi2, L, idx, nf, free, rhs, alpha, beta, z, False
+            ):
+                theta = alpha[nf]
+                _set_free(y, z, idx, nf)
+            return theta, iterations, True
+        new = _ratio(Qs, bs, e, y, phi2, delta)[1]
+        if not new < theta - 1e-15 * (abs(theta) + abs(new)):
+            return min(theta, new), iterations, True
+        theta = new
+    return theta, iterations, False
+
+
+@numba.njit(cache=True)
+def _face_root(Qs, bs, e, phi2, L, idx, nf, free, rhs, alpha, beta, z, at_zero):
+    """On the free set F (factor L of Q_FF): y_F(θ) = θα − β with α = Q_FF⁻¹e_F, β = Q_FF⁻¹b_F,
+    and p(θ) = φ²/2 − ½(Aθ² − 2Cθ + B) with A = e_Fᵀα, C = e_Fᵀβ, B = b_Fᵀβ. Takes its larger
+    root (θ = 0 when ``at_zero``), writes y_F(θ) to z and θ to alpha[nf]; True if that
+    satisfies the KKT conditions of the whole QP at θ."""
+    for r in range(nf):
+        rhs[r] = e[idx[r]]
+    _chol_solve(L, nf, rhs, alpha)
+    for r in range(nf):
+        rhs[r] = bs[idx[r]]
+    _chol_solve(L, nf, rhs, beta)
+    th = 0.0
+    if not at_zero:
+        A = 0.0
+        B = 0.0
+        C = 0.0
+        for r in range(nf):
+            A += e[idx[r]] * alpha[r]
+            C += e[idx[r]] * beta[r]
+            B += bs[idx[r]] * beta[r]
+        disc = C * C - A * (B - phi2)
+        if not (A > 0.0 and disc >= 0.0):
+            return False
+        root = np.sqrt(disc)
+        th = (C + root) / A if C >= 0.0 else (B - phi2) / (C - root)
+    ok = _face_is_optimal(Qs, bs, e, th, alpha, beta, idx, nf, free, z)
+    alpha[nf] = th
+    return ok
+
+
+@numba.njit(cache=True)
+def _exact_factor(L, Q, idx, nf):
+    """Refactor Q_FF (order idx[:nf]) without the ridge; False if a pivot² falls below 1e-10
+    (of the unit diagonal), where the ridged factor is kept."""
+    for k in range(nf):
+        j = idx[k]
+        for r in range(k):
+            t = Q[idx[r], j]
+            for c in range(r):
+                t -= L[k, c] * L[r, c]
+            L[k, r] = t / L[r, r]
+        d = Q[j, j]
+        for c in range(k):
+            d -= L[k, c] * L[k, c]
+        if not d > 1e-10:
+            return False
+        L[k, k] = np.sqrt(d)
+    return True
+
+
+@numba.njit(cache=True)
+def _set_free(y, z, idx, nf):
+    for i in range(y.shape[0]):
+        y[i] = 0.0
+    for r in range(nf):
+        y[idx[r]] = z[r]
+
+
+@numba.njit(cache=True)
+def _face_is_optimal(Qs, bs, e, th, alpha, beta, idx, nf, free, yF):
+    """KKT at θ for the face solution y_F = θα − β (written to yF): y_F ≥ 0 and
+    (Qy + b − θe)_j ≥ 0 off the free set, to round-off."""
+    m = Qs.shape[0]
+    ymax = 0.0
+    for r in range(nf):
+        yF[r] = th * alpha[r] - beta[r]
+        ymax = max(ymax, abs(yF[r]))
+    if ymax == 0.0:
+        return False
+    for r in range(nf):
+        if yF[r] < -1e-12 * ymax:
+            return False
+        yF[r] = max(yF[r], 0.0)
+    scale = 0.0
+    for j in range(m):
+        scale = max(scale, abs(bs[j]) + abs(th) * e[j])
+    tol = 1e-12 * (nf * ymax + scale)
+    for j in range(m):
+        if not free[j]:
+            g = bs[j] - th * e[j]
+            for r in range(nf):
+                g += Qs[j, idx[r]] * yF[r]
+            if g < -tol:
+                return False
+    return True
+
+
+def _as_kernel_array(a) -> np.ndarray:
+    """A writable C-contiguous float64 array (one compiled signature for every caller)."""
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    return a if a.flags.writeable else a.copy()
+
+
+def cagrad_dual(K: np.ndarray, c: float, *, max_iter: int | None = None):
+    """Solve CAGrad's dual for the Gramian K (m x m, symmetric PSD) and c ≥ 0.
+
+    Returns (w, nu, value, iterations, converged, degenerate): ``w`` = argmin_{w ∈ Δ_m} F(w);
+    ``nu`` ≥ 0 with d_raw = g_0 + Gᵀnu (= φ w/‖g_w‖ in the regular case), so the update's
+    weights are 1/m + nu; ``value`` = F(w) = min_i g_i·d_raw; ``degenerate`` when the
+    optimum has g_w = 0 (module docstring).
+    """
+    K = _as_kernel_array(K)
+    m = K.shape[0]
+    cap = 20 * m + 100 if max_iter is None else int(max_iter)
+    w, nu, value, it, converged, degenerate = _cagrad(K, float(c), cap)
+    return w, nu, float(value), int(it), bool(converged), bool(degenerate)
+
+
+def cagrad_objective(K: np.ndarray, c: float, w: np.ndarray) -> float:
+    """F(w) = bᵀw + φ√(wᵀKw) with b = K1/m, φ = c‖g_0‖."""
+    K = np.asarray(K, dtype=np.float64)
+    m = K.shape[0]
+    b = K.sum(axis=1) / m
+    phi = c * np.sqrt(max(b.sum() / m, 0.0))
+    return float(b @ w + phi * np.sqrt(max(w @ K @ w, 0.0)))
+
+
+# ------------------------------------------------------------ cvxpy reference
+@_cvx.cached
+def _reference_problem(m: int):
+    import cvxpy as cp
+
+    F = cp.Parameter((m, m), name="phiF")  # φ times a factor of K: a product of Parameters is not DPP
+    b = cp.Parameter(m, name="b")
+    w = cp.Variable(m, name="w")
+    problem = cp.Problem(cp.Minimize(b @ w + cp.norm(F @ w, 2)), [w >= 0, cp.sum(w) == 1])
+    assert problem.is_dpp()
+    return problem, F, b, w
+
+
+def reference_cagrad_dual(K: np.ndarray, c: float, *, polish: bool = True) -> tuple[np.ndarray, float]:
+    """cvxpy (Clarabel) solution of min_{w ∈ Δ_m} bᵀw + φ‖Fw‖ (FᵀF = K), built once per m.
+
+    K is divided by max_i K_ii first (w* does not change; Clarabel at tight tolerances
+    stalls on badly scaled data). ``polish``: the interior-point w is accurate to about
+    1e-5 near weakly active bounds, so the stationarity conditions on its support S are
+    then solved directly and the result kept if feasible and no worse: with
+    [K_SS 1; 1ᵀ 0] solved for the right-hand sides (0; 1) → x_0 and (−b_S; 0) → x_1,
+    w_S = x_0 + σx_1, σ² = x_0ᵀKx_0 / (φ² − x_1ᵀKx_1) (x_0ᵀKx_1 = 0 since 1ᵀx_1 = 0).
+    Returns (w, F(w)).
+    """
+    K = np.asarray(K, dtype=np.float64)
+    m = K.shape[0]
+    scale = float(np.diag(K).max())
+    Kn = K / scale if scale > 0 else K
+    b = Kn.sum(axis=1) / m
+    phi = c * np.sqrt(max(b.sum() / m, 0.0))
+    problem, F, b_param, w = _reference_problem(m)
+    F.value = phi * _cvx.psd_factor(Kn)
+    b_param.value = b
+    _cvx.solve(problem)
+    w = np.asarray(w.value, dtype=np.float64).clip(0.0, None)
+    w /= w.sum()
+    if polish and phi > 0:
+        w = _polish(Kn, b, phi, w)
+    return w, cagrad_objective(K, c, w)
+
+
+def _polish(K: np.ndarray, b: np.ndarray, phi: float, w: np.ndarray) -> np.ndarray:
+    support = w > 1e-6 * w.max()
+    n = int(support.sum())
+    kkt = np.zeros((n + 1, n + 1))
+    kkt[:n, :n] = K[np.ix_(support, support)]
+    kkt[:n, n] = kkt[n, :n] = 1.0
+    rhs = np.zeros((n + 1, 2))
+    rhs[n, 0] = 1.0
+    rhs[:n, 1] = -b[support]
+    x = np.linalg.lstsq(kkt, rhs, rcond=None)[0][:n]
+    Ks = K[np.ix_(support, support)]
+    a, gamma = x[:, 0] @ Ks @ x[:, 0], x[:, 1] @ Ks @ x[:, 1]
+    if not phi**2 > gamma:
+        return w
+    polished = np.zeros_like(w)
+    polished[support] = x[:, 0] + np.sqrt(max(a, 0.0) / (phi**2 - gamma)) * x[:, 1]
+    objective = lambda v: b @ v + phi * np.sqrt(max(v @ K @ v, 0.0))  # noqa: E731
+    better = objective(polished) <= objective(w) + 1e-15 * np.abs(K).max()
+    return polished if polished.min() >= 0 and abs(polished.sum() - 1) < 1e-9 and better else w

@@ -1,0 +1,156 @@
+"""Projection onto the dual cone of the task gradients, in weight space (UPGrad).
+
+For G with Gramian K = GGᵀ and a weight vector u, the projection of Gᵀu onto
+the dual cone {x : Gx ≥ 0} is Gᵀv with
+
+    v = argmin_{v ≥ u} ½ vᵀKv        (Quinton & Rey 2024, arXiv 2406.16232, Prop. 1)
+
+Writing v = u + x turns it into the non-negative QP min_{x ≥ 0} ½xᵀKx + (Ku)ᵀx,
+solved exactly by the active-set core of :mod:`mtlsolve.kernels.simplex_qp`
+without the simplex constraint (start x = 0, so a u already in the cone,
+Ku ≥ 0, returns v = u at once). The kernel is batched over the rows of U.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from mtlsolve.kernels import _cvx
+from mtlsolve.kernels.simplex_qp import JIT, RIDGE, _active_set, as_kernel_array, default_max_iter
+
+
+@numba.njit(**JIT)
+def _project_dual_cone(K, U, ridge, max_iter):
+    k, m = U.shape
+    # Jacobi scaling x = y/s, s_i = √K_ii: the QP in y has a unit diagonal, so gradients of
+    # very different norms are priced alike (a zero gradient keeps s_i = 1)
+    s = np.empty(m)
+    for i in range(m):
+        s[i] = np.sqrt(K[i, i]) if K[i, i] > 0.0 else 1.0
+    Ks = np.empty((m, m))
+    for i in range(m):
+        for j in range(m):
+            Ks[i, j] = K[i, j] / (s[i] * s[j])
+    V = np.empty((k, m))
+    y = np.empty(m)
+    q = np.empty(m)
+    L = np.empty((m, m))
+    idx = np.empty(m, np.int64)
+    free = np.empty(m, np.bool_)
+    work = np.empty((5, m))
+    iterations = 0
+    converged = True
+    for r in range(k):
+        # q = (K u)/s, skipping the zero entries of u (UPGrad's u = e_i costs O(m))
+        for i in range(m):
+            q[i] = 0.0
+        for j in range(m):
+            uj = U[r, j]
+            if uj != 0.0:
+                for i in range(m):
+                    q[i] += K[j, i] * uj
+        for i in range(m):
+            q[i] /= s[i]
+        it, conv = _active_set(Ks, q, False, ridge, max_iter, y, L, idx, free, work)
+        iterations += it
+        converged = converged and conv
+        for i in range(m):
+            V[r, i] = U[r, i] + y[i] / s[i]
+    return V, iterations, converged
+
+
+@numba.njit(**JIT)
+def _upgrad_weights(K, norm_eps, reg_eps, ridge, max_iter):
+    m = K.shape[0]
+    trace = 0.0
+    for i in range(m):
+        trace += K[i, i]
+    factor = 1.0 / trace if trace >= norm_eps and trace > 0.0 else 0.0
+    Kn = K * factor
+    for i in range(m):
+        Kn[i, i] += reg_eps
+    V, iterations, converged = _project_dual_cone(Kn, np.eye(m), ridge, max_iter)
+    w = np.zeros(m)
+    for r in range(m):
+        for i in range(m):
+            w[i] += V[r, i]
+    return w / m, iterations, converged
+
+
+def upgrad_weights(K: np.ndarray, norm_eps: float, reg_eps: float, *, ridge: float = RIDGE):
+    """UPGrad's weights with the uniform preference: the mean of v_i = argmin_{v ≥ e_i} ½vᵀK'v,
+    K' = K/tr K (0 when tr K < ``norm_eps``) + ``reg_eps``·I, as TorchJD regularises.
+
+    One numba call does all of it. Returns (w, total iterations, converged).
+    """
+    K = as_kernel_array(K)
+    return _upgrad_weights(K, float(norm_eps), float(reg_eps), ridge, default_max_iter(K.shape[0]))
+
+
+def project_dual_cone(K: np.ndarray, U: np.ndarray, *, ridge: float = RIDGE, max_iter: int | None = None):
+    """For each row u of U (k x m, or one m-vector), v = argmin_{v ≥ u} ½vᵀKv.
+
+    K is a symmetric PSD float64 m x m matrix. Returns (V, total iterations,
+    converged) with V shaped like U.
+    """
+    K = as_kernel_array(K)
+    U = np.asarray(U, dtype=np.float64)
+    m = K.shape[0]
+    cap = default_max_iter(m) if max_iter is None else max_iter
+    V, it, converged = _project_dual_cone(K, as_kernel_array(U.reshape(-1, m)), ridge, cap)
+    return V.reshape(U.shape), it, converged
+
+
+def project_dual_cone_rows(K: np.ndarray, *, ridge: float = RIDGE, max_iter: int | None = None):
+    """The m projections of UPGrad, u = e_i for every task i: V[i] = argmin_{v ≥ e_i} ½vᵀKv."""
+    return project_dual_cone(K, np.eye(np.shape(K)[0]), ridge=ridge, max_iter=max_iter)
+
+
+# ------------------------------------------------------------ cvxpy reference
+@_cvx.cached
+def _reference_problem(m: int):
+    import cvxpy as cp
+
+    F = cp.Parameter((m, m), name="F")
+    u = cp.Parameter(m, name="u")
+    v = cp.Variable(m, name="v")
+    problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(F @ v)), [v >= u])
+    assert problem.is_dpp()
+    return problem, F, u, v
+
+
+def reference_project_dual_cone(K: np.ndarray, U: np.ndarray, *, polish: bool = True) -> np.ndarray:
+    """cvxpy (Clarabel) solution of the same problem, min_{v ≥ u} ½‖Fv‖² with FᵀF = K, for each
+    row u of U; built once per m.
+
+    K is first divided by its trace (the minimiser does not change): Clarabel at the tight
+    tolerances of :mod:`mtlsolve.kernels._cvx` stalls on badly scaled data, and the form in
+    x = v − u ≥ 0 fails more often. ``polish``: an interior-point solution is accurate to
+    about gap/margin where strict complementarity is weak; the equality-constrained problem
+    on the support of v − u is then solved with ``numpy.linalg.lstsq`` and kept if it is
+    feasible and no worse.
+    """
+    K = np.asarray(K, dtype=np.float64)
+    U = np.asarray(U, dtype=np.float64)
+    m = K.shape[0]
+    trace = float(np.trace(K))
+    problem, F, u, v = _reference_problem(m)
+    F.value = _cvx.psd_factor(K / trace if trace > 0 else K)
+    rows = []
+    for row in U.reshape(-1, m):
+        u.value = row
+        _cvx.solve(problem)
+        x = (np.asarray(v.value, dtype=np.float64) - row).clip(0.0, None)
+        rows.append(row + (_polish(K, K @ row, x) if polish else x))
+    return np.array(rows).reshape(U.shape)
+
+
+def _polish(K: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
+    support = x > 1e-6 * max(x.max(), 1e-300)
+    if not support.any():
+        return x
+    polished = np.zeros_like(x)
+    polished[support] = np.linalg.lstsq(K[np.ix_(support, support)], -b[support], rcond=None)[0]
+    gain = 0.5 * (polished @ K @ polished - x @ K @ x) + b @ (polished - x)
+    return polished if polished.min() >= 0 and gain <= 1e-15 * np.abs(K).max() else x

@@ -1,0 +1,191 @@
+"""Aligned-MTL (seed-methods §1.2, catalogue §3.2 row ``aligned_mtl`` and §4 vectors)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import mtlsolve
+from mtlsolve.plugins.gramian import aligned_mtl
+from mtlsolve.plugins.gramian.aligned_mtl import AlignedMTL, balance_matrix
+
+O = [[1.0, 0.0], [0.0, 2.0]]
+C = [[1.0, 0.0], [-1.0, 1.0]]
+N = [[1.0, 0.0], [1.0, 1.0]]
+J1 = [[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]]
+RANK_DEFICIENT = [[1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+
+
+def aligned_by_svd(G: np.ndarray, scale_mode: str = "min", rel_tol: float | None = None) -> np.ndarray:
+    """Ĝ = √s·U_r V_rᵀ from the SVD G = UΣVᵀ (the parameter-space Procrustes solution), s from σ²."""
+    U, sigma, Vt = np.linalg.svd(G, full_matrices=False)
+    lam = sigma**2
+    rel_tol = len(G) * np.finfo(np.float32).eps if rel_tol is None else rel_tol
+    r = int((lam > rel_tol * lam.max()).sum())
+    # median: the lower one for an even count (torch.median in the official code)
+    s = {"min": lam[r - 1], "median": lam[r // 2], "rmse": lam[:r].mean()}[scale_mode]
+    return np.sqrt(s) * U[:, :r] @ Vt[:r]
+
+
+@pytest.mark.parametrize(
+    ("G", "expected"),
+    [(O, (0.5, 0.5)), (C, (0.1382, 0.41459)), (N, (0.41459, 0.1382)), (J1, (0.21328, 0.96733, 0.96733))],
+    ids=["O", "C", "N", "J1"],
+)
+def test_catalogue_vectors(G, expected):
+    np.testing.assert_allclose(AlignedMTL()(np.array(G)).direction, expected, atol=5e-6)
+    np.testing.assert_allclose(AlignedMTL(reduction="sum")(np.array(G)).direction, 2 * np.array(expected), atol=1e-5)
+
+
+def test_official_code_sum_convention():
+    r = AlignedMTL(reduction="sum")(np.array(J1))
+    np.testing.assert_allclose(r.weights, [1.11814, 0.81652], atol=5e-6)
+    np.testing.assert_allclose(r.direction, [0.42656, 1.93467, 1.93467], atol=5e-6)
+    np.testing.assert_allclose(AlignedMTL(task_weights=[1, 1])(np.array(J1)).weights, r.weights, rtol=1e-12)
+
+
+def test_rank_deficient_vector():
+    G = np.array(RANK_DEFICIENT)
+    r = AlignedMTL(reduction="sum")(G)
+    np.testing.assert_allclose(r.weights, [0.26833, 0.53666, 1.0], atol=5e-6)
+    np.testing.assert_allclose(r.direction, [1.34164, 1.0, 0.0], atol=5e-6)
+    assert r.diagnostics["rank"] == 2 and r.diagnostics["scale"] == pytest.approx(1.0)
+    B, s, lam = balance_matrix(G @ G.T)
+    np.testing.assert_allclose(lam, [1.0, 5.0], rtol=1e-12)
+    np.testing.assert_allclose(B, [[0.0894, 0.1789, 0], [0.1789, 0.3578, 0], [0, 0, 1]], atol=5e-5)
+    # BKB = s·P_range, and α = Bw lies in range(K)
+    K = G @ G.T
+    P = K @ np.linalg.pinv(K)
+    np.testing.assert_allclose(B @ K @ B, s * P, atol=1e-12)
+
+
+def test_random_3x50_aligned_gramian_is_sigma_min_squared_identity():
+    rng = np.random.default_rng(0)
+    G = rng.standard_normal((3, 50))
+    B, s, _ = balance_matrix(G @ G.T)
+    aligned = B @ G
+    sigma_min = np.linalg.svd(G, compute_uv=False).min()
+    np.testing.assert_allclose(aligned @ aligned.T, sigma_min**2 * np.eye(3), atol=1e-6 * sigma_min**2)
+
+
+@pytest.mark.parametrize("scale_mode", ["min", "median", "rmse"])
+@pytest.mark.parametrize(("m", "n"), [(2, 5), (4, 4), (6, 30), (8, 3), (10, 10)])
+def test_aligned_gramian_and_svd_transcription(scale_mode, m, n):
+    rng = np.random.default_rng(m * 31 + n)
+    for _ in range(10):
+        G = rng.standard_normal((m, n)) * rng.uniform(0.1, 10.0, size=(m, 1))
+        w = rng.uniform(0.0, 1.0, m)
+        r = AlignedMTL(scale_mode=scale_mode, task_weights=w)(G)
+        rank, s = r.diagnostics["rank"], r.diagnostics["scale"]
+        sigma2 = np.linalg.svd(G, compute_uv=False) ** 2
+        assert rank == (sigma2 > m * np.finfo(np.float32).eps * sigma2.max()).sum()
+        B, _, _ = balance_matrix(G @ G.T, scale_mode=scale_mode)
+        np.testing.assert_allclose(r.weights, B @ w, rtol=1e-12)
+        # BKB = s·I_r on range(K)
+        K = G @ G.T
+        lam, V = np.linalg.eigh(K)
+        Vr = V[:, -rank:]
+        np.testing.assert_allclose(B @ K @ B, s * Vr @ Vr.T, atol=1e-9 * s)
+        np.testing.assert_allclose(r.direction, aligned_by_svd(G, scale_mode).T @ w, rtol=1e-8, atol=1e-10)
+
+
+def test_scale_modes_on_orthogonal_gradients():
+    # λ = 1, 4, 9, 16: s = 1 (min), 4 (lower median, torch.median), 7.5 (mean); Ĝ = √s·I
+    G = np.diag([1.0, 2.0, 3.0, 4.0])
+    for mode, s in (("min", 1.0), ("median", 4.0), ("rmse", 7.5)):
+        r = AlignedMTL(scale_mode=mode, reduction="sum")(G)
+        assert r.diagnostics["scale"] == pytest.approx(s)
+        np.testing.assert_allclose(r.direction, np.full(4, np.sqrt(s)), rtol=1e-12)
+
+
+def test_independent_of_eigenvector_signs_and_basis(monkeypatch):
+    rng = np.random.default_rng(1)
+    # repeated eigenvalues: two orthogonal pairs of equal norms plus one more direction
+    Q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    K = Q @ np.diag([1.0, 1.0, 4.0, 4.0, 9.0]) @ Q.T
+    expected, s, _ = balance_matrix(K)
+    true_eigh = np.linalg.eigh
+
+    def twisted_eigh(A):
+        lam, V = true_eigh(A)
+        V = V * rng.choice([-1.0, 1.0], size=len(lam))
+        for block in (slice(0, 2), slice(2, 4)):  # a random rotation inside each repeated eigenspace
+            R, _ = np.linalg.qr(rng.standard_normal((2, 2)))
+            V[:, block] = V[:, block] @ R
+        return lam, V
+
+    monkeypatch.setattr(aligned_mtl.np.linalg, "eigh", twisted_eigh)
+    for _ in range(5):
+        B, s2, _ = balance_matrix(K)
+        np.testing.assert_allclose(B, expected, atol=1e-12)
+        assert s2 == pytest.approx(s) == pytest.approx(1.0)
+
+
+def test_single_task_is_unchanged():
+    g = np.array([[3.0, -1.0, 2.0]])
+    for reduction in ("mean", "sum"):
+        r = AlignedMTL(reduction=reduction)(g)
+        np.testing.assert_allclose(r.weights, [1.0], rtol=1e-12)
+        np.testing.assert_allclose(r.direction, g[0], rtol=1e-12)
+
+
+def test_zero_system_and_zero_rows():
+    r = AlignedMTL()(np.zeros((3, 4)))
+    np.testing.assert_array_equal(r.weights, 0.0)
+    np.testing.assert_array_equal(r.direction, 0.0)
+    assert r.diagnostics["rank"] == 0
+    G = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 2.0]])
+    r = AlignedMTL(reduction="sum")(G)
+    # the zero row spans the null space of K: its weight is dropped; the others are O's aligned system
+    np.testing.assert_allclose(r.weights, [1.0, 0.0, 0.5], rtol=1e-12)
+    np.testing.assert_allclose(r.direction, [1.0, 1.0], rtol=1e-12)
+
+
+def test_rank_tolerance():
+    G = np.diag([1.0, 1e-4])  # λ = 1, 1e-8: below the default m·ε_float32 ≈ 2.4e-7
+    assert AlignedMTL()(G).diagnostics["rank"] == 1
+    r = AlignedMTL(rank_tol=1e-10, reduction="sum")(G)
+    assert r.diagnostics["rank"] == 2
+    np.testing.assert_allclose(r.direction, [1e-4, 1e-4], rtol=1e-9)
+    assert r.diagnostics["condition_number"] == pytest.approx(1e8)
+
+
+def test_permutation_equivariant_and_positive_homogeneous():
+    rng = np.random.default_rng(2)
+    G = rng.standard_normal((5, 7))
+    perm = rng.permutation(5)
+    r = AlignedMTL()(G)
+    np.testing.assert_allclose(AlignedMTL()(G[perm]).weights, r.weights[perm], rtol=1e-9)
+    np.testing.assert_allclose(AlignedMTL()(4.0 * G).direction, 4.0 * r.direction, rtol=1e-9)
+
+
+def test_validation():
+    with pytest.raises(ValueError):
+        AlignedMTL(scale_mode="max")
+    with pytest.raises(ValueError):
+        AlignedMTL(rank_tol=-1.0)
+    with pytest.raises(ValueError):
+        AlignedMTL(task_weights=[1.0, np.nan])
+    with pytest.raises(mtlsolve.InvalidSystemError):
+        AlignedMTL(task_weights=[0.5, 0.5])(np.eye(3))
+
+
+@pytest.mark.parametrize(("backend", "dtype"), list(itertools.product(["numpy", "torch"], ["float32", "float64"])))
+def test_backends_and_dtypes_agree(backend, dtype):
+    rng = np.random.default_rng(3)
+    G = rng.standard_normal((4, 9))
+    reference = AlignedMTL()(G).direction
+    X = G.astype(dtype) if backend == "numpy" else torch.tensor(G, dtype=getattr(torch, dtype))
+    d = AlignedMTL()(X).direction
+    assert type(d) is type(X) and d.dtype == X.dtype
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    np.testing.assert_allclose(np.asarray(d, dtype=np.float64), reference, rtol=tol, atol=tol)
+
+
+def test_registry_names():
+    for name in ("amtl", "Aligned_MTL", "AlignedMTL", "aligned", "aligned-mtl"):
+        assert isinstance(mtlsolve.get(name), AlignedMTL)
+    assert mtlsolve.from_config({"name": "amtl", "reduction": "sum"}).reduction == "sum"
