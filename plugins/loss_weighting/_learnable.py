@@ -1,0 +1,91 @@
+"""The shared machinery of UW and IMTL-L: one learnable log-scale s_i per task."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import attrs
+import numpy as np
+
+from mtlsolve._array import is_torch, to_numpy64
+from mtlsolve.plugins.loss_weighting._common import finite
+from mtlsolve.solver import Need, Weighting
+from mtlsolve.system import GradientSystem
+
+
+@attrs.define(kw_only=True, eq=False)
+class LogScaleWeighting(Weighting):
+    """A loss weighting with a learnable ``torch.nn.Parameter`` s ∈ ℝ^m (initial value ``init``).
+
+    s is created on the first call, when m is known, with the losses' dtype and
+    device (CPU for numpy losses); :meth:`parameters` returns it
+    for the user's optimiser. :meth:`objective` is the method's differentiable
+    scalar, so one backward reaches the model and s; ``solver(losses=L).weights``
+    are the effective weights ∂objective/∂L at the current s. Subclasses define
+    :meth:`value` and :meth:`effective_weights`.
+    """
+
+    family: ClassVar[str] = "LW"
+    needs: ClassVar[frozenset[Need]] = frozenset({Need.LOSSES})
+    properties: ClassVar[frozenset[str]] = frozenset({"positive_homogeneous", "linear"})
+    stateful: ClassVar[bool] = True
+
+    init: float = attrs.field(default=0.0, converter=float, validator=finite)
+
+    def value(self, s: Any, losses: Any) -> Any:
+        """The scalar the method minimises over the model and s (torch tensors)."""
+        raise NotImplementedError
+
+    def effective_weights(self, s: np.ndarray) -> np.ndarray:
+        """∂value/∂L_i at s (float64 numpy)."""
+        raise NotImplementedError
+
+    def _parameter(self, m: int, reference: Any) -> Any:
+        state = self._state_for(m)
+        if "s" not in state:
+            import torch
+
+            if is_torch(reference):
+                where = {"device": reference.device, "dtype": reference.dtype}
+            else:  # numpy losses: a CPU parameter of their dtype
+                where = {"dtype": torch.from_numpy(np.zeros(0, dtype=reference.dtype)).dtype}
+            state["s"] = torch.nn.Parameter(torch.full((m,), self.init, **where))
+        return state["s"]
+
+    def parameters(self) -> list[Any]:
+        s = self._state.get("s")
+        return [] if s is None else [s]
+
+    def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
+        system.losses64  # noqa: B018 - the weights do not depend on L, but NaN or Inf losses must raise
+        s = to_numpy64(self._parameter(system.m, system.reference))
+        return self.effective_weights(s), {}
+
+    def objective(self, losses: Any) -> Any:
+        s = self._parameter(int(losses.shape[-1]), losses)
+        if s.device != losses.device or s.dtype != losses.dtype:
+            s = s.to(device=losses.device, dtype=losses.dtype)  # differentiable: the gradient reaches the parameter
+        return self.value(s, losses)
+
+    # s is a Parameter the user's optimiser holds: checkpoints carry a plain tensor,
+    # and loading writes into the existing Parameter so the optimiser keeps stepping it.
+    def state_dict(self) -> dict[str, Any]:
+        state = {k: v for k, v in self._state.items() if k != "s"}
+        if "s" in self._state:
+            state["s"] = self._state["s"].detach().clone()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        import torch
+
+        current = self._state.get("s")
+        new = {k: v for k, v in dict(state).items() if k != "s"}
+        if "s" in state:
+            values = torch.as_tensor(state["s"])
+            if current is not None and current.shape == values.shape:
+                with torch.no_grad():
+                    current.copy_(values)
+                new["s"] = current
+            else:
+                new["s"] = torch.nn.Parameter(values.detach().clone())
+        self._state = new

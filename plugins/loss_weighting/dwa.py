@@ -1,0 +1,90 @@
+"""Dynamic weight average (catalogue §3.1, row ``dwa``; §2 "DWA window")."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import attrs
+import numpy as np
+
+from mtlsolve.errors import InvalidSystemError
+from mtlsolve.plugins.loss_weighting._common import positive
+from mtlsolve.solver import REDUCTIONS, Need, Weighting, reduce_weights
+from mtlsolve.system import GradientSystem
+
+
+def _period(value: Any) -> str | int:
+    if value == "epoch":
+        return "epoch"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"period must be 'epoch' or a positive number of iterations, got {value!r}")
+    return int(value)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+@attrs.define(kw_only=True, eq=False)
+class DynamicWeightAverage(Weighting):
+    """DWA, Liu, Johns, Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019
+    (arXiv 1803.10704), Eq. (1): w = m·softmax(r/T) with r_i the ratio of task i's loss over
+    the last two periods (``reduction="sum"``, weights sum to m; ``"mean"`` divides by m).
+
+    ``period="epoch"`` (default; paper, LibMTL, TorchJD 0.18.0): r_i = L̄_i(t−1)/L̄_i(t−2), L̄
+    the mean of the losses this solver saw during an epoch; the training loop calls
+    :meth:`end_epoch` at each epoch end, and the weights are uniform until two epochs are
+    complete. ``period=P`` (an int; nash-mtl, FAMO, SamsungLabs/MTL use 25 with
+    ``reduction="mean"``): a buffer of the last 2P losses (initially ones) receives the
+    current losses first; once more than P calls came before this one, r is the mean of
+    the newest P rows over the mean of the oldest P rows, and otherwise the last weights
+    (uniform at the start) are kept.
+    """
+
+    name: ClassVar[str] = "dwa"
+    aliases: ClassVar[Mapping[str, Mapping[str, Any]]] = {"dynamic_weight_average": {}}
+    family: ClassVar[str] = "LW"
+    needs: ClassVar[frozenset[Need]] = frozenset({Need.LOSSES})
+    properties: ClassVar[frozenset[str]] = frozenset({"positive_homogeneous", "linear"})
+    stateful: ClassVar[bool] = True
+    paper: ClassVar[str] = "Liu, Johns, Davison — CVPR 2019 — arXiv 1803.10704"
+
+    temperature: float = attrs.field(default=2.0, converter=float, validator=positive)
+    period: str | int = attrs.field(default="epoch", converter=_period)
+    reduction: str = attrs.field(default="sum", validator=attrs.validators.in_(REDUCTIONS))
+
+    def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
+        L = system.losses64
+        state = self._state_for(system.m)
+        if self.period == "epoch":
+            history = state.setdefault("history", [])
+            w = self._from_ratio(history[-1], history[-2]) if len(history) == 2 else np.ones(system.m)
+            state["sum"] = state.get("sum", 0.0) + L
+            state["count"] = state.get("count", 0) + 1
+        else:
+            P = self.period
+            buffer = state.setdefault("buffer", np.ones((2 * P, system.m)))
+            buffer[:-1] = buffer[1:]
+            buffer[-1] = L
+            calls = state.get("calls", 0)
+            w = state.get("weights", np.ones(system.m))
+            if calls > P:
+                w = self._from_ratio(buffer[P:].mean(axis=0), buffer[:P].mean(axis=0))
+            state["weights"] = w
+            state["calls"] = calls + 1
+        return reduce_weights(w / system.m, self.reduction), {}
+
+    def _from_ratio(self, newer: np.ndarray, older: np.ndarray) -> np.ndarray:
+        if (older == 0).any():
+            raise InvalidSystemError(
+                f"dwa: a period's mean loss is 0, so the loss ratio is undefined: {older.tolist()}"
+            )
+        return len(newer) * _softmax(newer / older / self.temperature)
+
+    def end_epoch(self) -> None:
+        """Close the epoch: its mean loss joins the two-epoch history (``period="epoch"`` only)."""
+        if self.period != "epoch" or not self._state.get("count"):
+            return
+        mean = self._state.pop("sum") / self._state.pop("count")
+        self._state["history"] = [*self._state.get("history", []), mean][-2:]

@@ -1,0 +1,116 @@
+"""FAMO: fast adaptive multitask optimisation (catalogue §3.1, row ``famo``)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import attrs
+import numpy as np
+
+from mtlsolve._array import to_numpy64
+from mtlsolve.errors import InvalidSystemError, SolverError
+from mtlsolve.plugins.loss_weighting._common import non_negative, optional_vector, positive, positive_losses, vector_for
+from mtlsolve.solver import Need, Weighting
+from mtlsolve.system import GradientSystem
+
+#: torch.optim.Adam's defaults, used by the reference implementations for the logits
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def logit_gradient(xi: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """J_softmax(ξ)ᵀδ = z ⊙ (δ − zᵀδ), z = softmax(ξ): the ξ-gradient of FAMO's update."""
+    z = _softmax(xi)
+    return z * (delta - z @ delta)
+
+
+@attrs.define(kw_only=True, eq=False)
+class FAMO(Weighting):
+    """FAMO, Liu, Feng, Stone, Liu, NeurIPS 2023 (arXiv 2306.03792), Algorithm 1 / Eqs. (9)–(11),
+    as in Cranial-XIX/FAMO and LibMTL.
+
+    With z = softmax(ξ) and D_i = L_i − ℓ*_i + ε, the model minimises Σ z_i log D_i / c with
+    c = Σ_j z_j/D_j held constant (:meth:`objective`), whose gradient is Σ w_i g_i with the
+    effective weights w_i = (z_i/D_i)/c > 0, Σ w = 1 (what ``solver(losses=L)`` returns).
+    After ``optimizer.step()`` the training loop calls :meth:`after_step` with the losses L′
+    recomputed on the same batch: δ_i = log D_i − log D′_i, the ξ-gradient is J_softmax(ξ)ᵀδ,
+    and the solver's own Adam (lr ``w_lr``, betas (0.9, 0.999), eps 1e-8, L2 weight decay
+    ``gamma`` as in ``torch.optim.Adam``) takes one step on ξ (ξ₀ = 0). Calling the weighting
+    twice without :meth:`after_step` in between raises :class:`~mtlsolve.errors.SolverError`.
+    ``min_losses`` is ℓ* (default 0), ``eps`` is ε.
+    """
+
+    name: ClassVar[str] = "famo"
+    aliases: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    family: ClassVar[str] = "LW"
+    needs: ClassVar[frozenset[Need]] = frozenset({Need.LOSSES})
+    properties: ClassVar[frozenset[str]] = frozenset({"simplex_weights"})
+    stateful: ClassVar[bool] = True
+    post_step: ClassVar[bool] = True
+    paper: ClassVar[str] = "Liu, Feng, Stone, Liu — NeurIPS 2023 — arXiv 2306.03792"
+
+    w_lr: float = attrs.field(default=0.025, converter=float, validator=non_negative)
+    gamma: float = attrs.field(default=1e-3, converter=float, validator=non_negative)
+    min_losses: tuple[float, ...] | None = attrs.field(default=None, converter=optional_vector)
+    eps: float = attrs.field(default=1e-8, converter=float, validator=positive)
+
+    def _shifted(self, losses: np.ndarray) -> np.ndarray:
+        floor = vector_for(self.min_losses, len(losses), "famo min_losses", 0.0)
+        return positive_losses(losses + self.eps, "famo", floor)
+
+    def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
+        m = system.m
+        state = self._state_for(m)
+        if state.get("pending") is not None:
+            raise SolverError(
+                "famo was called twice without after_step(new_losses) in between: after optimizer.step(), "
+                "call solver.after_step(losses) with the losses recomputed on the same batch"
+            )
+        D = self._shifted(system.losses64)
+        z = _softmax(state.get("xi", np.zeros(m)))
+        ratio = z / D
+        c = float(ratio.sum())
+        state["pending"] = D
+        return ratio / c, {"z": z, "c": c}
+
+    def objective(self, losses: Any) -> Any:
+        """Σ z_i log D_i / c with z and c constant: its gradient is Σ w_i ∇L_i."""
+        import torch
+
+        result = self(losses=losses.detach())
+        z = torch.as_tensor(result.diagnostics["z"]).to(device=losses.device, dtype=losses.dtype)
+        floor = vector_for(self.min_losses, int(losses.shape[-1]), "famo min_losses", 0.0)
+        D = losses - torch.as_tensor(floor).to(device=losses.device, dtype=losses.dtype) + self.eps
+        return (z * torch.log(D)).sum() / result.diagnostics["c"]
+
+    def after_step(self, losses: Any) -> None:
+        """The logit update from the losses L′ recomputed on the same batch after the model step."""
+        before = self._state.get("pending")
+        if before is None:
+            raise SolverError("famo.after_step() needs a preceding call of the weighting on this step's losses")
+        after = to_numpy64(losses).ravel()
+        if after.shape != before.shape:
+            raise InvalidSystemError(f"famo.after_step got {after.size} losses for {before.size} tasks")
+        if not np.isfinite(after).all():
+            raise InvalidSystemError(f"famo.after_step needs finite losses, got {after.tolist()}")
+        delta = np.log(before) - np.log(self._shifted(after))
+        self._adam_step(logit_gradient(self._state.get("xi", np.zeros(len(before))), delta))
+        self._state["pending"] = None
+
+    def _adam_step(self, grad: np.ndarray) -> None:
+        """One ``torch.optim.Adam`` step on ξ (L2 weight decay ``gamma`` added to the gradient)."""
+        state = self._state
+        xi = state.get("xi", np.zeros_like(grad))
+        g = grad + self.gamma * xi
+        b1, b2 = ADAM_BETAS
+        t = state.get("adam_t", 0) + 1
+        m1 = b1 * state.get("adam_m", np.zeros_like(g)) + (1 - b1) * g
+        m2 = b2 * state.get("adam_v", np.zeros_like(g)) + (1 - b2) * g * g
+        step = self.w_lr / (1 - b1**t)
+        denom = np.sqrt(m2) / np.sqrt(1 - b2**t) + ADAM_EPS
+        state.update(xi=xi - step * m1 / denom, adam_m=m1, adam_v=m2, adam_t=t)

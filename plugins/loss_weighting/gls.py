@@ -1,0 +1,37 @@
+"""Geometric loss strategy: the geometric mean of the losses (catalogue §3.1, row ``gls``)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import attrs
+import numpy as np
+
+from mtlsolve.plugins.loss_weighting._common import positive_losses
+from mtlsolve.solver import Need, Weighting
+from mtlsolve.system import GradientSystem
+
+
+@attrs.define(kw_only=True, eq=False)
+class GeometricLoss(Weighting):
+    """GLS, Chennupati et al., "MultiNet++", CVPR Workshops 2019 (arXiv 1904.08492), Eq. (1):
+    minimise (∏ L_i)^{1/m} (LibMTL ``GLS``, TorchJD ``GeometricMean``).
+
+    Its gradient is Σ w_i g_i with effective weights w_i = (∏L)^{1/m}/(m L_i); the
+    update is parallel to ``si``'s, scaled by the geometric mean over m. Losses must be > 0.
+    """
+
+    name: ClassVar[str] = "gls"
+    aliases: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "geometric_mean": {},
+        "geometric_loss": {},
+    }
+    family: ClassVar[str] = "LW"
+    needs: ClassVar[frozenset[Need]] = frozenset({Need.LOSSES})
+    properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "positive_homogeneous", "linear"})
+    paper: ClassVar[str] = "Chennupati, Sistu, Yogamani, Rawashdeh — CVPR Workshops 2019 — arXiv 1904.08492"
+
+    def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
+        L = positive_losses(system.losses64, "gls")
+        geometric_mean = float(np.exp(np.log(L).mean()))
+        return geometric_mean / (system.m * L), {"value": geometric_mean}
