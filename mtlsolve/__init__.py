@@ -8,8 +8,6 @@ array([0.2, 0.4])
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 from mtlsolve.errors import (
     InvalidConfigError,
     InvalidSystemError,
@@ -21,7 +19,8 @@ from mtlsolve.errors import (
     UnknownSolverError,
 )
 from mtlsolve.hookspecs import hookimpl
-from mtlsolve.registry import registry
+from mtlsolve import registry  # the module; it mirrors the process-wide Registry
+from mtlsolve.registry import available, from_config, get
 from mtlsolve.solver import FAMILIES, PROPERTIES, GramianWeighting, Need, Result, Solver, Weighting
 from mtlsolve.system import GradientSystem
 
@@ -51,17 +50,3 @@ __all__ = [
     "registry",
 ]
 
-
-def available() -> list[str]:
-    """The sorted canonical names of every registered solver."""
-    return registry.available()
-
-
-def get(name: str, **kwargs: Any) -> Solver:
-    """A new solver instance by name or alias (case-, dash- and underscore-insensitive)."""
-    return registry.get(name, **kwargs)
-
-
-def from_config(config: Mapping[str, Any]) -> Solver:
-    """A new solver from a mapping ``{"name": ..., **kwargs}`` such as a YAML or Hydra config gives."""
-    return registry.from_config(config)

@@ -94,7 +94,7 @@ class Registry:
             for impl in pm.hook.register_solvers.get_hookimpls():
                 dist = distributions.get(impl.plugin_name, "<unknown>")
                 try:
-                    impl.function(register=lambda cls, _d=dist, _p=impl.plugin_name: self.register(cls, _d, _p))
+                    impl.function(register=self._plugin_register(dist, impl.plugin_name))
                 except Exception as exc:
                     warnings.warn(
                         f"mtlsolve plugin {impl.plugin_name!r} from distribution {dist!r} failed while "
@@ -104,6 +104,18 @@ class Registry:
                     )
             self.plugin_manager = pm
             self._loaded = True
+
+    def _plugin_register(self, distribution: str, plugin: str) -> Callable[[type[Solver]], None]:
+        """The ``register`` callback a plugin's hook receives: an invalid class is skipped with a
+        warning, so the plugin's other classes (and every other plugin) still register."""
+
+        def register(cls: type[Solver]) -> None:
+            try:
+                self.register(cls, distribution, plugin)
+            except PluginError as exc:
+                warnings.warn(f"{exc}; it is not registered", PluginWarning, stacklevel=2)
+
+        return register
 
     def reload(self) -> None:
         """Forget everything and discover the plugins again (for tests and notebooks)."""
@@ -161,10 +173,12 @@ class Registry:
 
     # ---------------------------------------------------------------- lookup
     def available(self) -> list[str]:
+        """The sorted canonical names of every registered solver."""
         self.load()
         return sorted(e.name for e in self._entries.values())
 
     def entries(self) -> list[Entry]:
+        """Every registered solver's entry (class, distribution, plugin), sorted by name."""
         self.load()
         return sorted(self._entries.values(), key=lambda e: e.name)
 
@@ -182,6 +196,7 @@ class Registry:
         raise UnknownSolverError(f"no solver named {name!r}; available: {', '.join(self.available())}")
 
     def get(self, name: str, **kwargs: Any) -> Solver:
+        """A new solver instance by name or alias (case-, dash- and underscore-insensitive)."""
         entry, preset = self.resolve(name)
         clash = {k for k in preset if k in kwargs and kwargs[k] != preset[k]}
         if clash:
@@ -191,6 +206,7 @@ class Registry:
         return construct(entry.cls, {**preset, **kwargs}, label=name)
 
     def from_config(self, config: Mapping[str, Any]) -> Solver:
+        """A new solver from a mapping ``{"name": ..., **kwargs}`` such as a YAML or Hydra config gives."""
         if not isinstance(config, Mapping):
             raise InvalidConfigError(f"a solver config must be a mapping with a 'name' key, got {config!r}")
         kwargs = dict(config)
@@ -235,14 +251,18 @@ def _validate_solver_class(cls: Any, distribution: str) -> None:
     problem = None
     if not (isinstance(cls, type) and issubclass(cls, Solver)):
         problem = "is not a subclass of mtlsolve.Solver"
-    elif not attrs.has(cls):
-        problem = "is not an attrs class"
+    elif "__attrs_attrs__" not in vars(cls):  # attrs.has() is also true for an undecorated subclass
+        problem = "is not an attrs class (decorate it with @attrs.define(kw_only=True, eq=False))"
     elif not isinstance(cls.name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", cls.name):
         problem = f"has an invalid canonical name {cls.name!r} (lower case with underscores)"
     elif cls.family not in FAMILIES:
         problem = f"declares unknown family {cls.family!r}; valid: {sorted(FAMILIES)}"
     elif not all(isinstance(n, Need) for n in cls.needs):
         problem = f"declares needs that are not mtlsolve.Need values: {cls.needs}"
+    elif not isinstance(cls.aliases, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Mapping) for k, v in cls.aliases.items()
+    ):
+        problem = f"declares aliases that are not a mapping of names to preset arguments: {cls.aliases!r}"
     elif set(cls.properties) - set(PROPERTIES):
         problem = f"claims unknown properties {sorted(set(cls.properties) - set(PROPERTIES))}"
     if problem:
@@ -256,3 +276,15 @@ def _distribution_name(ep: importlib.metadata.EntryPoint) -> str:
 
 #: The process-wide registry behind mtlsolve.get / available / from_config.
 registry = Registry()
+
+# The module mirrors the process-wide registry's methods, so ``mtlsolve.registry`` (this
+# module) serves both ``mtlsolve.registry.resolve(...)`` and ``mtlsolve.registry.Registry``.
+
+load = registry.load
+reload = registry.reload
+register = registry.register
+available = registry.available
+entries = registry.entries
+resolve = registry.resolve
+get = registry.get
+from_config = registry.from_config

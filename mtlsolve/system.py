@@ -159,7 +159,9 @@ class GradientSystem:
         if "gramian64" not in self._cache:
             K = to_numpy64(self.gramian)
             if not np.isfinite(K).all():
-                bad = [i for i in range(self._m) if not np.isfinite(K[i]).all()]
+                # a non-finite g_i makes K_ii non-finite; a bad off-diagonal alone can only come from a given K
+                diagonal = ~np.isfinite(np.diag(K))
+                bad = np.flatnonzero(diagonal if diagonal.any() else ~np.isfinite(K).all(axis=1)).tolist()
                 raise NonFiniteError(
                     f"the Gramian has non-finite entries in rows {bad}: task gradients hold NaN or Inf, "
                     "or are so large that their squared norm overflows"
@@ -241,8 +243,12 @@ def _as_float_array(x: Any, what: str, ndim: int) -> Any:
     if x is None:
         return None
     if is_torch(x):
-        if not x.is_floating_point():
-            raise InvalidSystemError(f"{what} must be a floating-point tensor, got {x.dtype}")
+        if x.is_complex():
+            raise InvalidSystemError(f"{what} must hold real numbers, got dtype {x.dtype}")
+        if not x.is_floating_point():  # integer and bool tensors, like numpy's, become float64
+            import torch  # already loaded: x is a tensor
+
+            x = x.to(dtype=torch.float64)
     else:
         try:
             x = np.asarray(x)
