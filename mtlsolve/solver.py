@@ -91,6 +91,15 @@ class Solver:
     stateful: ClassVar[bool] = False
     #: the paper, as "Authors — venue year — arXiv id"
     paper: ClassVar[str] = ""
+    #: the gradients the method is defined on: "representation" for the representation-level
+    #: variants (MGDA-UB, Aligned-MTL-UB), which the adapter then feeds feature gradients;
+    #: None when any kind will do
+    grads: ClassVar[str | None] = None
+    #: independent mini-batches one step reads (MoDo, SDMGrad: 3). A solver with b > 1 reads a
+    #: system whose rows are the m task gradients of batch 1, then of batch 2, ..., batch b
+    #: (b·m rows, losses likewise); its Gramian holds every cross-batch block G_s G_tᵀ, and
+    #: its weights apply to the stacked rows, so d = Gᵀw still holds
+    batches: ClassVar[int] = 1
 
     _state: dict = attrs.field(init=False, factory=dict, repr=False)
 
@@ -114,6 +123,11 @@ class Solver:
 
     def check(self, system: GradientSystem) -> None:
         """Raise a clear error if ``system`` lacks what this solver reads."""
+        if system.m % self.batches:
+            raise InvalidSystemError(
+                f"{self.name} reads {self.batches} batches of task gradients stacked batch after batch; "
+                f"got {system.m} rows, not a multiple of {self.batches}"
+            )
         needs = self.requirements()
         if Need.MATRIX in needs:
             system.check_matrix()
@@ -158,6 +172,9 @@ class Solver:
 
     #: True when the adapter must call :meth:`after_step` after every optimiser step
     post_step: ClassVar[bool] = False
+    #: False when :meth:`after_step` ignores its losses (GradNorm's renormalisation): the adapter
+    #: then calls ``after_step(None)`` and needs no closure
+    post_step_losses: ClassVar[bool] = True
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -214,7 +231,12 @@ class Weighting(Solver):
 
 
 def _all_finite(x: Any) -> bool:
-    return bool(x.isfinite().all()) if is_torch(x) else bool(np.isfinite(x).all())
+    """Whether every entry of ``x`` is finite. A sum is non-finite when an entry is NaN or Inf,
+    so one cheap reduction settles the common case; only a non-finite sum (a bad entry, or
+    finite entries whose sum overflows) pays for the elementwise check."""
+    if is_torch(x):
+        return bool(x.sum().isfinite()) or bool(x.isfinite().all())
+    return bool(np.isfinite(x.sum())) or bool(np.isfinite(x).all())
 
 
 REDUCTIONS = ("sum", "mean")

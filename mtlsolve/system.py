@@ -10,6 +10,9 @@ import numpy as np
 from mtlsolve._array import is_torch, to_numpy64
 from mtlsolve.errors import InvalidSystemError, NonFiniteError
 
+#: Entries of G that :meth:`GradientSystem.check_matrix` tests per block.
+CHECK_BLOCK = 1 << 20
+
 #: What a system's gradient rows are taken with respect to.
 GRADIENT_KINDS = ("shared", "representation")
 
@@ -190,11 +193,24 @@ class GradientSystem:
         return self._cache["losses64"]
 
     def check_matrix(self) -> None:
-        """Raise NonFiniteError if G holds NaN or Inf (one pass over G)."""
+        """Raise NonFiniteError if G holds NaN or Inf.
+
+        One pass over G in column blocks of about ``CHECK_BLOCK`` entries, so
+        the check needs O(block) extra memory rather than a boolean copy of G;
+        on a torch device the per-block results stay there until one final sync.
+        """
         if self._cache.get("matrix_checked"):
             return
         G = self.matrix
-        finite = bool(G.isfinite().all()) if is_torch(G) else bool(np.isfinite(G).all())
+        m, n = G.shape
+        width = max(1, CHECK_BLOCK // max(m, 1))
+        if is_torch(G):
+            import torch
+
+            flags = [G[:, j : j + width].isfinite().all() for j in range(0, n, width)]
+            finite = not flags or bool(torch.stack(flags).all())
+        else:
+            finite = all(np.isfinite(G[:, j : j + width]).all() for j in range(0, n, width))
         if not finite:
             raise NonFiniteError("the task-gradient matrix holds NaN or Inf")
         self._cache["matrix_checked"] = True

@@ -131,10 +131,27 @@ def requirements(name: str) -> frozenset[Need]:
     return make(name).requirements()
 
 
+# Each check runs only on the solvers it applies to, chosen from their declared needs.
+NEEDS = {name: requirements(name) for name in SOLVERS}
+#: solvers that run on the losses alone
+LOSS_ONLY = [name for name in SOLVERS if not NEEDS[name] & {Need.GRAMIAN, Need.MATRIX}]
+#: solvers that never need G itself: the Gramian (or nothing) will do
+GRAMIAN_SUFFICES = [name for name in SOLVERS if Need.MATRIX not in NEEDS[name]]
+#: (solver, input holding a NaN or Inf) for every input the solver reads
+NON_FINITE_CASES = (
+    [(name, "matrix") for name in SOLVERS]
+    + [(name, "gramian") for name in GRAMIAN_SUFFICES if Need.GRAMIAN in NEEDS[name]]
+    + [(name, "losses") for name in SOLVERS if Need.LOSSES in NEEDS[name]]
+)
+
+
 @st.composite
 def problems(draw, name: str, min_m: int = 1, max_m: int = 5, max_n: int = 6, n_lt_m: bool = False,
              well_conditioned: bool = False):
     """(G, L): an m x n float64 matrix and positive losses.
+
+    For a solver reading b > 1 batches (``cls.batches``) G stacks b perturbed copies of the
+    m task gradients (b·m rows, batch after batch), and L likewise.
 
     By default the rows are Gaussian with norms spread over two decades and the whole matrix
     scaled by 10^[-2, 2]; ``n_lt_m`` makes G rank-deficient (n < m); ``well_conditioned``
@@ -156,6 +173,11 @@ def problems(draw, name: str, min_m: int = 1, max_m: int = 5, max_n: int = 6, n_
         scales = np.array(draw(st.lists(st.floats(0.1, 10.0), min_size=m, max_size=m), label="row scales"))
         G = rng.standard_normal((m, n)) * scales[:, None] * 10.0 ** draw(st.floats(-2, 2), label="log10 scale")
     L = rng.uniform(0.2, 5.0, size=m)
+    b = CLASSES[name].batches
+    if b > 1:  # MoDo, SDMGrad: b independent batches of the same m tasks, stacked batch after batch
+        noise = 0.3 * rng.standard_normal((b,) + G.shape) * np.linalg.norm(G, axis=1, keepdims=True) / np.sqrt(n)
+        G = np.concatenate(G + noise)
+        L = np.concatenate(L * rng.uniform(0.8, 1.2, (b, m)))
     return G, L
 
 
@@ -181,12 +203,6 @@ def run_sequence(solver: mtlsolve.Solver, seq: list, backend: str = "numpy", dty
     return results
 
 
-def skip_unless_gradients_optional(name: str) -> None:
-    needs = requirements(name)
-    if Need.MATRIX in needs:
-        pytest.skip(f"{name} declares needs {sorted(n.value for n in needs)}: it reads G itself, not only K")
-
-
 # ---------------------------------------------------------------- metadata
 def test_some_solvers_are_registered():
     assert "ls" in SOLVERS
@@ -205,6 +221,7 @@ def test_metadata_and_aliases_construct(name):
     G = np.array([[1.0, 0.0, 2.0], [-1.0, 1.0, 0.5], [0.5, 0.5, -1.0], [2.0, -1.0, 0.0], [0.0, 1.0, 1.0]])
     L = np.arange(1.0, 6.0)
     m = max(MIN_TASKS.get(name, 2), 2)
+    m = -(-m // cls.batches) * cls.batches  # whole batches for the solvers reading several
     for alias, preset in cls.aliases.items():
         entry, got = mtlsolve.registry.resolve(alias)
         assert entry.cls is cls and dict(got) == dict(preset), alias
@@ -241,13 +258,10 @@ def test_result_shapes_types_and_combination(name, dtype, backend, device, data)
         assert_close(d, np64(result.weights) @ np64(X), TOL[dtype], scale_of(G, result), "d = Gᵀw")
 
 
-@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("name", LOSS_ONLY)
 @FAST
 @given(data=st.data())
 def test_losses_only(name, data):
-    needs = requirements(name)
-    if needs & {Need.GRAMIAN, Need.MATRIX}:
-        pytest.skip(f"{name} declares needs {sorted(n.value for n in needs)}: it cannot run on losses alone")
     G, L = data.draw(problems(name))
     result = step(make(name), L=L)
     assert result.direction is None
@@ -256,11 +270,10 @@ def test_losses_only(name, data):
     assert_close(result.weights, with_g.weights, TOL["float64"], np.abs(with_g.weights).max(), "weights")
 
 
-@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("name", GRAMIAN_SUFFICES)
 @FAST
 @given(data=st.data())
 def test_gramian_only_gives_the_same_weights(name, data):
-    skip_unless_gradients_optional(name)
     G, L = data.draw(problems(name))
     from_k = step(make(name), gramian=G @ G.T, L=L)
     from_g = step(make(name), G, L)
@@ -339,18 +352,10 @@ def test_finite_on_degenerate_systems(name, case, backend, dtype, data):
 @pytest.mark.filterwarnings("ignore:(invalid value|overflow) encountered:RuntimeWarning")  # numpy on the way to the error
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
-@pytest.mark.parametrize("where", ["matrix", "gramian", "losses"])
-@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("name, where", NON_FINITE_CASES)
 @settings(FAST, max_examples=4)
 @given(data=st.data())
 def test_non_finite_input_raises(name, where, bad, backend, data):
-    needs = requirements(name)
-    if where == "losses" and Need.LOSSES not in needs:
-        pytest.skip(f"{name} declares needs {sorted(n.value for n in needs)}: it never reads the losses")
-    if where == "gramian":
-        skip_unless_gradients_optional(name)
-        if Need.GRAMIAN not in needs:
-            pytest.skip(f"{name} declares needs {sorted(n.value for n in needs)}: it never reads the Gramian")
     G, L = data.draw(problems(name))
     i = data.draw(st.integers(0, G.shape[0] - 1), label="bad task")
     if where == "matrix":

@@ -20,6 +20,8 @@ TorchJD direction, why):
 | upgrad | ``UPGrad(projector=NNLSProjector())`` (norm_eps = reg_eps = 1e-4) | ``upgrad`` (norm_eps = reg_eps = 1e-4) | 1 | TorchJD's default projector needs quadprog (not a dependency here): the test gives TorchJD a projector solving the same QP, min_{v ≥ u} vᵀK'v with K' = K/tr K + reg_eps·I, exactly with scipy's NNLS after a Cholesky factorisation |
 | cagrad | ``CAGrad(c=0.4)`` (no rescaling) | ``cagrad(c=0.4, rescale=0)`` | 1 | TorchJD returns d_raw = g_0 + c‖g_0‖g_w/‖g_w‖ (rescale 0); mtlsolve's default is rescale 1. TorchJD solves the dual with Clarabel at its default tolerances (objective to ~1e-8, hence w and d to ~1e-4; even at 1e-12 tolerances Clarabel stops near 1e-5), so directions are compared to 1e-3, and the test checks exactly that mtlsolve's d_raw is on the ball ‖d − g_0‖ = c‖g_0‖ and reaches a max-min value min_i g_i·d at least the reference's |
 | nash_mtl | ``NashMTL(n_tasks=m, max_norm=0)`` with Clarabel in place of ECOS | ``nash_mtl`` | 1 | ECOS is not a dependency: the test runs TorchJD's own CCCP problem with Clarabel. ``max_norm=0`` disables TorchJD's clipping (an adapter option in mtlsolve). The reference is approximate: it stops when α changes by < 1e-6 and its conic solves run at Clarabel's default accuracy, leaving α_i(Kα)_i − 1 up to ~3e-5, so it is compared to 1e-5; and it fails silently on a few systems (keeping its warm start, catalogue §2), recognised by its own residual max abs(α_i(Kα)_i − 1) > 1e-3 and left out (at most 3 %). Only m ≤ 5 and full-rank K: its 20 CCCP iterations do not reach the fixed point for larger m, each costs a non-DPP cvxpy compile (~40 ms a system), and singular K has no fixed point. Its warm start is reset to 1 before each system |
+| dualproj | ``DualProj()`` (its default ``QuadprogProjector``, norm_eps = reg_eps = 1e-4) | ``dualproj`` (norm_eps = reg_eps = 1e-4, the defaults) | 1 | both solve min_{v ≥ 1/m} vᵀK'v with K' = K/tr K + reg_eps·I (Quinton & Rey, Prop. 1); quadprog's active-set solve is exact, so directions are compared to 1e-6 (largest deviation measured: 1.6e-11) |
+| fairgrad | ``FairGrad(alpha=α)``, α ∈ {0.5, 1, 2} (scipy ``least_squares`` on Kw − w^{−1/α}, bounds (0, ∞), from 1/m) | ``fairgrad(alpha=α)`` | 1 | weights exist only when 0 ∉ conv{g_i}: the systems are split by an LP feasibility test (HiGHS: w ≥ 0, Σw = 1, Gᵀw = 0). On the well-posed ones (≥ 200) directions are compared to 1e-6 (largest deviation measured: 1.6e-8; the reference stops at scipy's default tolerances, its residual max abs(w_i^{1/α}(Kw)_i − 1) reaching ~1e-7) and mtlsolve's residual is checked to 1e-9. On the others (rank-deficient, n < m) mtlsolve returns w = 0 with ``converged`` False, and the reference's own residual (checked for m ≤ 5; its solve runs 100·m evaluations) confirms that it found no solution either |
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ import pytest
 import scipy.linalg
 import scipy.optimize
 import torch
-from torchjd.aggregation import CAGrad, IMTLG, MGDA, AlignedMTL, Mean, PCGrad, Sum, UPGrad
-from torchjd.aggregation import _nash_mtl
+from torchjd.aggregation import CAGrad, IMTLG, MGDA, AlignedMTL, DualProj, FairGrad, Mean, PCGrad, Sum, UPGrad
+from torchjd_reference import ClarabelNashMTLWeighting
 from torchjd.linalg import DualConeProjector
 
 import mtlsolve
@@ -209,19 +211,6 @@ def test_cagrad():
 # -------------------------------------------------------------------- nash_mtl
 
 
-class ClarabelNashMTLWeighting(_nash_mtl._NashMTLWeighting):
-    """TorchJD's Nash-MTL weighting, unchanged except that its conic problem is solved by Clarabel."""
-
-    _REQUIRED_DEPS = ["numpy", "cvxpy", "clarabel"]
-
-    def _init_optim_problem(self) -> None:
-        import cvxpy as cp
-
-        super()._init_optim_problem()
-        solve = self.prob.solve
-        self.prob.solve = lambda **_ecos_options: solve(solver=cp.CLARABEL)
-
-
 @pytest.mark.filterwarnings("ignore:You are solving a parameterized problem that is not DPP")
 def test_nash_mtl():
     systems = make_systems(8, {2: 120, 3: 50, 5: 30}, deficient=False)
@@ -239,3 +228,49 @@ def test_nash_mtl():
             ours.append(mtlsolve.get("nash_mtl")(G).direction)
     assert len(theirs) >= 0.97 * len(systems)
     assert_parity(ours, theirs, 1e-5)
+
+
+# -------------------------------------------------------------------- dualproj
+
+
+def test_dualproj():
+    systems = make_systems(9)
+    ours = mtlsolve_directions(lambda m: {"name": "dualproj", "norm_eps": 1e-4, "reg_eps": 1e-4}, systems)
+    assert_parity(ours, torchjd_directions(lambda m: DualProj(), systems), 1e-6)
+
+
+# -------------------------------------------------------------------- fairgrad
+
+
+def zero_in_hull(G: np.ndarray) -> bool:
+    """Whether 0 ∈ conv{g_i}: the LP w ≥ 0, Σw = 1, Gᵀw = 0 is feasible (HiGHS)."""
+    m, n = G.shape
+    lp = scipy.optimize.linprog(
+        np.zeros(m), A_eq=np.vstack([G.T, np.ones(m)]), b_eq=np.r_[np.zeros(n), 1.0], bounds=(0, None), method="highs"
+    )
+    assert lp.status in (0, 2), lp.message  # 0 feasible, 2 infeasible
+    return lp.status == 0
+
+
+def fairgrad_residual(K: np.ndarray, w: np.ndarray, alpha: float) -> float:
+    return float(np.abs(w ** (1.0 / alpha) * (K @ w) - 1.0).max())
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_fairgrad(alpha):
+    systems = make_systems(10, {2: 60, 3: 60, 5: 60, 10: 35, 40: 12})
+    singular = [zero_in_hull(G) for G in systems]
+    posed = [G for G, s in zip(systems, singular) if not s]
+    assert len(posed) >= 200 and {len(G) for G in posed} == set(SPREAD)
+    results = [mtlsolve.get("fairgrad", alpha=alpha)(G) for G in posed]
+    theirs = torchjd_directions(lambda m: FairGrad(alpha=alpha), posed)
+    assert_parity([r.direction for r in results], theirs, 1e-6)
+    for G, r in zip(posed, results):
+        assert r.diagnostics["converged"] and fairgrad_residual(G @ G.T, r.weights, alpha) <= 1e-9
+    # no weights exist: mtlsolve says so, and the reference's least squares ends far from a solution
+    for G in (G for G, s in zip(systems, singular) if s):
+        r = mtlsolve.get("fairgrad", alpha=alpha)(G)
+        assert not r.diagnostics["converged"] and not r.weights.any()
+        if len(G) <= 5:
+            w_tj = FairGrad(alpha=alpha).gramian_weighting(torch.from_numpy(G @ G.T)).numpy()
+            assert fairgrad_residual(G @ G.T, w_tj, alpha) > 1e-3

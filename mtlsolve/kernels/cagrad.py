@@ -50,6 +50,7 @@ import numba
 import numpy as np
 
 from mtlsolve.kernels import _cvx
+from mtlsolve.kernels._dense import as_kernel_array, chol_solve
 
 #: ridge δ added to the unit diagonal of the scaled Gramian
 RIDGE = 1e-14
@@ -85,21 +86,6 @@ def _factor(L, Q, idx, free, delta):
 
 
 @numba.njit(cache=True)
-def _chol_solve(L, nf, rhs, out):
-    """out[:nf] = (L Lᵀ)⁻¹ rhs[:nf]."""
-    for i in range(nf):
-        s = rhs[i]
-        for c in range(i):
-            s -= L[i, c] * out[c]
-        out[i] = s / L[i, i]
-    for i in range(nf - 1, -1, -1):
-        s = out[i]
-        for r in range(i + 1, nf):
-            s -= L[r, i] * out[r]
-        out[i] = s / L[i, i]
-
-
-@numba.njit(cache=True)
 def _nnqp(Q, q, delta, y, free, L, idx, rhs, z, max_iter):
     """min ½yᵀ(Q + δI)y + qᵀy over y ≥ 0, from the feasible y with free set ``free`` (both
     updated in place). Returns (|F|, iterations, converged); L holds the factor of the final
@@ -119,7 +105,7 @@ def _nnqp(Q, q, delta, y, free, L, idx, rhs, z, max_iter):
         if nf > 0:
             for r in range(nf):
                 rhs[r] = -q[idx[r]]
-            _chol_solve(L, nf, rhs, z)
+            chol_solve(L, nf, rhs, z)
             # ratio test: step from y towards the free-set minimiser z until a weight reaches 0
             alpha = 1.0
             block = -1
@@ -252,7 +238,7 @@ def _cagrad(K, c, max_iter):
             nf = _factor(L, Qs, idx, free, delta)
             for r in range(nf):
                 work[m, r] = e[idx[r]]
-            _chol_solve(L, nf, work[m], work[m + 1])
+            chol_solve(L, nf, work[m], work[m + 1])
             for i in range(m):
                 y[i] = 0.0
             for r in range(nf):
@@ -339,10 +325,10 @@ def _face_root(Qs, bs, e, phi2, L, idx, nf, free, rhs, alpha, beta, z, at_zero):
     satisfies the KKT conditions of the whole QP at θ."""
     for r in range(nf):
         rhs[r] = e[idx[r]]
-    _chol_solve(L, nf, rhs, alpha)
+    chol_solve(L, nf, rhs, alpha)
     for r in range(nf):
         rhs[r] = bs[idx[r]]
-    _chol_solve(L, nf, rhs, beta)
+    chol_solve(L, nf, rhs, beta)
     th = 0.0
     if not at_zero:
         A = 0.0
@@ -419,12 +405,6 @@ def _face_is_optimal(Qs, bs, e, th, alpha, beta, idx, nf, free, yF):
     return True
 
 
-def _as_kernel_array(a) -> np.ndarray:
-    """A writable C-contiguous float64 array (one compiled signature for every caller)."""
-    a = np.ascontiguousarray(a, dtype=np.float64)
-    return a if a.flags.writeable else a.copy()
-
-
 def cagrad_dual(K: np.ndarray, c: float, *, max_iter: int | None = None):
     """Solve CAGrad's dual for the Gramian K (m x m, symmetric PSD) and c ≥ 0.
 
@@ -433,7 +413,7 @@ def cagrad_dual(K: np.ndarray, c: float, *, max_iter: int | None = None):
     weights are 1/m + nu; ``value`` = F(w) = min_i g_i·d_raw; ``degenerate`` when the
     optimum has g_w = 0 (module docstring).
     """
-    K = _as_kernel_array(K)
+    K = as_kernel_array(K)
     m = K.shape[0]
     cap = 20 * m + 100 if max_iter is None else int(max_iter)
     w, nu, value, it, converged, degenerate = _cagrad(K, float(c), cap)

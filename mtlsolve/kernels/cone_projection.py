@@ -1,4 +1,4 @@
-"""Projection onto the dual cone of the task gradients, in weight space (UPGrad).
+"""Projection onto the dual cone of the task gradients, in weight space (UPGrad, DualProj).
 
 For G with Gramian K = GGᵀ and a weight vector u, the projection of Gᵀu onto
 the dual cone {x : Gx ≥ 0} is Gᵀv with
@@ -17,7 +17,8 @@ import numba
 import numpy as np
 
 from mtlsolve.kernels import _cvx
-from mtlsolve.kernels.simplex_qp import JIT, RIDGE, _active_set, as_kernel_array, default_max_iter
+from mtlsolve.kernels._dense import as_kernel_array
+from mtlsolve.kernels.simplex_qp import JIT, RIDGE, _active_set, default_max_iter
 
 
 @numba.njit(**JIT)
@@ -61,7 +62,8 @@ def _project_dual_cone(K, U, ridge, max_iter):
 
 
 @numba.njit(**JIT)
-def _upgrad_weights(K, norm_eps, reg_eps, ridge, max_iter):
+def _regularised(K, norm_eps, reg_eps):
+    """TorchJD's K' = K/tr K (the zero matrix when tr K < norm_eps) + reg_eps·I."""
     m = K.shape[0]
     trace = 0.0
     for i in range(m):
@@ -70,12 +72,26 @@ def _upgrad_weights(K, norm_eps, reg_eps, ridge, max_iter):
     Kn = K * factor
     for i in range(m):
         Kn[i, i] += reg_eps
-    V, iterations, converged = _project_dual_cone(Kn, np.eye(m), ridge, max_iter)
+    return Kn
+
+
+@numba.njit(**JIT)
+def _upgrad_weights(K, norm_eps, reg_eps, ridge, max_iter):
+    m = K.shape[0]
+    V, iterations, converged = _project_dual_cone(_regularised(K, norm_eps, reg_eps), np.eye(m), ridge, max_iter)
     w = np.zeros(m)
     for r in range(m):
         for i in range(m):
             w[i] += V[r, i]
     return w / m, iterations, converged
+
+
+@numba.njit(**JIT)
+def _dualproj_weights(K, norm_eps, reg_eps, ridge, max_iter):
+    m = K.shape[0]
+    U = np.full((1, m), 1.0 / m)
+    V, iterations, converged = _project_dual_cone(_regularised(K, norm_eps, reg_eps), U, ridge, max_iter)
+    return V[0], iterations, converged
 
 
 def upgrad_weights(K: np.ndarray, norm_eps: float, reg_eps: float, *, ridge: float = RIDGE):
@@ -86,6 +102,16 @@ def upgrad_weights(K: np.ndarray, norm_eps: float, reg_eps: float, *, ridge: flo
     """
     K = as_kernel_array(K)
     return _upgrad_weights(K, float(norm_eps), float(reg_eps), ridge, default_max_iter(K.shape[0]))
+
+
+def dualproj_weights(K: np.ndarray, norm_eps: float, reg_eps: float, *, ridge: float = RIDGE):
+    """DualProj's weights with the uniform preference: v = argmin_{v ≥ 1/m} ½vᵀK'v, the projection
+    of g_0 onto the dual cone, with K' regularised as in :func:`upgrad_weights`.
+
+    Returns (w, iterations, converged).
+    """
+    K = as_kernel_array(K)
+    return _dualproj_weights(K, float(norm_eps), float(reg_eps), ridge, default_max_iter(K.shape[0]))
 
 
 def project_dual_cone(K: np.ndarray, U: np.ndarray, *, ridge: float = RIDGE, max_iter: int | None = None):

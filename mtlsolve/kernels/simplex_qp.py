@@ -26,6 +26,7 @@ import numba
 import numpy as np
 
 from mtlsolve.kernels import _cvx
+from mtlsolve.kernels._dense import as_kernel_array
 
 #: δ relative to max_i Q_ii; see the module docstring
 RIDGE = 1e-14
@@ -221,13 +222,6 @@ def _simplex_qp(Q, q, ridge, max_iter):
     free = np.empty(m, np.bool_)
     it, converged = _active_set(Qc, q, True, ridge, max_iter, w, L, idx, free, np.empty((5, m)))
     return w, it, converged
-
-
-def as_kernel_array(a) -> np.ndarray:
-    """A writable C-contiguous float64 array, so every call hits the same compiled signature
-    (numba types a read-only array, such as ``GradientSystem.gramian64``, separately)."""
-    a = np.ascontiguousarray(a, dtype=np.float64)
-    return a if a.flags.writeable else a.copy()
 
 
 def default_max_iter(m: int) -> int:

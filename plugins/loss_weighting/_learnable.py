@@ -1,4 +1,4 @@
-"""The shared machinery of UW and IMTL-L: one learnable log-scale s_i per task."""
+"""The shared machinery of UW, IMTL-L and IMTL (hybrid): one learnable log-scale s_i per task."""
 
 from __future__ import annotations
 
@@ -13,31 +13,20 @@ from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
 
 
-@attrs.define(kw_only=True, eq=False)
-class LogScaleWeighting(Weighting):
-    """A loss weighting with a learnable ``torch.nn.Parameter`` s ∈ ℝ^m (initial value ``init``).
+class LearnableScales:
+    """Mixin for a solver with a learnable ``torch.nn.Parameter`` s ∈ ℝ^m (initial value ``self.init``).
 
-    s is created on the first call, when m is known, with the losses' dtype and
-    device (CPU for numpy losses); :meth:`parameters` returns it
-    for the user's optimiser. :meth:`objective` is the method's differentiable
-    scalar, so one backward reaches the model and s; ``solver(losses=L).weights``
-    are the effective weights ∂objective/∂L at the current s. Subclasses define
-    :meth:`value` and :meth:`effective_weights`.
+    s is created on the first call, when m is known, with the dtype and device of the
+    system's arrays (CPU for numpy); :meth:`parameters` returns it for the user's optimiser
+    and :meth:`objective` is ``self.value(s, losses)``, the method's differentiable scalar.
+    s lives in ``self._state["s"]``; checkpoints carry a plain tensor, and loading writes into
+    the existing Parameter so that the optimiser holding it keeps stepping it.
     """
 
-    family: ClassVar[str] = "LW"
-    needs: ClassVar[frozenset[Need]] = frozenset({Need.LOSSES})
-    properties: ClassVar[frozenset[str]] = frozenset({"positive_homogeneous", "linear"})
-    stateful: ClassVar[bool] = True
-
-    init: float = attrs.field(default=0.0, converter=float, validator=finite)
+    __slots__ = ()
 
     def value(self, s: Any, losses: Any) -> Any:
         """The scalar the method minimises over the model and s (torch tensors)."""
-        raise NotImplementedError
-
-    def effective_weights(self, s: np.ndarray) -> np.ndarray:
-        """∂value/∂L_i at s (float64 numpy)."""
         raise NotImplementedError
 
     def _parameter(self, m: int, reference: Any) -> Any:
@@ -47,19 +36,18 @@ class LogScaleWeighting(Weighting):
 
             if is_torch(reference):
                 where = {"device": reference.device, "dtype": reference.dtype}
-            else:  # numpy losses: a CPU parameter of their dtype
+            else:  # numpy arrays: a CPU parameter of their dtype
                 where = {"dtype": torch.from_numpy(np.zeros(0, dtype=reference.dtype)).dtype}
             state["s"] = torch.nn.Parameter(torch.full((m,), self.init, **where))
         return state["s"]
 
+    def scales(self, system: GradientSystem) -> np.ndarray:
+        """s for this system's m (created on first use), as float64 numpy."""
+        return to_numpy64(self._parameter(system.m, system.reference))
+
     def parameters(self) -> list[Any]:
         s = self._state.get("s")
         return [] if s is None else [s]
-
-    def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
-        system.losses64  # noqa: B018 - the weights do not depend on L, but NaN or Inf losses must raise
-        s = to_numpy64(self._parameter(system.m, system.reference))
-        return self.effective_weights(s), {}
 
     def objective(self, losses: Any) -> Any:
         s = self._parameter(int(losses.shape[-1]), losses)
@@ -67,8 +55,6 @@ class LogScaleWeighting(Weighting):
             s = s.to(device=losses.device, dtype=losses.dtype)  # differentiable: the gradient reaches the parameter
         return self.value(s, losses)
 
-    # s is a Parameter the user's optimiser holds: checkpoints carry a plain tensor,
-    # and loading writes into the existing Parameter so the optimiser keeps stepping it.
     def state_dict(self) -> dict[str, Any]:
         state = {k: v for k, v in self._state.items() if k != "s"}
         if "s" in self._state:
@@ -89,3 +75,28 @@ class LogScaleWeighting(Weighting):
             else:
                 new["s"] = torch.nn.Parameter(values.detach().clone())
         self._state = new
+
+
+@attrs.define(kw_only=True, eq=False)
+class LogScaleWeighting(LearnableScales, Weighting):
+    """A loss weighting with learnable log-scales s (:class:`LearnableScales`, initial value ``init``).
+
+    :meth:`objective` is the method's differentiable scalar, so one backward reaches the model
+    and s; ``solver(losses=L).weights`` are the effective weights ∂objective/∂L at the current
+    s. Subclasses define :meth:`value` and :meth:`effective_weights`.
+    """
+
+    family: ClassVar[str] = "LW"
+    needs: ClassVar[frozenset[Need]] = frozenset({Need.LOSSES})
+    properties: ClassVar[frozenset[str]] = frozenset({"positive_homogeneous", "linear"})
+    stateful: ClassVar[bool] = True
+
+    init: float = attrs.field(default=0.0, converter=float, validator=finite)
+
+    def effective_weights(self, s: np.ndarray) -> np.ndarray:
+        """∂value/∂L_i at s (float64 numpy)."""
+        raise NotImplementedError
+
+    def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
+        system.losses64  # noqa: B018 - the weights do not depend on L, but NaN or Inf losses must raise
+        return self.effective_weights(self.scales(system)), {}

@@ -27,9 +27,14 @@ class IMTLL(LogScaleWeighting):
     )
 
     def value(self, s: Any, losses: Any) -> Any:
-        import torch
-
-        return (torch.exp(s) * losses - s).sum()
+        return scaled_losses_objective(s, losses)
 
     def effective_weights(self, s: np.ndarray) -> np.ndarray:
         return np.exp(s)
+
+
+def scaled_losses_objective(s: Any, losses: Any) -> Any:
+    """IMTL-L's Σ_i (e^{s_i}L_i − s_i) (torch tensors); ∂/∂s_i = e^{s_i}L_i − 1."""
+    import torch
+
+    return (torch.exp(s) * losses - s).sum()

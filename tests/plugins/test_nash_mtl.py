@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 import torch
-from torchjd.aggregation import _nash_mtl
+from torchjd_reference import ClarabelNashMTLWeighting
 
 import mtlsolve
 from mtlsolve.plugins.gramian.nash_mtl import NashMTL
@@ -164,20 +164,6 @@ def test_torch_and_numpy_agree(dtype):
             np.testing.assert_allclose(np.asarray(r.direction, dtype=np.float64), ref.direction, rtol=tol, atol=tol)
 
 
-class ClarabelNashMTL(_nash_mtl._NashMTLWeighting):
-    """torchjd 0.18.0's Nash-MTL weighting with its conic problem solved by Clarabel (ECOS, which it
-    asks for, is not a dependency here); otherwise unchanged."""
-
-    _REQUIRED_DEPS = ["numpy", "cvxpy", "clarabel"]
-
-    def _init_optim_problem(self) -> None:
-        import cvxpy as cp
-
-        super()._init_optim_problem()
-        solve = self.prob.solve
-        self.prob.solve = lambda **_ecos_options: solve(solver=cp.CLARABEL)
-
-
 @pytest.mark.filterwarnings("ignore:You are solving a parameterized problem that is not DPP")
 def test_matches_torchjd():
     """torchjd 0.18.0 ``NashMTL(n_tasks, max_norm=1.0, update_weights_every=1, optim_niter=20)``:
@@ -192,7 +178,7 @@ def test_matches_torchjd():
         for _ in range(3):
             G = rng.standard_normal((m, m + 2)) * rng.uniform(0.3, 3.0, (m, 1))
             G[:, 0] = np.abs(G[:, 0]) + 0.1
-            weighting = ClarabelNashMTL(n_tasks=m, max_norm=1.0, update_weights_every=1, optim_niter=20)
+            weighting = ClarabelNashMTLWeighting(n_tasks=m, max_norm=1.0, update_weights_every=1, optim_niter=20)
             clipped_alpha = weighting(torch.from_numpy(G)).numpy()
             alpha = np.asarray(weighting.prvs_alpha, dtype=np.float64)
             if np.abs(alpha * (G @ G.T @ alpha) - 1.0).max() > 1e-3:

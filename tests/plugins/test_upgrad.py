@@ -178,3 +178,42 @@ def test_registry_names():
     for name in ("upgrad", "UPGrad", "up-grad"):
         assert type(mtlsolve.get(name)) is UPGrad
     assert mtlsolve.get("upgrad", reg_eps=0).reg_eps == 0.0
+
+
+# ------------------------------------------------------------------ preference
+def test_uniform_pref_is_the_default():
+    for G in random_systems(8, count=10):
+        m = G.shape[0]
+        for kwargs in ({}, EXACT):
+            np.testing.assert_allclose(
+                UPGrad(pref=np.full(m, 1.0 / m), **kwargs)(G).weights, UPGrad(**kwargs)(G).weights, atol=1e-12
+            )
+
+
+@pytest.mark.parametrize("projector", [NNLSProjector, None], ids=["nnls", "torchjd_default"])
+def test_pref_matches_torchjd(projector):
+    """torchjd 0.18.0 ``UPGradWeighting(pref_vector=p)``: w = Σ_i v(p_i e_i)."""
+    rng = np.random.default_rng(9)
+    for G in random_systems(9, count=20):
+        p = rng.uniform(0.0, 2.0, G.shape[0])
+        p[rng.random(G.shape[0]) < 0.2] = 0.0
+        J = torch.from_numpy(G)
+        args = {} if projector is None else {"projector": projector()}
+        expected = UPGradWeighting(pref_vector=torch.from_numpy(p), **args)(J @ J.T).numpy()
+        np.testing.assert_allclose(UPGrad(pref=p)(G).weights, expected, atol=1e-6 * max(np.abs(expected).max(), 1e-12))
+
+
+def test_pref_on_one_task_projects_its_gradient():
+    """p = e_1, two tasks, exact: d = π_J(g_1) = g_1 − min(0, g_1·g_2)/‖g_2‖²·g_2."""
+    rng = np.random.default_rng(10)
+    for _ in range(50):
+        G = rng.standard_normal((2, int(rng.integers(2, 6))))
+        expected = G[0] - min(0.0, G[0] @ G[1]) / (G[1] @ G[1]) * G[1]
+        np.testing.assert_allclose(UPGrad(pref=[1.0, 0.0], **EXACT)(G).direction, expected, atol=1e-12)
+
+
+def test_pref_validation():
+    with pytest.raises(ValueError):
+        UPGrad(pref=[1.0, -0.5])
+    with pytest.raises(mtlsolve.InvalidSystemError, match="entries"):
+        UPGrad(pref=[1.0, 1.0, 1.0])(np.eye(2))

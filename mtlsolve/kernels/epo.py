@@ -1,0 +1,369 @@
+"""The linear programs of EPO (Mahapatra & Rajan, ICML 2020, §4), over the probability simplex.
+
+Both EPO modes solve an LP of the form
+
+    max cᵀα  s.t.  α ∈ Δ_m,  Aα ≥ b                                   (LP)
+
+with rows of A taken from the Gramian K = GGᵀ (a row (Kα)_j ≥ b_j says the update
+d = Gᵀα changes task j's loss at a bounded rate: g_j·d ≥ b_j). The fast kernel is a
+dense two-phase simplex method on the tableau (Dantzig pricing, switching for good to
+Bland's rule at the first degenerate pivot, so it cannot cycle), in numba; it returns
+an optimal vertex, or reports the LP infeasible. Each row of [A | b] is divided by its
+largest entry and c by its largest entry first, so the tolerances below are relative.
+The cvxpy reference (Clarabel) solves the same LP; where the optimum is not unique it
+returns another optimal point (an interior point of the optimal face), with the same
+objective value.
+
+:func:`epo_weights` builds the EPO problem of one step from K, the losses L and the
+preference r and solves it with either.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from mtlsolve.kernels import _cvx
+
+JIT = {"cache": True}
+#: reduced costs below −COST_TOL are improving (data scaled to O(1))
+COST_TOL = 1e-12
+#: smallest tableau entry used as a pivot
+PIVOT_TOL = 1e-11
+#: a phase-1 optimum above this (sum of the artificials, data scaled to O(1)) means infeasible
+FEAS_TOL = 1e-9
+#: degenerate pivots in a row after which the pricing switches to Bland's rule
+DEGENERATE_STREAK = 10
+#: EPO's floor on m·l̂_i inside the log of the balance direction (LibMOON), so a zero loss stays finite
+LOG_FLOOR = 1e-3
+
+
+@numba.njit(**JIT)
+def _pivot(T, basis, r, q):
+    rows, cols = T.shape
+    piv = T[r, q]
+    for j in range(cols):
+        T[r, j] /= piv
+    for i in range(rows):
+        f = T[i, q]
+        if i != r and f != 0.0:
+            for j in range(cols):
+                T[i, j] -= f * T[r, j]
+            T[i, q] = 0.0
+    T[r, q] = 1.0
+    basis[r] = q
+
+
+@numba.njit(**JIT)
+def _iterate(T, basis, ncols, max_iter, it):
+    """Minimise the objective row (the last row of T: reduced costs, then −value) over the
+    first ``ncols`` columns. Returns (iterations so far, optimal).
+
+    Dantzig's rule, and Bland's after ``DEGENERATE_STREAK`` degenerate pivots in a row (until
+    the next pivot that moves): at a vertex Bland's rule cannot cycle and between vertices the
+    objective decreases, so the method terminates."""
+    R = T.shape[0] - 1
+    rhs = T.shape[1] - 1
+    streak = 0
+    while it < max_iter:
+        bland = streak >= DEGENERATE_STREAK
+        q = -1
+        best = -COST_TOL
+        for j in range(ncols):
+            if T[R, j] < best:
+                q = j
+                if bland:
+                    break
+                best = T[R, j]
+        if q < 0:
+            return it, True
+        r = -1
+        ratio = np.inf
+        for i in range(R):
+            if T[i, q] > PIVOT_TOL:
+                t = T[i, rhs] / T[i, q]
+                if t < ratio or (t == ratio and basis[i] < basis[r]):
+                    ratio = t
+                    r = i
+        if r < 0:  # unbounded: impossible over the simplex, only through round-off
+            return it, False
+        streak = streak + 1 if ratio <= 0.0 else 0
+        _pivot(T, basis, r, q)
+        it += 1
+    return it, False
+
+
+@numba.njit(**JIT)
+def _simplex_lp(c, A, b, max_iter):
+    m = c.shape[0]
+    p = A.shape[0]
+    R = p + 1
+    N = m + p + R  # columns: α, the surplus s of each row, one artificial per row
+    T = np.zeros((R + 1, N + 1))
+    basis = np.empty(R, np.int64)
+    # row 0: Σα = 1
+    for j in range(m):
+        T[0, j] = 1.0
+    T[0, N] = 1.0
+    T[0, m + p] = 1.0
+    basis[0] = m + p
+    # rows 1..p: A_i α − s_i = b_i, scaled, with the right-hand side made ≥ 0; where b_i ≤ 0
+    # the surplus itself starts basic and the row needs no artificial
+    for i in range(p):
+        scale = abs(b[i])
+        for j in range(m):
+            scale = max(scale, abs(A[i, j]))
+        if scale == 0.0:
+            scale = 1.0
+        sign = 1.0 if b[i] > 0.0 else -1.0
+        r = i + 1
+        for j in range(m):
+            T[r, j] = sign * A[i, j] / scale
+        T[r, m + i] = -sign
+        T[r, N] = sign * b[i] / scale
+        if sign < 0.0:
+            basis[r] = m + i
+        else:
+            T[r, m + p + r] = 1.0
+            basis[r] = m + p + r
+    # phase 1: minimise the sum of the basic artificials
+    for i in range(R):
+        if basis[i] >= m + p:
+            for j in range(N + 1):
+                T[R, j] -= T[i, j]
+            T[R, basis[i]] = 0.0
+    it, ok = _iterate(T, basis, N, max_iter, 0)
+    alpha = np.zeros(m)
+    if not ok or -T[R, N] > FEAS_TOL:
+        return alpha, False, it
+    # drive the artificials left at zero out of the basis (a row with none to swap is redundant)
+    for i in range(R):
+        if basis[i] >= m + p:
+            for j in range(m + p):
+                if abs(T[i, j]) > PIVOT_TOL:
+                    _pivot(T, basis, i, j)
+                    break
+    # phase 2: minimise −cᵀα, scaled, over α and the surplus columns
+    cscale = 0.0
+    for j in range(m):
+        cscale = max(cscale, abs(c[j]))
+    if cscale == 0.0:
+        cscale = 1.0
+    for j in range(N + 1):
+        T[R, j] = 0.0
+    for j in range(m):
+        T[R, j] = -c[j] / cscale
+    for i in range(R):
+        k = basis[i]
+        if k < m:
+            f = T[R, k]
+            if f != 0.0:
+                for j in range(N + 1):
+                    T[R, j] -= f * T[i, j]
+                T[R, k] = 0.0
+    it, ok = _iterate(T, basis, m + p, max_iter, it)
+    total = 0.0
+    for i in range(R):
+        if basis[i] < m:
+            v = max(T[i, N], 0.0)
+            alpha[basis[i]] = v
+            total += v
+    for j in range(m):
+        alpha[j] /= total
+    return alpha, ok, it
+
+
+def default_max_iter(m: int, p: int) -> int:
+    """The pivot cap: generous next to the ~2(m + p) pivots a solve takes."""
+    return 50 * (m + p) + 100
+
+
+def simplex_lp(c: np.ndarray, A: np.ndarray, b: np.ndarray, *, max_iter: int | None = None):
+    """argmax cᵀα over α ∈ Δ_m with Aα ≥ b (A is p x m, p ≥ 0), as an optimal vertex.
+
+    Returns (α, feasible, pivots); α is zero when ``feasible`` is False.
+    """
+    c = np.ascontiguousarray(c, dtype=np.float64)
+    A = np.ascontiguousarray(A, dtype=np.float64).reshape(-1, c.shape[0])
+    b = np.ascontiguousarray(b, dtype=np.float64).reshape(-1)
+    cap = default_max_iter(*A.shape[::-1]) if max_iter is None else max_iter
+    alpha, ok, it = _simplex_lp(c, A, b, cap)
+    return alpha, bool(ok), int(it)
+
+
+# ------------------------------------------------------------ cvxpy reference
+@_cvx.cached
+def _reference_problem(m: int, p: int):
+    import cvxpy as cp
+
+    c = cp.Parameter(m, name="c")
+    A = cp.Parameter((p, m), name="A")
+    b = cp.Parameter(p, name="b")
+    alpha = cp.Variable(m, name="alpha")
+    constraints = [alpha >= 0, cp.sum(alpha) == 1]
+    if p:
+        constraints.append(A @ alpha >= b)
+    problem = cp.Problem(cp.Maximize(c @ alpha), constraints)
+    assert problem.is_dpp()
+    return problem, c, A, b, alpha
+
+
+def reference_simplex_lp(c: np.ndarray, A: np.ndarray, b: np.ndarray):
+    """cvxpy (Clarabel) solution of the same LP, built once per shape, with the same row
+    and objective scaling as the kernel. Returns (α, feasible)."""
+    import cvxpy as cp
+
+    c = np.asarray(c, dtype=np.float64)
+    m = c.shape[0]
+    A = np.asarray(A, dtype=np.float64).reshape(-1, m)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    scale = np.maximum(np.abs(A).max(axis=1, initial=0.0), np.abs(b))
+    scale[scale == 0] = 1.0
+    problem, c_p, A_p, b_p, alpha = _reference_problem(m, A.shape[0])
+    cmax = np.abs(c).max()
+    c_p.value = c / cmax if cmax > 0 else c
+    A_p.value = A / scale[:, None]
+    b_p.value = b / scale
+    problem.solve(solver=cp.CLARABEL, **_cvx.CLARABEL_OPTIONS)
+    if problem.status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
+        return np.zeros(m), False
+    if problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
+        raise _cvx.SolverError(f"cvxpy reference LP ended with status {problem.status!r}")
+    w = np.asarray(alpha.value, dtype=np.float64).clip(0.0, None)
+    return w / w.sum(), True
+
+
+# --------------------------------------------------------------------- EPO
+def non_uniformity(rl: np.ndarray) -> float:
+    """μ = KL(l̂ ‖ 1/m) with l̂ = rl/Σrl (0·log 0 = 0); 0 when Σrl = 0."""
+    total = rl.sum()
+    if total <= 0:
+        return 0.0
+    lhat = rl / total
+    nz = lhat > 0
+    return float(np.sum(lhat[nz] * np.log(lhat[nz] * len(rl))))
+
+
+def epo_problem(K: np.ndarray, losses: np.ndarray, r: np.ndarray, eps: float):
+    """The LP data of one EPO step (Mahapatra & Rajan 2020, the EPO search of §4; LibMOON).
+
+    With rl = r⊙L, l̂ = rl/Σrl, μ = KL(l̂ ‖ 1/m) and the balance direction
+    d_bal = Gᵀa, a = r⊙(log(m·l̂) − μ) (a/Σrl = ∇_L μ), so Ka = (g_j·d_bal)_j:
+
+    * μ > eps, "balance": max αᵀKa. With J = {j : (Ka)_j > 0} (tasks d_bal descends)
+      non-empty, g_j·d ≥ (Ka)_j for j ∉ J (ascent no faster than along d_bal) and
+      g_j·d ≥ 0 for the tasks J* of largest r_jL_j; with J empty, g_j·d ≥ 0 for all j.
+    * μ ≤ eps, "descent": max 1ᵀKα s.t. Kα ≥ 0 and αᵀKa ≥ min(max_j (Ka)_j, 0)
+      (LibMOON's restricted form, which keeps d from undoing the balance); the
+      ``relaxed`` LP drops the last row.
+
+    Returns (mode, μ, c, A, b, relaxed A, relaxed b) with K scaled to a unit largest
+    diagonal entry (the LPs are homogeneous in K). Rows that constrain nothing are left
+    out of A.
+    """
+    m = K.shape[0]
+    top = float(np.max(np.diag(K))) if m else 0.0
+    Kn = K / top if top > 0 else np.zeros_like(K)
+    rl = r * losses
+    total = rl.sum()
+    mu = non_uniformity(rl)
+    if total > 0:
+        a = r * (np.log(np.maximum(m * rl / total, LOG_FLOOR)) - mu)
+    else:
+        a = np.zeros(m)
+    Ka = Kn @ a
+    if mu > eps:
+        J = Ka > 0
+        if J.any():
+            star = rl == rl.max()
+            rows = ~J | star
+            b = np.where(star, 0.0, Ka)[rows]
+            A = Kn[rows]
+        else:
+            A, b = Kn, np.zeros(m)
+        return "balance", mu, Ka, A, b, A, b
+    A = np.vstack([Kn, Ka[None, :]])
+    b = np.append(np.zeros(m), min(Ka.max(), 0.0))
+    return "descent", mu, Kn.sum(axis=1), A, b, Kn, np.zeros(m)
+
+
+@numba.njit(**JIT)
+def _epo(K, losses, r, eps, max_iter):
+    """:func:`epo_problem` and its LP in one compiled call: (α, balance?, μ, relaxed, feasible, pivots)."""
+    m = K.shape[0]
+    top = 0.0
+    for i in range(m):
+        top = max(top, K[i, i])
+    Kn = K / top if top > 0.0 else np.zeros((m, m))
+    rl = r * losses
+    total = rl.sum()
+    mu = 0.0
+    a = np.zeros(m)
+    if total > 0.0:
+        for i in range(m):
+            if rl[i] > 0.0:
+                mu += rl[i] / total * np.log(m * rl[i] / total)
+        for i in range(m):
+            a[i] = r[i] * (np.log(max(m * rl[i] / total, LOG_FLOOR)) - mu)
+    Ka = np.zeros(m)
+    for i in range(m):
+        for j in range(m):
+            Ka[i] += Kn[i, j] * a[j]
+    if mu > eps:
+        rlmax = rl.max()
+        J = Ka > 0.0
+        rows = np.ones(m, np.bool_)
+        if J.any():
+            rows = ~J | (rl == rlmax)
+        A = Kn[rows]
+        b = np.where(rl == rlmax, 0.0, Ka)[rows] if J.any() else np.zeros(m)
+        alpha, ok, it = _simplex_lp(Ka, A, b, max_iter)
+        return alpha, True, mu, False, ok, it
+    c = np.zeros(m)
+    A = np.empty((m + 1, m))
+    b = np.zeros(m + 1)
+    for i in range(m):
+        for j in range(m):
+            c[i] += Kn[j, i]
+            A[i, j] = Kn[i, j]
+        A[m, i] = Ka[i]
+    b[m] = min(Ka.max(), 0.0)
+    alpha, ok, it = _simplex_lp(c, A, b, max_iter)
+    if ok:
+        return alpha, False, mu, False, ok, it
+    alpha, ok, it2 = _simplex_lp(c, A[:m].copy(), b[:m].copy(), max_iter)
+    return alpha, False, mu, True, ok, it + it2
+
+
+def epo_weights(K: np.ndarray, losses: np.ndarray, r: np.ndarray, eps: float = 1e-4, *, reference: bool = False):
+    """EPO's α (on the simplex) for Gramian K, losses L ≥ 0 and preference r > 0.
+
+    When the restricted descent LP is infeasible the relaxed one is solved (Kα ≥ 0 is
+    always feasible in exact arithmetic: the MGDA min-norm point satisfies it); if round-off
+    makes that infeasible too, the MGDA weights are returned. The fast path is one numba
+    call; ``reference=True`` builds the LPs with :func:`epo_problem` (numpy) and solves them
+    with cvxpy. Returns (α, diagnostics: ``mu``, ``mode``, ``relaxed``, ``fallback``,
+    ``pivots``).
+    """
+    K = np.ascontiguousarray(K, dtype=np.float64)
+    losses = np.ascontiguousarray(losses, dtype=np.float64)
+    r = np.ascontiguousarray(r, dtype=np.float64)
+    if reference:
+        mode, mu, c, A, b, A_rel, b_rel = epo_problem(K, losses, r, eps)
+        alpha, ok = reference_simplex_lp(c, A, b)
+        relaxed = not ok and A_rel is not A
+        if relaxed:
+            alpha, ok = reference_simplex_lp(c, A_rel, b_rel)
+        pivots = 0
+    else:
+        if not K.flags.writeable:
+            K = K.copy()  # one compiled signature (numba types read-only arrays separately)
+        m = K.shape[0]
+        alpha, balance, mu, relaxed, ok, pivots = _epo(K, losses, r, float(eps), default_max_iter(m, m + 1))
+        mode = "balance" if balance else "descent"
+    info = {"mu": float(mu), "mode": mode, "relaxed": bool(relaxed), "fallback": not ok, "pivots": int(pivots)}
+    if not ok:
+        from mtlsolve.kernels.simplex_qp import min_norm_simplex
+
+        alpha = min_norm_simplex(K)[0]
+    return alpha, info

@@ -1,0 +1,257 @@
+"""FairGrad's α-fair weights (Ban & Ji, ICML 2024, arXiv 2402.15638, eq. (4)); Nash-MTL is α = 1.
+
+The weights w > 0 solve Kw = w^{−1/α} element-wise (g_i·d = w_i^{−1/α} for d = Gᵀw),
+the stationarity condition of the strictly convex
+
+    f(w) = ½wᵀKw − Σ_i h(w_i),   h(x) = x^p/p with p = 1 − 1/α (h = log at α = 1),
+
+since h'(x) = x^{−1/α}. A minimiser exists iff no v ≥ 0, v ≠ 0 has Kv = 0, i.e. iff
+0 ∉ conv{g_i}; otherwise f decreases without end (α ≥ 1) or toward an infimum it never
+reaches (α < 1) along such a v, and no weights solve the system.
+
+The kernel works in the variable a with w_i = t_i a_i, t_i = K_ii^{−α/(α+1)} (the solution
+when the gradients are orthogonal, so the cold start is a = 1): the system reads
+a_i(K'a)_i = q_i with K' = TKT and q_i = c_i a_i^p, c_i = K'_ii = K_ii^{(1−α)/(1+α)}
+(c = 1 and K' the unit-diagonal Gramian at α = 1). Newton's method on f: with D = diag(a)
+the step is Δa = D u, (DK'D + diag(q)/α)u = q − a∘K'a (a Cholesky solve), and
+λ² = uᵀ(q − a∘K'a) is the Newton decrement. A backtracking (Armijo) line search starts
+from the largest step ≤ 1 keeping a > 0 and evaluates the decrease of f exactly as
+−tλ² + ½t²‖Du‖²_{K'} − Σ q_i(φ_p(tu_i) − tu_i), φ_p(x) = ((1+x)^p − 1)/p (log1p at
+p = 0), which stays accurate down to steps of round-off size. It stops when
+max_i |a_i(K'a)_i/q_i − 1| ≤ ``tol`` (or the round-off floor of evaluating it,
+8·m·ε·max_i a_i(|K'|a)_i/q_i), reports "no solution" (status 2) when a gradient is zero or
+that floor exceeds 1e-6 (the iterates run off along a v ≥ 0 with K'v ≈ 0), and status 1
+at the iteration cap.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from mtlsolve.kernels import _cvx
+from mtlsolve.kernels._dense import as_kernel_array, chol_solve
+
+#: iterates whose residual has a round-off error above this have run off along a v ≥ 0 with Kv ≈ 0
+FLOOR = 1e-6
+CONVERGED, MAX_ITER, NO_SOLUTION = 0, 1, 2
+STATUS = {CONVERGED: "converged", MAX_ITER: "iteration cap reached", NO_SOLUTION: "no solution: 0 ∈ conv{g_i}"}
+
+
+@numba.njit(cache=True)
+def _matvec(A, x, out):
+    m = x.shape[0]
+    for i in range(m):
+        t = 0.0
+        for j in range(m):
+            t += A[i, j] * x[j]
+        out[i] = t
+
+
+@numba.njit(cache=True)
+def _cholesky_solve(M, rhs, u):
+    """u = M⁻¹ rhs for a symmetric positive definite M; M's lower triangle is overwritten by its factor."""
+    m = rhs.shape[0]
+    for j in range(m):
+        d = M[j, j]
+        for c in range(j):
+            d -= M[j, c] * M[j, c]
+        M[j, j] = np.sqrt(max(d, 1e-300))
+        for i in range(j + 1, m):
+            t = M[i, j]
+            for c in range(j):
+                t -= M[i, c] * M[j, c]
+            M[i, j] = t / M[j, j]
+    chol_solve(M, m, rhs, u)
+
+
+@numba.njit(cache=True)
+def _phi_minus_x(x, p):
+    """φ_p(x) − x for x > −1, φ_p(x) = ((1+x)^p − 1)/p, log1p(x) at p = 0."""
+    l = np.log1p(x)
+    return (l if p == 0.0 else np.expm1(p * l) / p) - x
+
+
+@numba.njit(cache=True)
+def _fairgrad(K, w0, alpha, tol, max_iter):
+    m = K.shape[0]
+    w = np.zeros(m)
+    t = np.empty(m)
+    c = np.empty(m)
+    for i in range(m):
+        if not K[i, i] > 0.0:
+            return w, 0, NO_SOLUTION, 1.0  # (Kw)_i = 0 for a zero gradient
+        t[i] = K[i, i] ** (-alpha / (alpha + 1.0))
+    Ks = np.empty((m, m))
+    for i in range(m):
+        for j in range(m):
+            Ks[i, j] = K[i, j] * t[i] * t[j]
+        c[i] = Ks[i, i]
+    if alpha == 1.0:  # exactly the unit-diagonal Gramian of Nash-MTL
+        for i in range(m):
+            Ks[i, i] = 1.0
+            c[i] = 1.0
+    p = 1.0 - 1.0 / alpha
+    a = np.empty(m)
+    warm = w0.shape[0] == m
+    for i in range(m):
+        warm = warm and w0[i] > 0.0 and np.isfinite(w0[i])
+    for i in range(m):
+        a[i] = w0[i] / t[i] if warm else 1.0
+    Ka = np.empty(m)
+    q = np.empty(m)
+    _matvec(Ks, a, Ka)
+    # the best point on the ray {s·a}: f(sa) = ½s²aᵀK'a − s^p Σ q_i/p is least at s^{2−p} = Σq_i/aᵀK'a
+    quad = 0.0
+    total = 0.0
+    for i in range(m):
+        quad += a[i] * Ka[i]
+        total += c[i] * a[i] ** p
+    if quad > 0.0:
+        scale = (total / quad) ** (1.0 / (2.0 - p))
+        for i in range(m):
+            a[i] *= scale
+            Ka[i] *= scale
+    M = np.empty((m, m))
+    rhs = np.empty(m)
+    u = np.empty(m)
+    Du = np.empty(m)
+    KDu = np.empty(m)
+    eps = np.finfo(np.float64).eps
+    status = MAX_ITER
+    residual = np.inf
+    it = 0
+    while True:
+        residual = 0.0
+        floor = 0.0
+        for i in range(m):
+            q[i] = c[i] * a[i] ** p
+            residual = max(residual, abs(a[i] * Ka[i] / q[i] - 1.0))
+            s = 0.0
+            for j in range(m):
+                s += abs(Ks[i, j]) * a[j]
+            floor = max(floor, a[i] * s / q[i])
+        # no minimiser: the iterates grow until the round-off of the residual reaches 1e-6
+        # (this also catches NaN and inf from an overflowing step)
+        if not 8.0 * m * eps * floor <= FLOOR:
+            status = NO_SOLUTION
+            break
+        if residual <= max(tol, 8.0 * m * eps * floor):
+            status = CONVERGED
+            break
+        if it >= max_iter:
+            break
+        it += 1
+        # Newton: (D K' D + diag(q)/α) u = q − a∘K'a, Δa = a∘u
+        for i in range(m):
+            rhs[i] = q[i] - a[i] * Ka[i]
+            for j in range(i + 1):
+                M[i, j] = a[i] * Ks[i, j] * a[j]
+            M[i, i] += q[i] / alpha
+        _cholesky_solve(M, rhs, u)
+        lam2 = 0.0
+        step = 1.0
+        for i in range(m):
+            lam2 += u[i] * rhs[i]
+            Du[i] = a[i] * u[i]
+            if u[i] < 0.0:
+                step = min(step, -0.99 / u[i])
+        _matvec(Ks, Du, KDu)
+        curvature = 0.0
+        for i in range(m):
+            curvature += Du[i] * KDu[i]
+        while step >= 1e-12:  # Armijo on the exact decrease of f
+            change = -step * lam2 + 0.5 * step * step * curvature
+            for i in range(m):
+                change -= q[i] * _phi_minus_x(step * u[i], p)
+            if change <= -0.25 * step * lam2:
+                break
+            step *= 0.5
+        for i in range(m):
+            a[i] *= 1.0 + step * u[i]
+        _matvec(Ks, a, Ka)
+    if status == NO_SOLUTION:
+        return w, it, status, 1.0  # the residual of w = 0
+    for i in range(m):
+        w[i] = t[i] * a[i]
+    return w, it, status, residual
+
+
+def fairgrad_weights(
+    K: np.ndarray, w0: np.ndarray | None = None, *, alpha: float = 1.0, tol: float = 1e-10, max_iter: int = 100
+):
+    """w > 0 with Kw = w^{−1/α} for the Gramian K (m x m, symmetric PSD) and α > 0, from the warm
+    start ``w0`` (positive, length m; otherwise the cold start, exact for orthogonal gradients).
+
+    Returns (w, iterations, status, residual): status 0 converged, 1 iteration cap (w is the last
+    iterate), 2 no solution (0 ∈ conv{g_i}; w is all zeros); residual = max_i |w_i^{1/α}(Kw)_i − 1|
+    of the returned w (1 for w = 0).
+    """
+    if not (np.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+    K = as_kernel_array(K)
+    start = np.zeros(0) if w0 is None else np.ascontiguousarray(w0, dtype=np.float64).ravel().copy()
+    w, it, status, residual = _fairgrad(K, start, float(alpha), float(tol), int(max_iter))
+    return w, int(it), int(status), float(residual)
+
+
+def fairgrad_residual(K: np.ndarray, w: np.ndarray, alpha: float) -> float:
+    """max_i |w_i^{1/α}(Kw)_i − 1|: the relative residual of Kw = w^{−1/α}."""
+    return float(np.abs(w ** (1.0 / alpha) * (K @ w) - 1.0).max())
+
+
+# ------------------------------------------------------------ cvxpy reference
+@_cvx.cached
+def _reference_problem(m: int, alpha: float):
+    import cvxpy as cp
+
+    F = cp.Parameter((m, m), name="F")
+    c = cp.Parameter(m, name="c", nonneg=True)
+    a = cp.Variable(m, name="a")
+    p = 1.0 - 1.0 / alpha
+    if alpha == 1.0:
+        concave = cp.sum(cp.log(a))
+    else:  # Σ c_i a_i^p/p: concave for p < 1 (p ∈ (0, 1): concave power; p < 0: minus a convex one)
+        concave = (c @ cp.power(a, p)) / p
+    problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(F @ a) - concave))
+    assert problem.is_dpp()
+    return problem, F, c, a
+
+
+def reference_fairgrad_weights(K: np.ndarray, alpha: float = 1.0, *, polish: bool = True) -> np.ndarray:
+    """cvxpy (Clarabel) minimiser of ½‖Fa‖² − Σ c_i h(a_i) (FᵀF = K' = TKT, the kernel's scaling
+    w = t∘a, t_i = K_ii^{−α/(α+1)}, c_i = K'_ii), built once per (m, α).
+
+    Raises :class:`~mtlsolve.errors.SolverError` when there is no minimiser (0 ∈ conv{g_i}).
+    ``polish``: Clarabel's exponential- and power-cone solutions stop at relative errors of
+    about 1e-6, so plain Newton steps a ← a − (K' + diag(c a^{p−2}/α))⁻¹(K'a − c a^{−1/α})
+    (``numpy.linalg.solve``) follow, and the iterate with the smallest residual is returned.
+    """
+    K = np.asarray(K, dtype=np.float64)
+    t = np.diag(K) ** (-alpha / (alpha + 1.0))
+    Ks = K * np.outer(t, t)
+    problem, F, c, a = _reference_problem(K.shape[0], float(alpha))
+    F.value = _cvx.psd_factor(Ks)
+    c.value = np.diag(Ks).copy()
+    _cvx.solve(problem)
+    a = np.asarray(a.value, dtype=np.float64)
+    return t * (_polish(Ks, np.diag(Ks), a, alpha) if polish else a)
+
+
+def _polish(Ks: np.ndarray, c: np.ndarray, a: np.ndarray, alpha: float) -> np.ndarray:
+    p = 1.0 - 1.0 / alpha
+
+    def residual(x):
+        return np.abs(x * (Ks @ x) / (c * x**p) - 1.0).max()
+
+    best, best_residual = a, residual(a)
+    for _ in range(20):
+        a = a - np.linalg.solve(Ks + np.diag(c * a ** (p - 2.0) / alpha), Ks @ a - c * a ** (p - 1.0))
+        if not (a > 0).all():
+            break
+        r = residual(a)
+        if r < best_residual:
+            best, best_residual = a, r
+        if r < 1e-14:
+            break
+    return best
