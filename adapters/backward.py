@@ -30,6 +30,21 @@ batched backward.
 respect to a shared feature tensor H (passed as ``features``): the heads are
 differentiated once for all tasks, the solver combines the m feature
 gradients, and that combination is back-propagated through the encoder once.
+
+``grads="last_shared"`` (GradNorm's choice) lets the solver see the per-task
+gradients of the last shared parameter block only (see
+:func:`last_shared_block`); the weights it returns are applied to the full
+losses, so one backward of Σ w_i L_i updates every shared parameter. It needs
+a solver that returns weights.
+
+Solvers that read several independent batches a step (``solver.batches = 3``:
+MoDo, SDMGrad) take ``backward([losses_1, losses_2, losses_3])``, one loss
+vector per batch (each from its own forward pass). The adapter stacks them
+into 3m "tasks", so the one batched backward yields the stacked gradients
+[G₁; G₂; G₃] and, on the gramian path, the 3m x 3m Gramian whose blocks are
+every G_s G_tᵀ (G is still never held); the solver returns weights on the 3m
+rows, and one backward of Σ_j w_j L_j writes d = Gᵀw. Heads get the mean over
+the batches of their tasks' gradients.
 """
 
 from __future__ import annotations
@@ -50,7 +65,7 @@ from mtlsolve.system import GradientSystem
 from mtlsolve.adapters import _grads
 
 PATHS = ("losses", "gramian", "matrix")
-GRADS = ("shared", "representation")
+GRADS = ("shared", "representation", "last_shared")
 
 
 @attrs.frozen(kw_only=True)
@@ -106,6 +121,26 @@ class StepDiagnostics:
             return math.inf
         return float(np.sqrt(top / eig[0]))
 
+    def scalars(self) -> dict[str, float]:
+        """The step's figures as flat ``name -> float`` pairs for a logger.
+
+        ``loss_i``, ``weight_i``, ``grad_norm_i``, ``cos_i_j`` (i < j),
+        ``condition_number``, ``update_norm`` and ``clip_factor``; entries a
+        path does not produce (no Gramian on the loss path) are left out.
+        """
+        out = {f"loss_{i}": float(v) for i, v in enumerate(self.losses)}
+        if self.weights is not None:
+            out.update({f"weight_{i}": float(v) for i, v in enumerate(self.weights)})
+        if self.gramian is not None:
+            out.update({f"grad_norm_{i}": float(v) for i, v in enumerate(self.grad_norms)})
+            cos = self.cosines
+            out.update({f"cos_{i}_{j}": float(cos[i, j]) for i in range(len(cos)) for j in range(i + 1, len(cos))})
+            out["condition_number"] = self.condition_number
+        if self.update_norm is not None:
+            out["update_norm"] = float(self.update_norm)
+        out["clip_factor"] = float(self.clip_factor)
+        return out
+
 
 def _collect(shared: Any) -> list[torch.Tensor]:
     """The distinct tensors requiring grad in a module, a tensor, or an iterable of either."""
@@ -128,6 +163,24 @@ def _collect(shared: Any) -> list[torch.Tensor]:
     if not out:
         raise ValueError("shared holds no tensor that requires grad")
     return out
+
+
+def last_shared_block(shared: Any) -> list[torch.Tensor]:
+    """The parameters ``grads="last_shared"`` hands to the solver.
+
+    For a module: those of its last submodule (in registration order) that
+    directly owns parameters, e.g. the last ``Linear`` of a ``Sequential``
+    trunk; for a tensor: itself; for a list: everything in its last item.
+    """
+    if isinstance(shared, torch.nn.Module):
+        owners = [mod for mod in shared.modules() if any(p.requires_grad for p in mod.parameters(recurse=False))]
+        return _collect(list(owners[-1].parameters(recurse=False)) if owners else shared)
+    if isinstance(shared, torch.Tensor):
+        return _collect(shared)
+    items = list(shared)
+    if not items:
+        raise ValueError("shared holds no tensor that requires grad")
+    return _collect(items[-1])
 
 
 def _loss_vector(losses: Any) -> torch.Tensor:
@@ -172,7 +225,9 @@ class MultiTaskBackward:
         and tensors (in representation mode: the encoder below ``features``).
     grads:
         ``"shared"`` (per-task gradients of the shared parameters) or
-        ``"representation"`` (of the ``features`` passed to :meth:`backward`).
+        ``"representation"`` (of the ``features`` passed to :meth:`backward`);
+        default: the solver's own ``grads`` (``"representation"`` for
+        ``mgda_ub`` and ``aligned_mtl_ub``), else ``"shared"``.
     path:
         force ``"losses"``, ``"gramian"`` or ``"matrix"`` instead of the one the
         solver's needs select (e.g. ``"matrix"`` holds G so that a Gramian
@@ -212,7 +267,7 @@ class MultiTaskBackward:
         solver: Any,
         shared: Any,
         *,
-        grads: str = "shared",
+        grads: str | None = None,
         path: str | None = None,
         max_norm: float | None = None,
         scaler: Any = None,
@@ -223,9 +278,15 @@ class MultiTaskBackward:
         callback: Callable[[StepDiagnostics], None] | None = None,
     ) -> None:
         self.solver = _resolve(solver)
+        if not isinstance(shared, (torch.nn.Module, torch.Tensor)):
+            shared = list(shared)  # a generator is read twice below
         self.shared = _collect(shared)
+        required = self.solver.grads
+        grads = grads or required or "shared"
         if grads not in GRADS:
             raise ValueError(f"grads must be one of {GRADS}, got {grads!r}")
+        if required is not None and grads != required:
+            raise ValueError(f"{self.solver.name} is defined on {required} gradients, got grads={grads!r}")
         self.grads = grads
         self.path = self._choose_path(path)
         if max_norm is not None and not (max_norm > 0 and math.isfinite(max_norm)):
@@ -234,10 +295,19 @@ class MultiTaskBackward:
         self.scaler = scaler
         if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
             raise ValueError(f"accumulation_steps must be a positive integer, got {accumulation_steps!r}")
-        if accumulation_steps > 1 and self.solver.post_step:
+        if self.solver.batches > 1 and grads == "representation":
+            raise ValueError(
+                f"{self.solver.name} reads {self.solver.batches} batches a step; representation mode reads one"
+            )
+        if accumulation_steps > 1 and self.solver.post_step and self.solver.post_step_losses:
             raise SolverError(
                 f"{self.solver.name} updates itself from the losses before and after each step; "
                 "gradient accumulation is not supported with it"
+            )
+        if accumulation_steps > 1 and grads == "last_shared" and self.path != "losses":
+            raise ValueError(
+                "grads='last_shared' applies the weights to each micro-batch's losses; "
+                "accumulation_steps > 1 would need every micro-batch's graph kept alive"
             )
         if accumulation_steps > 1 and grads == "representation" and self.path != "losses":
             raise ValueError(
@@ -256,12 +326,15 @@ class MultiTaskBackward:
 
             self._reducer = Reducer(None if distributed is True else distributed)
         self._shared_ids = {id(p) for p in self.shared}
+        #: the shared parameters whose per-task gradients the solver sees
+        self._tapped = last_shared_block(shared) if grads == "last_shared" else self.shared
         self._layout: list[tuple[int, int]] = []
         offset = 0
-        for p in self.shared:
+        for p in self._tapped:
             self._layout.append((offset, p.numel()))
             offset += p.numel()
-        self.n = offset
+        self._width = offset
+        self.n = sum(p.numel() for p in self.shared)
         self._micro = 0
         self._steps = 0
         self._pending = False
@@ -316,21 +389,33 @@ class MultiTaskBackward:
         """Tell the solver an epoch ended (DWA, STCH)."""
         self.solver.end_epoch()
 
-    def step(self, optimizer: Any, closure: Callable[[], Any] | None = None, *, zero_grad: bool = True) -> bool:
+    def step(
+        self,
+        optimizer: Any,
+        closure: Callable[[], Any] | None = None,
+        *,
+        zero_grad: bool = True,
+        scaler_step: bool = True,
+    ) -> bool:
         """Step ``optimizer`` (one or a list) once a combined update is in ``.grad``.
 
         Returns False (and does nothing) between micro-batches. Steps through
         the GradScaler when there is one, calls the solver's ``after_step``
         with ``closure()`` (the task losses recomputed on the same batch,
-        evaluated without grad) for post-step solvers such as FAMO, and zeroes
-        the gradients. Solver parameters no optimiser holds yet are added to
+        evaluated without grad) for post-step solvers such as FAMO (those whose
+        ``post_step_losses`` is False, GradNorm, get ``after_step(None)`` and
+        need no closure), and zeroes the gradients. Solver parameters no optimiser holds yet are added to
         the first one as a new param group before it steps.
+
+        ``scaler_step=False`` is for optimisers whose own ``step()`` goes
+        through the GradScaler (Lightning's ``LightningOptimizer`` under a
+        16-bit precision plugin): the adapter then only calls ``step()``.
         """
         if not self._pending:
             return False
         optimizers = optimizer if isinstance(optimizer, (list, tuple)) else [optimizer]
         self.add_parameters_to(optimizers)
-        if self._scaling:
+        if self._scaling and scaler_step:
             for opt in optimizers:
                 self.scaler.step(opt)
             self.scaler.update()
@@ -339,7 +424,9 @@ class MultiTaskBackward:
                 opt.step()
         self._pending = False
         self._steps += 1
-        if self.solver.post_step:
+        if self.solver.post_step and not self.solver.post_step_losses:
+            self.solver.after_step(None)  # e.g. GradNorm's renormalisation: no losses needed
+        elif self.solver.post_step:
             if closure is None:
                 raise SolverError(f"{self.solver.name} needs closure=... returning the losses after the step")
             with torch.no_grad():
@@ -398,8 +485,13 @@ class MultiTaskBackward:
         ``.grad`` as with ``loss.backward()``; zero them once per optimiser
         step (:meth:`step` does). Returns None for micro-batches before the
         last of an accumulation cycle.
+
+        For a solver reading b > 1 batches (``solver.batches``; MoDo, SDMGrad)
+        ``losses`` is a list of b loss vectors (or a b x m tensor), one per
+        independent batch; the solver, and the diagnostics, see them stacked
+        into b·m entries.
         """
-        losses = _loss_vector(losses)
+        losses = self._stacked(losses)
         m = losses.shape[0]
         last = self._micro + 1 == self.accumulation_steps
         if self._micro == 0:
@@ -454,14 +546,14 @@ class MultiTaskBackward:
         k = self.accumulation_steps
         m = losses.shape[0]
         reach = _grads.reachable_leaves([losses])
-        used = [(p, span) for p, span in zip(self.shared, self._layout) if id(p) in reach]
+        used = [(p, span) for p, span in zip(self._tapped, self._layout) if id(p) in reach]
         heads = self._heads(reach)
         scale = self._scale
         scaled = self.scaler.scale(losses) if self._scaling else losses
         hold = self.path == "matrix" or k > 1
         ref = self.shared[0]
         if hold and self._matrix is None:
-            self._matrix = torch.zeros(m, self.n, dtype=self.matrix_dtype or ref.dtype, device=ref.device)
+            self._matrix = torch.zeros(m, self._width, dtype=self.matrix_dtype or ref.dtype, device=ref.device)
         elif hold and self._matrix.shape[0] != m:
             raise InvalidSystemError(f"the accumulated gradients have {self._matrix.shape[0]} tasks, not {m}")
         gramian = None if hold else torch.zeros(m, m, dtype=torch.float64, device=ref.device)
@@ -493,10 +585,11 @@ class MultiTaskBackward:
         consumers = [into_matrix(*span) if hold else into_gramian for _, span in used]
         consumers += [self._head_consumer(h, head_sums) for h in heads]
         tapped = [p for p, _ in used] + heads
-        _, engine = self._per_task(scaled, [], tapped, consumers, retain_graph=retain_graph or not hold, reset=reset)
+        weighted = not hold or self.grads == "last_shared"  # the update is one backward of Σ w_i L_i
+        _, engine = self._per_task(scaled, [], tapped, consumers, retain_graph=retain_graph or weighted, reset=reset)
         for h in heads:
             if id(h) in head_sums:
-                _add_grad(h, head_sums[id(h)] / k)
+                _add_grad(h, head_sums[id(h)] / (k * self.solver.batches))
         self._losses += losses.detach().to(torch.float64) / k
         if not last:
             return None
@@ -512,10 +605,10 @@ class MultiTaskBackward:
         K = self._gramian_or_skip(system)
         if K is None:
             self._poison(self.shared)
-            return StepDiagnostics(path=self.path, kind="shared", losses=to_numpy64(L), skipped=True, engine=engine)
+            return StepDiagnostics(path=self.path, kind=self.grads, losses=to_numpy64(L), skipped=True, engine=engine)
         result = self.solver(system)
         weights = None if result.weights is None else to_numpy64(result.weights)
-        if hold:
+        if not weighted:
             d = result.direction
             if d is None:
                 d = torch.as_tensor(weights, dtype=G.dtype, device=G.device) @ G
@@ -527,19 +620,26 @@ class MultiTaskBackward:
             if weights is None:
                 raise SolverError(f"{self.solver.name} returned no weights on the gramian path")
             c = torch.as_tensor(weights * scale, dtype=losses.dtype, device=losses.device)
-            params = [p for p, _ in used]
+            if self.grads == "last_shared":
+                params = [p for p in self.shared if id(p) in reach]
+            else:
+                params = [p for p, _ in used]
             update = torch.autograd.grad((c * losses).sum(), params, retain_graph=retain_graph)
             for p, g in zip(params, update):
                 _add_grad(p, g)
             if self._reducer is not None:
                 self._reducer.mean_grads_(params)
-            norm = float(np.sqrt(max(weights @ K @ weights, 0.0)))
+            if self.grads == "last_shared":
+                norms = torch.stack([torch.linalg.vector_norm(g) for g in update])
+                norm = float(torch.linalg.vector_norm(norms)) / scale
+            else:
+                norm = float(np.sqrt(max(weights @ K @ weights, 0.0)))
         if self._reducer is not None:
             self._reducer.mean_grads_(heads)
         clip = self._clip()
         return StepDiagnostics(
             path=self.path,
-            kind="shared",
+            kind=self.grads,
             losses=to_numpy64(L),
             weights=weights,
             gramian=K,
@@ -624,6 +724,27 @@ class MultiTaskBackward:
         )
 
     # helpers ----------------------------------------------------------------
+    def _stacked(self, losses: Any) -> torch.Tensor:
+        """The loss vector; for a solver reading b > 1 batches, the b batches' vectors concatenated."""
+        b = self.solver.batches
+        if b == 1:
+            return _loss_vector(losses)
+        if isinstance(losses, torch.Tensor) and losses.ndim == 2:
+            losses = list(losses)
+        several = isinstance(losses, (list, tuple)) and all(
+            isinstance(x, (list, tuple)) or (isinstance(x, torch.Tensor) and x.ndim == 1) for x in losses
+        )
+        if not several or len(losses) != b:
+            got = f"{len(losses)} loss vectors" if several else "one loss vector"
+            raise InvalidSystemError(
+                f"{self.solver.name} reads {b} independent batches a step: call "
+                f"backward([losses_1, ..., losses_{b}]) with one loss vector per batch; got {got}"
+            )
+        batches = [_loss_vector(x) for x in losses]
+        if len({x.shape[0] for x in batches}) > 1:
+            raise InvalidSystemError(f"the batches disagree on the number of tasks: {[x.shape[0] for x in batches]}")
+        return torch.cat(batches)
+
     def _heads(self, reach: Mapping[int, torch.Tensor]) -> list[torch.Tensor]:
         """Reachable leaves that are neither shared nor the solver's own parameters."""
         own = {id(p) for p in self.solver.parameters()}

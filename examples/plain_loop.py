@@ -2,6 +2,7 @@
 
     python examples/plain_loop.py                     # ls, uw, famo and mgda, one after the other
     python examples/plain_loop.py --solver upgrad     # any registered solver name
+    python examples/plain_loop.py --solver mgda --epochs 2
 
 The loop is the same for every method: the adapter picks the cheapest path
 from what the solver needs (one backward of a weighted loss, the Gramian of
@@ -72,8 +73,10 @@ def train(solver_name: str, epochs: int = 6, batch: int = 64) -> None:
         extra = ""
         if diagnostics.weights is not None:
             extra += "  weights " + " ".join(f"{w:.3f}" for w in diagnostics.weights)
-        if diagnostics.cosines is not None:
-            extra += f"  cos(g1, g2) {diagnostics.cosines[0, 1]:+.3f}"
+        if diagnostics.cosines is not None:  # figures from the Gramian of the last step
+            norms = " ".join(f"{g:.3f}" for g in diagnostics.grad_norms)
+            extra += f"  cos(g1, g2) {diagnostics.cosines[0, 1]:+.3f}  |g_i| {norms}"
+            extra += f"  cond {diagnostics.condition_number:.1f}"
         print(f"epoch {epoch + 1}: test loss task 1 {test[0]:.4f}  task 2 {test[1]:.4f}{extra}")
     print(f"({time.perf_counter() - start:.1f} s)")
 
@@ -81,11 +84,12 @@ def train(solver_name: str, epochs: int = 6, batch: int = 64) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--solver", action="append", help="solver name (repeatable); default: ls, uw, famo, mgda")
+    parser.add_argument("--epochs", type=int, default=6)
     args = parser.parse_args()
     names = args.solver or ["ls", "uw", "famo", "mgda"]
     for name in names:
         try:
-            train(name)
+            train(name, epochs=args.epochs)
         except mtlsolve.UnknownSolverError as exc:
             print(f"\n== {name}: not available here ({exc})")
 

@@ -107,6 +107,8 @@ def test_loss_path_is_one_backward_of_the_weighted_objective():
     np.testing.assert_allclose(flat_grad(all_params), expected, rtol=1e-12)
     np.testing.assert_allclose(diagnostics.weights, w)
     assert diagnostics.gramian is None and diagnostics.cosines is None
+    # no Gramian on this path: the logger gets losses and weights only
+    assert set(diagnostics.scalars()) == {"loss_0", "loss_1", "weight_0", "weight_1", "clip_factor"}
 
 
 def test_loss_weighting_on_the_gramian_path_equals_the_loss_path_on_shared():
@@ -375,6 +377,15 @@ def test_diagnostics_come_from_the_gramian():
     np.testing.assert_allclose(diagnostics.weights, norm_weights(G), rtol=1e-10)
     np.testing.assert_allclose(diagnostics.losses, to_np(L))
     assert diagnostics.solver["calls"] == 1 and not diagnostics.skipped
+    scalars = diagnostics.scalars()  # the flat view a logger receives
+    assert scalars["cos_0_1"] == pytest.approx(G[0] @ G[1] / (norms[0] * norms[1]), rel=1e-10)
+    assert scalars["condition_number"] == pytest.approx(s[0] / s[-1], rel=1e-8)
+    assert scalars["update_norm"] == pytest.approx(np.linalg.norm(norm_weights(G) @ G), rel=1e-10)
+    for i in range(2):
+        assert scalars[f"grad_norm_{i}"] == pytest.approx(norms[i], rel=1e-10)
+        assert scalars[f"weight_{i}"] == pytest.approx(norm_weights(G)[i], rel=1e-10)
+        assert scalars[f"loss_{i}"] == pytest.approx(float(L[i].detach()), rel=1e-12)
+    assert scalars["clip_factor"] == 1.0 and len(scalars) == 10
 
 
 def test_condition_number_of_dependent_gradients_is_infinite():
