@@ -1,0 +1,561 @@
+"""COST: continual optimisation with symmetry teleportation (seed-methods.md §2, catalogue row ``cost``).
+
+Zhou, Meng, Wu, Zhao, Miao — "Continual Optimization with Symmetry Teleportation for Multi-Task
+Learning", NeurIPS 2025, arXiv 2503.04046; official code zzpustc/COST (``methods/teleportation.py``,
+``FairGrad.get_weighted_loss`` in ``methods/weight_methods.py``).
+
+Every step runs the base solver through :class:`~mtlsolve.adapters.MultiTaskBackward`. When the gates
+are open (epoch ≥ ``start_epoch``, step ≥ ``start_step``, fewer than ``max_teleports_per_epoch``
+teleports this epoch) and the step shows a *dominated conflict* (§2.2 step 2; g₀ = mean_i g_i)
+
+* ``"dominated_any"`` (default, official code): min_i cos(g₀, g_i) ≤ 0,
+* ``"dominated_min_norm"`` (paper Eq. 3): cos(g₀, g_{i*}) < 0 with i* = argmin_i ‖g_i‖,
+* ``"fraction"`` (the relaxed knob of §2.8.1): the fraction of tasks with cos(g₀, g_i) < 0 is ≥ ρ,
+
+the update is discarded and the model is *teleported* (§2.2 step 3): contour targets L*_i (the mean
+loss over the teleport loader in eval mode, or with ``contour="batch"`` each batch's own loss before the
+teleport), ratios R_i = m(1 − ‖g_i‖/Σ_j‖g_j‖), LoRA adapters ΔΘ = s·BA on the shared Linear/Conv layers
+(:mod:`._lora`, torch parametrizations), optimised with a fresh Adam for ``tele_rounds`` passes on
+
+    w_inv · (1/m) Σ_i |L_i(θ+Δθ; b) − L*_i|  −  w_sharp · (1/m) Σ_i max_{s≤n} R_i |L_i(θ+Δθ+ε_s; x) − L_i(θ+Δθ; x)| / δ
+
+(x the triggering batch, ε_s Gaussian noise scaled to norm δ per parameter tensor), then merged into
+the weights: architecture, parameter objects and parameter count are unchanged. The perturbed losses
+come from ``torch.func.functional_call``, so the sharpness term is differentiable in Δθ
+(``sharpness_grad="full"``); ``"official"`` detaches them as the official code's deep copies do (§2.8.3).
+The whole teleport runs in eval mode, as the official code does.
+
+Historical trajectory reuse (§2.2 step 4), with Δ = θ_after − θ_before on the shared parameters and
+c = cos(g_prev, Δ), g_prev the combined gradient of the last normal step: c ≤ 0 clears the optimiser
+state (a fresh Adam, same object, so the LR scheduler stays attached); c > 0 makes exactly the next
+optimiser step use m ← cβ₁m + (1 − cβ₁)g and v ← cβ₂v + (1 − cβ₂)g² with the bias-correction step
+counter and betas unchanged. That is done by setting m ← c·m + (1 − c)g and v ← c·v + (1 − c)g²
+just before torch's own Adam/AdamW update, which then gives exactly the formulas above (torch's Adam
+with betas set to (cβ₁, cβ₂) would also change its bias correction). The triggering batch is then
+recomputed at the teleported θ and stepped with the base solver (``after_teleport="step"``, the
+Cityscapes trainer) or skipped (``"skip"``, the NYUv2 trainer).
+
+Usage::
+
+    cost = COST(model=net, optimizer=opt, shared=net.trunk, loss_fn=task_losses,
+                teleport_loader=loader, base={"name": "fairgrad", "alpha": 2.0})
+    for epoch in range(E):
+        for batch in loader:
+            info = cost.train_step(batch)     # forward, base step or teleport, optimizer.step()
+        cost.end_epoch()
+
+``loss_fn(model, batch)`` returns the m task losses as a 1-D tensor; it is called with the adapted
+model during a teleport and must take every parameter from ``model``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable, Iterable, Mapping
+
+import attrs
+import numpy as np
+import torch
+from torch import nn
+
+from mtlsolve._array import to_numpy64
+from mtlsolve.adapters import _grads
+from mtlsolve.adapters.backward import MultiTaskBackward, StepDiagnostics, _resolve
+from mtlsolve.adapters.strategies import _lora
+from mtlsolve.errors import InvalidConfigError
+
+TRIGGERS = ("dominated_any", "dominated_min_norm", "fraction")
+CONTOURS = ("dataset", "batch")
+SHARPNESS_GRADS = ("full", "official")
+PERTURB = ("shared", "all")
+AFTER_TELEPORT = ("step", "skip")
+
+_in = attrs.validators.in_
+_ge0 = attrs.validators.ge(0)
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{attribute.name} must be a non-negative number, got {value!r}")
+
+
+def _optional_names(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = (value,) if isinstance(value, str) else tuple(value)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"lora_targets must be module names, got {value!r}")
+    return names
+
+
+def mean_cosines(gramian: np.ndarray) -> tuple[np.ndarray, float]:
+    """cos(g₀, g_i) for every task and ‖g₀‖, with g₀ = (1/m)Σ_i g_i, from K = GGᵀ (0 where a norm is 0)."""
+    K = np.asarray(gramian, dtype=np.float64)
+    m = len(K)
+    s = K.sum(1) / m  # g₀·g_i
+    g0 = math.sqrt(max(float(s.sum()) / m, 0.0))
+    denom = g0 * np.sqrt(np.clip(np.diag(K), 0.0, None))
+    return np.where(denom > 0, s / np.where(denom > 0, denom, 1.0), 0.0), g0
+
+
+def htr_adjust_(optimizer: torch.optim.Optimizer, c: float) -> None:
+    """Pre-scale Adam/AdamW moments so torch's next step applies HTR's σ-modulated moments (factor c).
+
+    With m ← c·m + (1 − c)g and v ← c·v + (1 − c)g² here, torch's β₁m + (1 − β₁)g becomes
+    cβ₁m + (1 − cβ₁)g (likewise for v), and its bias correction keeps the original betas and step
+    count. g is the gradient Adam folds into its moments (with L2 weight decay for plain Adam,
+    negated with ``maximize``). Parameters without Adam state yet are left alone.
+    """
+    decoupled_default = isinstance(optimizer, torch.optim.AdamW)
+    for group in optimizer.param_groups:
+        wd = group.get("weight_decay", 0.0)
+        decoupled = group.get("decoupled_weight_decay", decoupled_default)
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if p.grad is None or not state or "exp_avg" not in state:
+                continue
+            g = p.grad.detach()
+            if group.get("maximize", False):
+                g = -g
+            if wd and not decoupled:
+                g = g + wd * p.detach()
+            state["exp_avg"].mul_(c).add_(g, alpha=1.0 - c)
+            state["exp_avg_sq"].mul_(c).addcmul_(g, g, value=1.0 - c)
+
+
+class _Bound(nn.Module):
+    """``loss_fn(model, batch)`` as a module, so ``functional_call`` can swap the model's parameters."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.loss_fn(self.model, batch)
+
+
+@attrs.frozen(kw_only=True)
+class StepInfo:
+    """What :meth:`COST.train_step` did.
+
+    ``losses`` and ``cosines`` (cos(g₀, g_i), None when not computed) are those of the batch at the
+    start of the step; ``diagnostics`` those of the base step applied (None when a teleport step was
+    skipped); ``record`` the teleport record (see :attr:`COST.records`) when one happened.
+    """
+
+    losses: np.ndarray
+    cosines: np.ndarray | None
+    teleported: bool
+    diagnostics: StepDiagnostics | None
+    record: Mapping[str, Any] | None = None
+
+
+@attrs.define(kw_only=True, eq=False)
+class COST:
+    """Continual optimisation with symmetry teleportation around any registered base solver.
+
+    Runtime objects: ``model``, ``optimizer`` (Adam or AdamW when ``htr``), ``shared`` (module, tensors
+    or an iterable of them, all parameters of ``model``), ``loss_fn(model, batch) -> (m,) losses``,
+    ``teleport_loader`` (re-iterable batches; None: the triggering batch alone) and ``scaler``.
+
+    Settings (defaults from seed-methods.md §2.3; the paper's values where they differ in brackets):
+    ``base`` name, config mapping or solver (FairGrad α = 2); ``trigger``, ``trigger_fraction`` (ρ of the
+    ``"fraction"`` trigger); ``start_epoch`` (0; Cityscapes 50), ``start_step`` (0),
+    ``max_teleports_per_epoch`` (1); ``lora_rank`` (5), ``lora_alpha`` (8, peft's default; scale
+    α/r), ``lora_targets`` (module names; default every Linear/Conv layer whose weight is shared),
+    ``lora_lr`` (None: the optimiser's current lr); ``tele_rounds`` (2), ``sharp_samples`` (5),
+    ``sharp_radius`` δ (1e-4), ``w_inv`` (10), ``w_sharp`` (0.5) [paper: 1 and 0.1];
+    ``sharpness_grad`` ("full"; "official"), ``perturb`` ("shared"; "all" adds noise to the heads as
+    the code does), ``contour`` ("dataset"; "batch"), ``after_teleport`` ("step"; "skip"), ``htr``
+    (True), ``max_norm`` (1.0: clipping of the shared gradient, FairGrad code; None for none),
+    ``backward_options`` (more :class:`MultiTaskBackward` keywords), ``monitor`` (evaluate the
+    teleport-set losses after every adapter step and record the deviation from the contour),
+    ``seed`` (adapter initialisation and sharpness noise).
+
+    The paper trains the adapter at the main learning rate, 1e-4. With a larger main rate pass a smaller
+    ``lora_lr``: on the §2.7 check (main lr 1e-3) ``lora_lr=1e-4`` keeps every task loss within 0.6 % of
+    its contour, the default (1e-3) lets it drift by up to about 8 % (``contour="batch"``: 2 %).
+    """
+
+    model: nn.Module = attrs.field(validator=attrs.validators.instance_of(nn.Module))
+    optimizer: torch.optim.Optimizer = attrs.field(validator=attrs.validators.instance_of(torch.optim.Optimizer))
+    shared: Any
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] = attrs.field(validator=attrs.validators.is_callable())
+    teleport_loader: Iterable[Any] | None = None
+    scaler: Any = None
+
+    base: Any = attrs.field(factory=lambda: {"name": "fairgrad", "alpha": 2.0})
+    trigger: str = attrs.field(default="dominated_any", validator=_in(TRIGGERS))
+    trigger_fraction: float = attrs.field(default=0.5, converter=float)
+    start_epoch: int = attrs.field(default=0, validator=[attrs.validators.instance_of(int), _ge0])
+    start_step: int = attrs.field(default=0, validator=[attrs.validators.instance_of(int), _ge0])
+    max_teleports_per_epoch: int = attrs.field(default=1, validator=[attrs.validators.instance_of(int), _ge0])
+    lora_rank: int = attrs.field(default=5, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)])
+    lora_alpha: float = attrs.field(default=8.0, converter=float, validator=_positive)
+    lora_targets: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_names)
+    lora_lr: float | None = attrs.field(default=None, validator=attrs.validators.optional(_positive))
+    tele_rounds: int = attrs.field(default=2, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)])
+    sharp_samples: int = attrs.field(default=5, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)])
+    sharp_radius: float = attrs.field(default=1e-4, converter=float, validator=_positive)
+    w_inv: float = attrs.field(default=10.0, converter=float, validator=_non_negative)
+    w_sharp: float = attrs.field(default=0.5, converter=float, validator=_non_negative)
+    sharpness_grad: str = attrs.field(default="full", validator=_in(SHARPNESS_GRADS))
+    perturb: str = attrs.field(default="shared", validator=_in(PERTURB))
+    contour: str = attrs.field(default="dataset", validator=_in(CONTOURS))
+    after_teleport: str = attrs.field(default="step", validator=_in(AFTER_TELEPORT))
+    htr: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    max_norm: float | None = attrs.field(default=1.0, validator=attrs.validators.optional(_positive))
+    backward_options: Mapping[str, Any] = attrs.field(factory=dict)
+    monitor: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    seed: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.instance_of(int)))
+
+    #: one dict per teleport (see :meth:`_teleport`)
+    records: list[dict[str, Any]] = attrs.field(init=False, factory=list)
+    solver: Any = attrs.field(init=False, default=None)
+    adapter: MultiTaskBackward = attrs.field(init=False, default=None)
+    _epoch: int = attrs.field(init=False, default=0)
+    _step: int = attrs.field(init=False, default=0)
+    _teleports_epoch: int = attrs.field(init=False, default=0)
+    _teleports: int = attrs.field(init=False, default=0)
+    _g_prev: torch.Tensor | None = attrs.field(init=False, default=None)
+    _htr_pending: float | None = attrs.field(init=False, default=None)
+    _gen: torch.Generator | None = attrs.field(init=False, default=None)
+    _layers: list[nn.Module] = attrs.field(init=False, factory=list)
+
+    @trigger_fraction.validator
+    def _check_fraction(self, attribute: attrs.Attribute, value: float) -> None:
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"trigger_fraction must be in (0, 1], got {value!r}")
+
+    def __attrs_post_init__(self) -> None:
+        options = dict(self.backward_options)
+        clash = {"solver", "shared", "max_norm", "scaler"} & set(options)
+        if clash:
+            raise InvalidConfigError(f"backward_options cannot set {sorted(clash)}; they are COST settings")
+        if options.get("grads", "shared") != "shared" or options.get("accumulation_steps", 1) != 1:
+            raise InvalidConfigError("COST needs per-task gradients of the shared parameters, one batch per step")
+        if self.htr and not isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+            raise InvalidConfigError(f"htr=True reuses Adam/AdamW moments; got {type(self.optimizer).__name__} (pass htr=False)")
+        self.solver = _resolve(self.base)
+        self.adapter = MultiTaskBackward(self.solver, self.shared, max_norm=self.max_norm, scaler=self.scaler, **options)
+        model_ids = {id(p) for p in self.model.parameters()}
+        if any(id(p) not in model_ids for p in self.adapter.shared):
+            raise InvalidConfigError("every shared tensor must be a parameter of model (the teleport perturbs it by name)")
+        shared_ids = {id(p) for p in self.adapter.shared}
+        if self.lora_targets is None:
+            self._layers = [
+                mod for mod in self.model.modules() if isinstance(mod, _lora.LAYERS) and id(mod.weight) in shared_ids
+            ]
+            if not self._layers:
+                raise InvalidConfigError("no Linear/Conv layer has a shared weight; name the LoRA targets with lora_targets")
+        else:
+            self._layers = []
+            for name in self.lora_targets:
+                try:
+                    mod = self.model.get_submodule(name)
+                except AttributeError:
+                    raise InvalidConfigError(f"LoRA target {name!r} is not a submodule of model") from None
+                if not isinstance(mod, _lora.LAYERS):
+                    raise InvalidConfigError(f"LoRA target {name!r} is a {type(mod).__name__}, not a Linear/Conv layer")
+                if id(mod.weight) not in shared_ids:
+                    raise InvalidConfigError(f"LoRA target {name!r} is not part of the shared parameters")
+                self._layers.append(mod)
+
+    # ------------------------------------------------------------------ loop
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def step(self) -> int:
+        """Batches seen by :meth:`train_step` (teleport steps included)."""
+        return self._step
+
+    @property
+    def teleports(self) -> int:
+        return self._teleports
+
+    def end_epoch(self) -> None:
+        """Start a new epoch: the per-epoch teleport cap resets and the base solver hears of it."""
+        self._epoch += 1
+        self._teleports_epoch = 0
+        self.adapter.end_epoch()
+
+    def train_step(self, batch: Any) -> StepInfo:
+        """One training step on ``batch``: a base step, or a teleport followed by the base step."""
+        gate = (
+            self._epoch >= self.start_epoch
+            and self._step >= self.start_step
+            and self._teleports_epoch < self.max_teleports_per_epoch
+        )
+        snapshot = self.adapter.state_dict() if gate else None
+        losses = self.loss_fn(self.model, batch)
+        K = self._loss_path_gramian(losses) if gate and self.adapter.path == "losses" else None
+        diagnostics = self.adapter.backward(losses)
+        if K is None:
+            K = diagnostics.gramian
+        cosines = None
+        if K is not None:
+            cosines, _ = mean_cosines(K)
+        if gate and cosines is not None and self._fires(cosines, K):
+            return self._teleport_step(batch, diagnostics, K, snapshot)
+        self._finish(batch, diagnostics)
+        return StepInfo(losses=diagnostics.losses, cosines=cosines, teleported=False, diagnostics=diagnostics)
+
+    def _fires(self, cosines: np.ndarray, K: np.ndarray) -> bool:
+        if not np.isfinite(cosines).all():
+            return False
+        if self.trigger == "dominated_any":
+            return bool(cosines.min() <= 0.0)
+        if self.trigger == "dominated_min_norm":
+            return bool(cosines[int(np.argmin(np.diag(K)))] < 0.0)
+        return bool(np.mean(cosines < 0.0) >= self.trigger_fraction)
+
+    def _finish(self, batch: Any, diagnostics: StepDiagnostics) -> None:
+        """Keep g_prev, apply a pending HTR modulation and step the optimiser through the adapter."""
+        if self.htr and not diagnostics.skipped:
+            self._g_prev = torch.cat(
+                [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1) for p in self.adapter.shared]
+            ).clone()
+        if self._htr_pending is not None:
+            self._apply_htr()
+        self.adapter.step(self.optimizer, closure=lambda: self.loss_fn(self.model, batch))
+        self._step += 1
+
+    def _apply_htr(self) -> None:
+        if self.scaler is not None and self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+            grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if not all(bool(torch.isfinite(g).all()) for g in grads):
+                return  # the scaler skips this step; modulate the next one
+        htr_adjust_(self.optimizer, self._htr_pending)
+        self._htr_pending = None
+
+    def _loss_path_gramian(self, losses: torch.Tensor) -> np.ndarray:
+        """K for a loss-only base (the trigger still needs the per-task gradients; §2.4)."""
+        m = losses.shape[0]
+        reach = _grads.reachable_leaves([losses])
+        used = [p for p in self.adapter.shared if id(p) in reach]
+        K = torch.zeros(m, m, dtype=torch.float64, device=losses.device)
+
+        def consume(block: torch.Tensor) -> None:
+            flat = block.reshape(m, -1)
+            flat = flat if flat.dtype == torch.float64 else flat.float()
+            K.add_((flat @ flat.T).to(torch.float64))
+
+        consumers = [consume] * len(used)
+        try:
+            _grads.batched(losses, [], used, consumers, retain_graph=True)
+        except Exception:
+            K.zero_()
+            _grads.loop(losses, [], used, consumers, retain_graph=True)
+        return to_numpy64(K)
+
+    # -------------------------------------------------------------- teleport
+    def _teleport_step(
+        self, batch: Any, diagnostics: StepDiagnostics, K: np.ndarray, snapshot: Mapping[str, Any]
+    ) -> StepInfo:
+        # drop the update written at the old θ and the base solver's view of it
+        self.model.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.solver.parameters():
+            p.grad = None
+        self.adapter.load_state_dict(snapshot)
+        cosines, g0 = mean_cosines(K)
+        record = self._teleport(batch, K)
+        record.update(losses=diagnostics.losses.tolist(), cos_before=cosines.tolist(),
+                      min_cos_before=float(cosines.min()), g0_norm_before=g0)
+        after = None
+        if self.after_teleport == "step":
+            losses = self.loss_fn(self.model, batch)
+            K2 = self._loss_path_gramian(losses) if self.adapter.path == "losses" else None
+            after = self.adapter.backward(losses)
+            K2 = after.gramian if K2 is None else K2
+            if K2 is not None:
+                cos2, g02 = mean_cosines(K2)
+                record.update(losses_after=after.losses.tolist(), cos_after=cos2.tolist(),
+                              min_cos_after=float(cos2.min()), g0_norm_after=g02)
+            self._finish(batch, after)
+        else:
+            self._step += 1
+        return StepInfo(losses=diagnostics.losses, cosines=cosines, teleported=True, diagnostics=after, record=record)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if self._gen is None:
+            seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+            self._gen = torch.Generator(device=device)
+            self._gen.manual_seed(seed)
+        return self._gen
+
+    @torch.no_grad()
+    def _mean_losses(self, loader: Iterable[Any]) -> torch.Tensor:
+        total, count = None, 0
+        for b in loader:
+            L = self.loss_fn(self.model, b).detach().to(torch.float64)
+            total = L if total is None else total + L
+            count += 1
+        if count == 0:
+            raise ValueError("the teleport loader yielded no batch")
+        return total / count
+
+    def _teleport(self, batch: Any, K: np.ndarray) -> dict[str, Any]:
+        """Inject, optimise and merge the adapters; apply HTR. Returns the teleport record."""
+        shared = self.adapter.shared
+        device = shared[0].device
+        m = len(K)
+        norms = np.sqrt(np.clip(np.diag(K), 0.0, None))
+        ratios = m * (1.0 - norms / norms.sum()) if norms.sum() > 0 else np.ones(m)
+        loader = self.teleport_loader if self.teleport_loader is not None else [batch]
+        before = [p.detach().clone() for p in shared]
+        gen = self._generator(device)
+        was_training = self.model.training
+        self.model.eval()
+        deviations: list[float] = []
+        batch_deviation = 0.0
+        last: dict[str, float] = {}
+        steps, aborted = 0, False
+        try:
+            targets = self._mean_losses(loader) if (self.contour == "dataset" or self.monitor) else None
+            adapters = _lora.inject(self._layers, self.lora_rank, self.lora_alpha / self.lora_rank, gen)
+            params = [t for a in adapters for t in (a.A, a.B)]
+            lr = self.lora_lr if self.lora_lr is not None else self.optimizer.param_groups[0]["lr"]
+            inner = torch.optim.Adam(params, lr=lr)
+            named = self._perturbed(params)
+            bound = _Bound(self.model, self.loss_fn)
+            R = None
+            for _ in range(self.tele_rounds):
+                for b in loader:
+                    L = self.loss_fn(self.model, b)
+                    if R is None:
+                        R = torch.as_tensor(ratios, dtype=L.dtype, device=L.device)
+                    if self.contour == "batch":
+                        with torch.no_grad(), _lora.disabled(adapters):
+                            target = self.loss_fn(self.model, b).detach()
+                        gap = ((L.detach() - target).abs() / target.abs().clamp_min(1e-12)).max()
+                        batch_deviation = max(batch_deviation, float(gap))
+                    else:
+                        target = targets.to(L.dtype)
+                    invariance = (L - target).abs().mean()
+                    sharpness = self._sharpness(bound, batch, R, named, gen)
+                    objective = self.w_inv * invariance - self.w_sharp * sharpness
+                    if not bool(torch.isfinite(objective)):
+                        aborted = True
+                        break
+                    grads = torch.autograd.grad(objective, params)
+                    for t, g in zip(params, grads):
+                        t.grad = g
+                    inner.step()
+                    steps += 1
+                    last = {"invariance": invariance.item(), "sharpness": sharpness.item()}
+                    if self.monitor:
+                        mean = self._mean_losses(loader)
+                        deviations.append(float(((mean - targets).abs() / targets.abs().clamp_min(1e-12)).max()))
+                if aborted:
+                    break
+            (_lora.discard if aborted else _lora.merge)(self._layers)
+        except BaseException:
+            _lora.discard(self._layers)
+            raise
+        finally:
+            self.model.train(was_training)
+
+        self._teleports += 1
+        self._teleports_epoch += 1
+        delta = torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(shared, before)])
+        record: dict[str, Any] = {
+            "step": self._step,
+            "epoch": self._epoch,
+            "targets": None if targets is None else targets.tolist(),
+            "ratios": ratios.tolist(),
+            "adapter_steps": steps,
+            "aborted": aborted,
+            "objective": last,
+            "deviation": deviations,
+            "max_deviation": max(deviations) if deviations else None,
+            "batch_deviation": batch_deviation if self.contour == "batch" else None,
+            "displacement": float(torch.linalg.vector_norm(delta)),
+        }
+        record.update(self._htr_decision(delta, aborted))
+        self.records.append(record)
+        return record
+
+    def _perturbed(self, adapter_params: list[torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+        """(functional_call key, tensor) of every parameter the sharpness noise perturbs."""
+        skip = {id(t) for t in adapter_params}
+        if self.perturb == "shared":
+            keep = {id(p) for p in self.adapter.shared}
+        else:
+            keep = {id(p) for p in self.model.parameters() if p.requires_grad}
+        return [("model." + n, p) for n, p in self.model.named_parameters() if id(p) in keep and id(p) not in skip]
+
+    def _sharpness(
+        self, bound: _Bound, x: Any, R: torch.Tensor, named: list[tuple[str, torch.Tensor]], gen: torch.Generator
+    ) -> torch.Tensor:
+        """(1/m) Σ_i max_s R_i |L_i(θ+Δθ+ε_s; x) − L_i(θ+Δθ; x)| / δ with per-tensor ‖ε_s‖ = δ."""
+        delta = self.sharp_radius
+        L0 = self.loss_fn(self.model, x)
+        worst = None
+        for _ in range(self.sharp_samples):
+            swapped = {}
+            for key, p in named:
+                eps = torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype)
+                swapped[key] = p.detach() + eps * (delta / torch.linalg.vector_norm(eps).clamp_min(1e-30))
+            Lp = torch.func.functional_call(bound, swapped, (x,))
+            if self.sharpness_grad == "official":
+                Lp = Lp.detach()
+            term = R * (Lp - L0).abs() / delta
+            worst = term if worst is None else torch.maximum(worst, term)
+        return worst.mean()
+
+    def _htr_decision(self, delta: torch.Tensor, aborted: bool) -> dict[str, Any]:
+        if not self.htr:
+            return {"htr": "off", "htr_cos": None}
+        if aborted or self._g_prev is None:
+            return {"htr": "none", "htr_cos": None}
+        g = self._g_prev.to(torch.float64)
+        d = delta.to(torch.float64)
+        denom = float(torch.linalg.vector_norm(g) * torch.linalg.vector_norm(d))
+        c = float(g @ d) / denom if denom > 0 else 0.0
+        if c <= 0.0:
+            self.optimizer.state.clear()
+            self._htr_pending = None
+            return {"htr": "reset", "htr_cos": c}
+        self._htr_pending = c
+        return {"htr": "modulate", "htr_cos": c}
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, RNG, HTR state, the base solver's state (through the adapter) and the records."""
+        return {
+            "epoch": self._epoch,
+            "step": self._step,
+            "teleports_epoch": self._teleports_epoch,
+            "teleports": self._teleports,
+            "rng": None if self._gen is None else self._gen.get_state(),
+            "g_prev": None if self._g_prev is None else self._g_prev.clone(),
+            "htr_pending": self._htr_pending,
+            "adapter": self.adapter.state_dict(),
+            "records": copy.deepcopy(self.records),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (the model and optimiser restore their own)."""
+        self._epoch = int(state["epoch"])
+        self._step = int(state["step"])
+        self._teleports_epoch = int(state["teleports_epoch"])
+        self._teleports = int(state["teleports"])
+        self._gen = None
+        if state["rng"] is not None:
+            self._gen = torch.Generator(device=self.adapter.shared[0].device)
+            self._gen.set_state(state["rng"])
+        self._g_prev = None if state["g_prev"] is None else state["g_prev"].clone()
+        self._htr_pending = state["htr_pending"]
+        self.adapter.load_state_dict(state["adapter"])
+        self.records = copy.deepcopy(list(state["records"]))

@@ -1,0 +1,80 @@
+"""MTGD-reconstructed on the two-task conflicting regression of seed-methods.md §4.7.
+
+    python examples/mtgd_example.py                  # 3 seeds x 600 steps, a few minutes on one core
+    python examples/mtgd_example.py --steps 300 --seeds 1
+
+K = 7 copies of a one-hidden-layer MLP (width 32, one output fitted to both targets y₁ ≈ −y₂), one per
+preference vector of the Das–Dennis grid, trained by SGD 1e-2 with momentum 0.9 on the same batches.
+The transfer strength α goes from 0 (independent weighted-sum training) to just below the bound
+``max_alpha`` at which the transfer matrix stops being non-negative; Pareto MTL (the registered
+``pmtl`` solver, K independent runs) is the Pareto baseline. For each setting the script prints the
+final hypervolume of the test losses and the number of steps until the population first reached
+95 % of it (HV measured every 10 steps), averaged over the seeds. The HV reference point is fixed
+before the run at 1.1 x the front's nadir, E(y₁ − y₂)² for both tasks (the loss of fitting the
+other target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from mtlsolve.adapters.strategies import from_config
+from mtlsolve.problems import conflicting_regression
+
+
+def run(alpha: float, seed: int, steps: int, every: int = 10, solver: str | None = None):
+    X, Y = conflicting_regression(samples=2048, seed=seed)
+    Xtr, Ytr, Xte, Yte = X[:1536], Y[:1536], X[1536:], Y[1536:]
+    nadir = float(((Yte[:, 0] - Yte[:, 1]) ** 2).mean())
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    config = {"strategy": "mtgd", "num_tasks": 2, "n_models": 7, "alpha": alpha, "neighbors": 2,
+              "reference": [1.1 * nadir] * 2}
+    if solver is not None:
+        config["solver"] = solver
+    pop = from_config(config, model=net, optimizer=torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9))
+
+    def loss(model, x, y):
+        return ((model(x) - y) ** 2).mean(dim=0)
+
+    gen = torch.Generator().manual_seed(seed + 100)
+    hv = [pop.hypervolume(pop.evaluate(lambda m: loss(m, Xte, Yte)))]
+    for t in range(steps):
+        idx = torch.randint(0, 1536, (64,), generator=gen)
+        pop.step(lambda m: loss(m, Xtr[idx], Ytr[idx]))
+        if (t + 1) % every == 0:
+            hv.append(pop.hypervolume(pop.evaluate(lambda m: loss(m, Xte, Yte))))
+    hv = np.array(hv)
+    reach = int(np.argmax(hv >= 0.95 * hv[-1])) * every
+    final = pop.evaluate(lambda m: loss(m, Xte, Yte))
+    return hv[-1], reach, final, pop.max_alpha()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    bound = run(0.0, 0, 0)[3]
+    settings = [(f"alpha={a:g}", a, None) for a in (0.0, 1.0, 5.0, 20.0, 50.0)]
+    settings += [(f"alpha=0.95*max_alpha={0.95 * bound:.1f}", 0.95 * bound, None), ("pmtl (alpha=0)", 0.0, "pmtl")]
+    print(f"MTGD-reconstructed, K=7, {args.steps} steps, {args.seeds} seed(s); max_alpha at lr 1e-2 = {bound:.1f}")
+    print(f"{'setting':34s} {'final HV (mean over seeds)':>28s} {'steps to 95% HV':>16s} {'front width (L1 range)':>24s}")
+    for label, alpha, solver in settings:
+        results = [run(alpha, seed, args.steps, solver=solver) for seed in range(args.seeds)]
+        hv = np.mean([r[0] for r in results])
+        reach = np.mean([r[1] for r in results])
+        width = np.mean([r[2][:, 0].max() - r[2][:, 0].min() for r in results])
+        per_seed = ", ".join(f"{r[0]:.4f}" for r in results)
+        print(f"{label:34s} {hv:10.4f} ({per_seed}) {reach:10.1f} {width:20.4f}")
+    print(f"({time.perf_counter() - start:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
