@@ -224,8 +224,9 @@ class Weighting(Solver):
         if system.has_matrix:
             direction = combine(weights, system.matrix)
             # NaN and Inf in any row of G propagate into d (0·NaN is NaN), so checking
-            # the n-vector d catches them without another pass over G.
-            if not _all_finite(direction):
+            # the n-vector d catches them without another pass over G; a checked Gramian
+            # of this G settles it without looking at d.
+            if not system.direction_surely_finite(w) and not _all_finite(direction):
                 raise NonFiniteError("the task-gradient matrix holds NaN or Inf (or wᵀG overflows)")
         return Result(direction=direction, weights=weights, diagnostics=diagnostics)
 

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mtlsolve._array import is_torch, to_numpy64
+from mtlsolve._array import _torch, is_torch, to_numpy64
 from mtlsolve.errors import InvalidSystemError, NonFiniteError
 
 #: Entries of G that :meth:`GradientSystem.check_matrix` tests per block.
@@ -173,6 +173,17 @@ class GradientSystem:
             K.setflags(write=False)
             self._cache["gramian64"] = K
         return self._cache["gramian64"]
+
+    def direction_surely_finite(self, weights: np.ndarray) -> bool:
+        """Whether d = Gᵀw is finite without a pass over d: True when K was computed from this G
+        and checked finite (so G holds no NaN or Inf) and the bound max_j |d_j| ≤ Σ_i |w_i|·‖g_i‖
+        is below the largest value of G's dtype."""
+        if self._gramian is not None or self._matrix is None or "gramian64" not in self._cache:
+            return False
+        norms = np.sqrt(np.diag(self._cache["gramian64"]))
+        dtype = self._matrix.dtype
+        largest = _torch().finfo(dtype).max if is_torch(self._matrix) else np.finfo(dtype).max
+        return bool(np.abs(weights) @ norms < 0.5 * largest)
 
     @property
     def losses(self) -> Any:

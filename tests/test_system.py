@@ -297,3 +297,35 @@ def test_backend_and_reference_follow_the_arrays():
     assert isinstance(s.reference, np.ndarray)  # the first given array
     s = GradientSystem(losses=torch.ones(2, dtype=torch.float32))
     assert s.reference.dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_direction_surely_finite_only_from_a_checked_gramian_of_this_matrix(backend):
+    G = np.array([[1.0, -2.0, 3.0], [0.5, 0.0, -1.0]], dtype=np.float32)
+    G = torch.from_numpy(G) if backend == "torch" else G
+    w = np.array([0.3, 0.7])
+    system = GradientSystem(G)
+    assert not system.direction_surely_finite(w)  # K not computed yet: G unchecked
+    system.gramian64
+    assert system.direction_surely_finite(w)
+    # Σ|w_i|‖g_i‖ beyond float32's range: d may overflow, so it must be looked at
+    assert not system.direction_surely_finite(np.array([1e38, 1e38]))
+    given = GradientSystem(G, gramian=np.eye(2, dtype=np.float32))
+    given.gramian64
+    assert not given.direction_surely_finite(w)  # a given K says nothing about G
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # numpy, on the way to the error
+def test_an_overflowing_direction_still_raises():
+    """Weights whose wᵀG overflows float32 are caught by the check on d."""
+
+    @attrs.define(kw_only=True, eq=False)
+    class Huge(mtlsolve.GramianWeighting):
+        name: ClassVar[str] = "huge"
+
+        def weights_from_gramian(self, K, system):
+            return np.full(len(K), 1e38), {}
+
+    G = np.full((2, 3), 10.0, dtype=np.float32)
+    with pytest.raises(NonFiniteError, match="overflows"):
+        Huge()(G)

@@ -67,8 +67,15 @@ class ExcessMTL(Weighting):
         state = state_for(self, m, n)
         k = state.get("step", 0) + 1
         squares = G * G
-        S = match(state["sq_sum"], G) + squares if "sq_sum" in state else squares
-        e = to_numpy64((squares / (S + ADAGRAD_EPS) ** 0.5).sum(1))
+        if "sq_sum" in state:
+            S = match(state["sq_sum"], G)
+            S += squares  # in place: S is this solver's own accumulator
+        else:
+            S = squares.copy() if isinstance(squares, np.ndarray) else squares.clone()
+        root = S + ADAGRAD_EPS
+        root **= 0.5
+        squares /= root
+        e = to_numpy64(squares.sum(1))
         w = np.array(state.get("weights", np.full(m, total / m)), dtype=np.float64)
         state.update(step=k, sq_sum=S)
         diagnostics: dict[str, Any] = {"excess_risk": e}
