@@ -523,11 +523,17 @@ class MultiTaskBackward:
             # the global value with the local gradient: the solver sees the same losses on every rank
             losses = local + (self._reducer.mean(local) - local.detach())
         self._losses += losses.detach().to(torch.float64) / k
-        objective = self.solver.objective(losses)
         weights = None
-        if last:
-            (w,) = torch.autograd.grad(objective, local, retain_graph=True, allow_unused=True)
-            weights = None if w is None else to_numpy64(w)
+        if type(self.solver).objective is Solver.objective:
+            # Σ w_i L_i with w detached: the weights are the solver's, no autograd call needed
+            w = self.solver(losses=losses.detach()).weights
+            objective = (w * losses).sum()
+            weights = to_numpy64(w) if last else None
+        else:  # learnable parameters: the effective weights are ∂objective/∂L
+            objective = self.solver.objective(losses)
+            if last:
+                (w,) = torch.autograd.grad(objective, local, retain_graph=True, allow_unused=True)
+                weights = None if w is None else to_numpy64(w)
         model_params = self._model_params(local) if (last and self._reducer is not None) else []
         total = objective / k
         if self._scaling:
