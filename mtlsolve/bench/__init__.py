@@ -18,6 +18,7 @@ PNGs. ``--seeds N`` repeats every run with N seeds and reports mean ± std.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -104,6 +105,10 @@ def main(args: argparse.Namespace) -> int:
         settings.update({k: args.steps for k in settings if k.endswith("_steps")})
     if args.threads < 1:
         raise InvalidConfigError(f"--threads must be at least 1, got {args.threads}")
+    needed = ("matplotlib", "tqdm") + (("sklearn",) if "digits" in sections else ())
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InvalidConfigError(f"mtlsolve bench needs {', '.join(missing)}: pip install 'mtlsolve[bench]'")
     seeds = [args.seed + i for i in range(args.seeds)]
     import torch
 
