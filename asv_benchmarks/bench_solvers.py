@@ -109,7 +109,8 @@ def _gramian(m):
     return G @ G.T
 
 
-def _kernels():
+def kernel_calls():
+    """kernel -> (K -> a zero-argument call of the numba kernel on K); compare.py uses it too."""
     from mtlsolve.kernels.cagrad import cagrad_dual
     from mtlsolve.kernels.cone_projection import dualproj_weights, upgrad_weights
     from mtlsolve.kernels.epo import epo_weights
@@ -163,7 +164,7 @@ class InnerKernel:
     param_names = ["kernel", "m"]
 
     def setup(self, kernel, m):
-        self.call = _kernels()[kernel](_gramian(m))
+        self.call = kernel_calls()[kernel](_gramian(m))
         self.call()
 
     def time_kernel(self, kernel, m):

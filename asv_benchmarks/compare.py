@@ -45,9 +45,13 @@ import statistics
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported by asv
+from bench_solvers import kernel_calls  # noqa: E402 - the inner kernels, called as the asv suite calls them
 
 M_VALUES = (2, 10, 40)
 N_FULL = (100_000, 1_000_000, 10_000_000)
@@ -215,39 +219,6 @@ def conflicting_gramian(m: int, seed: int = 0) -> np.ndarray:
     return G @ G.T
 
 
-def inner_kernels() -> dict[str, Callable[[np.ndarray], Callable[[], Any]]]:
-    """kernel -> (K -> a zero-argument call of the numba kernel on K)."""
-    from mtlsolve.kernels.cagrad import cagrad_dual
-    from mtlsolve.kernels.cone_projection import dualproj_weights, upgrad_weights
-    from mtlsolve.kernels.epo import epo_weights
-    from mtlsolve.kernels.fairgrad import fairgrad_weights
-    from mtlsolve.kernels.gradvac import gradvac_coefficients
-    from mtlsolve.kernels.nash import nash_weights
-    from mtlsolve.kernels.pcgrad import pcgrad_coefficients, random_orders
-    from mtlsolve.kernels.simplex_projection import project_simplex, projected_sgd
-    from mtlsolve.kernels.simplex_qp import min_norm_simplex
-
-    def orders(K):
-        return random_orders(np.random.default_rng(0), len(K))
-
-    return {
-        "simplex_qp (mgda)": lambda K: lambda: min_norm_simplex(K),
-        "cone_projection (upgrad)": lambda K: lambda: upgrad_weights(K, 1e-4, 1e-4),
-        "cone_projection (dualproj)": lambda K: lambda: dualproj_weights(K, 1e-4, 1e-4),
-        "cagrad_dual (c=0.4)": lambda K: lambda: cagrad_dual(K, 0.4),
-        "nash (cold start)": lambda K: lambda: nash_weights(K),
-        "fairgrad (alpha=1)": lambda K: lambda: fairgrad_weights(K, alpha=1.0),
-        "epo": lambda K: (lambda L, r: lambda: epo_weights(K, L, r))(
-            np.linspace(0.5, 2.0, len(K)), np.ones(len(K))),
-        "pcgrad": lambda K: (lambda o: lambda: pcgrad_coefficients(K, o))(orders(K)),
-        "gradvac": lambda K: (lambda o, T: lambda: gradvac_coefficients(K, o, T, 0.5, True))(
-            orders(K), np.zeros_like(K)),
-        "projected_sgd (sdmgrad, 20 it)": lambda K: (lambda x0: lambda: projected_sgd(
-            K, -np.diag(K), x0, lr=10.0 / np.trace(K), momentum=0.5, n_iter=20))(np.full(len(K), 1 / len(K))),
-        "project_simplex": lambda K: (lambda v: lambda: project_simplex(v))(K[0].copy()),
-    }
-
-
 def per_call(fn: Callable[[], Any], budget: float = 0.05, rounds: int = 5) -> float:
     """Median seconds per call over ``rounds`` batches of calls each lasting about ``budget``."""
     fn()
@@ -264,7 +235,7 @@ def per_call(fn: Callable[[], Any], budget: float = 0.05, rounds: int = 5) -> fl
 
 def measure_inner() -> dict[tuple[str, int], float]:
     res = {}
-    for name, make in inner_kernels().items():
+    for name, make in kernel_calls().items():
         for m in M_VALUES:
             K = conflicting_gramian(m)
             try:
@@ -290,6 +261,26 @@ def measure_inner_solvers(mtlsolve) -> dict[tuple[str, int], float]:
 
 
 # ------------------------------------------------------------------------------------ report
+def limit_threads(threads: int) -> None:
+    """torch and numpy's BLAS/LAPACK (our m x m eigh, lstsq) both get ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        print("threadpoolctl is not installed: numpy's BLAS keeps its default thread count", file=sys.stderr)
+        return
+    threadpool_limits(threads)
+
+
+def print_verdicts(verdicts: list[tuple[str, bool, str]], t_start: float) -> None:
+    print("\n### targets\n")
+    for text, ok, detail in verdicts:
+        print(f"- {'PASS' if ok else 'MISS'}  {text}: {detail}")
+    print(f"\n(total {time.perf_counter() - t_start:.0f} s)")
+
+
 def fmt_cell(v: Any, digits: int = 2) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
@@ -323,13 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import mtlsolve
 
-    torch.set_num_threads(args.threads)
-    try:  # numpy's BLAS/LAPACK (our m x m eigh, lstsq) gets the same thread count as torch
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(args.threads)
-    except ImportError:
-        pass
+    limit_threads(args.threads)
     ns = N_QUICK if args.quick else N_FULL
     grid = [(m, n) for n in ns for m in M_VALUES if not (n >= 10_000_000 and m > MAX_M_AT_1E7)]
     cols = [col_name(m, n) for m, n in grid]
@@ -417,10 +402,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if notes:
         print("\nnot measured: " + "; ".join(f"{k}@m={m}: {v}" for (k, m), v in sorted(notes.items())))
-    print("\n### targets\n")
-    for text, ok, detail in verdicts:
-        print(f"- {'PASS' if ok else 'MISS'}  {text}: {detail}")
-    print(f"\n(total {time.perf_counter() - t_start:.0f} s)")
+    print_verdicts(verdicts, t_start)
     return 0
 
 

@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported by asv
-from compare import interleaved, table  # noqa: E402 - the timing protocol and table format of compare.py
+from compare import interleaved, limit_threads, print_verdicts, table  # noqa: E402 - the timing protocol and table format of compare.py
 
 M_VALUES = (2, 10, 40)
 BATCH = 32
@@ -264,13 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import mtlsolve.adapters  # noqa: F401
 
-    torch.set_num_threads(args.threads)
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(args.threads)
-    except ImportError:
-        pass
+    limit_threads(args.threads)
     cells = [(t, m) for t in TRUNKS for m in M_VALUES]
     cols = [f"{t} m={m}" for t, m in cells]
     print(f"# one training step: mtlsolve adapter vs TorchJD {importlib.metadata.version('torchjd')}, "
@@ -341,10 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     check(f"Gramian solver extra peak memory ≤ 0.5x {TJ_REF}", gram, cols, mem, TJ_REF, 0.5)
     check("loss-only solver step ≤ 1.1x plain sum", [f"ours {k}" for k in LOSS_ONLY if f"ours {k}" in methods],
           cols, ms, "plain sum", 1.1)
-    print("\n### targets\n")
-    for text, ok, detail in verdicts:
-        print(f"- {'PASS' if ok else 'MISS'}  {text}: {detail}")
-    print(f"\n(total {time.perf_counter() - t_start:.0f} s)")
+    print_verdicts(verdicts, t_start)
     return 0
 
 

@@ -44,7 +44,7 @@ class DualConeWeighting(GramianWeighting):
 
     def kernel(self) -> Callable[[np.ndarray, float, float], tuple[np.ndarray, int, bool]]:
         """(K, norm_eps, reg_eps) → (mean-scale w, iterations, converged)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement kernel()")
 
     def weights_from_gramian(
         self, gramian: np.ndarray, system: GradientSystem

@@ -27,7 +27,7 @@ class LearnableScales:
 
     def value(self, s: Any, losses: Any) -> Any:
         """The scalar the method minimises over the model and s (torch tensors)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement value()")
 
     def _parameter(self, m: int, reference: Any) -> Any:
         state = self._state_for(m)
@@ -95,7 +95,7 @@ class LogScaleWeighting(LearnableScales, Weighting):
 
     def effective_weights(self, s: np.ndarray) -> np.ndarray:
         """∂value/∂L_i at s (float64 numpy)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement effective_weights()")
 
     def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         system.losses64  # noqa: B018 - the weights do not depend on L, but NaN or Inf losses must raise
