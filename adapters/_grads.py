@@ -15,11 +15,13 @@ cannot be vmapped.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import torch
 
 Consumer = Callable[[torch.Tensor], None]
+#: attribute marking the dummy leaves of :mod:`._layers`, which the walk does not report as leaves
+ANCHOR = "_mtlsolve_anchor"
 
 
 class _Tap(torch.autograd.Function):
@@ -50,27 +52,52 @@ def _tap_hook(grad: torch.Tensor, consume: Consumer) -> torch.Tensor:
     return _Tap.apply(grad, consume)
 
 
-def reachable_leaves(roots: Iterable[torch.Tensor], stop: Iterable[torch.Tensor] = ()) -> dict[int, torch.Tensor]:
-    """The leaf tensors that require grad and are reachable from ``roots`` in the autograd graph.
+class Census(NamedTuple):
+    """What a walk of the autograd graph found (see :func:`census`)."""
 
-    The walk does not descend below the tensors in ``stop`` (the shared
-    features in representation mode). Keys are ``id(tensor)``.
+    leaves: dict[int, torch.Tensor]
+    uses: dict[int, int]
+    custom: list[Any]
+
+
+def census(roots: Iterable[torch.Tensor], stop: Iterable[torch.Tensor] = ()) -> Census:
+    """The leaves that require grad reachable from ``roots``, how many graph edges enter each, and the custom nodes.
+
+    ``leaves`` (anchors excluded) and ``uses`` are keyed by ``id(tensor)``; ``custom`` holds the
+    nodes of ``torch.autograd.Function`` calls (their ``ctx``). The walk does
+    not descend below the tensors in ``stop`` (the shared features in
+    representation mode).
     """
     stop_nodes = {t.grad_fn for t in stop if t.grad_fn is not None}
     stop_leaves = {id(t) for t in stop if t.grad_fn is None}
     stack = [r.grad_fn for r in roots]
     seen = set()
     leaves: dict[int, torch.Tensor] = {}
+    uses: dict[int, int] = {}
+    custom: list[Any] = []
     while stack:
         node = stack.pop()
         if node is None or node in seen or node in stop_nodes:
             continue
         seen.add(node)
         variable = getattr(node, "variable", None)
-        if variable is not None and id(variable) not in stop_leaves:
+        if variable is not None and id(variable) not in stop_leaves and not hasattr(variable, ANCHOR):
             leaves[id(variable)] = variable
-        stack.extend(child for child, _ in node.next_functions)
-    return leaves
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            custom.append(node)
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            leaf = getattr(child, "variable", None)
+            if leaf is not None:
+                uses[id(leaf)] = uses.get(id(leaf), 0) + 1
+            stack.append(child)
+    return Census(leaves, uses, custom)
+
+
+def reachable_leaves(roots: Iterable[torch.Tensor], stop: Iterable[torch.Tensor] = ()) -> dict[int, torch.Tensor]:
+    """The leaf tensors that require grad and are reachable from ``roots`` (keys: ``id(tensor)``)."""
+    return census(roots, stop).leaves
 
 
 def batched(
@@ -97,6 +124,20 @@ def batched(
     return list(out[: len(direct)])
 
 
+def task_outputs(losses: torch.Tensor) -> list[Any]:
+    """What to differentiate for task i alone: the i-th input edge of ``torch.stack`` when ``losses`` is one.
+
+    Differentiating ``losses[i]`` sends zeros back through every other task's
+    loss (stack's backward fills all of its inputs); the edge does not.
+    """
+    node = losses.grad_fn
+    if node is not None and type(node).__name__ == "StackBackward0":
+        edges = node.next_functions
+        if len(edges) == losses.shape[0] and all(fn is not None for fn, _ in edges):
+            return [torch.autograd.graph.GradientEdge(fn, nr) for fn, nr in edges]
+    return [losses[i] for i in range(losses.shape[0])]
+
+
 def loop(
     losses: torch.Tensor,
     direct: Sequence[torch.Tensor],
@@ -109,9 +150,10 @@ def loop(
     m = losses.shape[0]
     inputs = list(direct) + list(tapped)
     rows: list[list[torch.Tensor]] = [[] for _ in inputs]
-    for i in range(m):
+    one = torch.ones((), dtype=losses.dtype, device=losses.device)
+    for i, out in enumerate(task_outputs(losses)):
         keep = retain_graph or i < m - 1
-        grads = torch.autograd.grad(losses[i], inputs, retain_graph=keep, allow_unused=True)
+        grads = torch.autograd.grad(out, inputs, one, retain_graph=keep, allow_unused=True)
         for slot, (g, t) in enumerate(zip(grads, inputs)):
             rows[slot].append(torch.zeros_like(t) if g is None else g)
     for slot, consume in enumerate(consumers, start=len(direct)):

@@ -13,10 +13,16 @@ The solver's declared needs pick the path (:attr:`MultiTaskBackward.path`):
     task-specific ones included, gets the gradient of that objective, and
     learnable solver parameters (UW's s) get theirs.
 ``"gramian"``
-    Gramian weightings: one batched backward folds each shared parameter
-    block of the per-task gradients into K = G Gᵀ and drops it (G is never
-    held), the solver maps K to w, and one more backward of Σ w_i L_i writes
-    Gᵀw into the shared parameters.
+    Gramian weightings; G is never held. The ``nn.Linear`` layers of the
+    shared module that see at most d_in + 1 rows are never differentiated
+    per task: their Gramian blocks and their share of Gᵀw come from the
+    layer inputs X and output gradients δ_i (see :mod:`._layers`), which
+    costs less than forming their per-task gradients. The other shared
+    parameters' gradient blocks are folded into K = G Gᵀ, and kept to write
+    Gᵀw when they hold at most a quarter of the shared parameters, else one
+    more backward of Σ w_i L_i writes it. With gradient accumulation or
+    ``distributed``: one batched backward folds each parameter block into
+    K and drops it, and one backward of Σ w_i L_i writes Gᵀw.
 ``"matrix"``
     solvers that read G: G (m x n, ``matrix_dtype``) is filled block by block
     by one batched backward and the solver's direction is written.
@@ -62,7 +68,7 @@ from mtlsolve.errors import InvalidSystemError, NonFiniteError, SolverError
 from mtlsolve.solver import Need, Solver, Weighting
 from mtlsolve.system import GradientSystem
 
-from mtlsolve.adapters import _grads
+from mtlsolve.adapters import _grads, _layers
 
 PATHS = ("losses", "gramian", "matrix")
 GRADS = ("shared", "representation", "last_shared")
@@ -248,9 +254,13 @@ class MultiTaskBackward:
         micro-batch back-propagates ``objective(L)/k``, which is the same when
         the objective is affine in the losses (ls, uw, imtl_l, dwa).
     batched:
-        None picks the batched engine and falls back, once and for good, to
-        one backward per task if the model's backward cannot be vmapped;
-        True or False forces one.
+        how per-task gradients are taken: one vmapped backward for all tasks
+        (True) or one backward per task (False). None decides: on the gramian
+        path with one micro-batch, by speed and memory (see
+        :meth:`_batched_by_default`; on CPU usually the loop, measured faster
+        there); on the other paths the batched engine. A batched engine that
+        fails (a backward vmap cannot batch) falls back to the loop once and
+        for good.
     matrix_dtype:
         dtype of G on the matrix path (default: the shared parameters'), and
         of the feature-gradient matrix in representation mode (default: the
@@ -328,6 +338,9 @@ class MultiTaskBackward:
         self._shared_ids = {id(p) for p in self.shared}
         #: the shared parameters whose per-task gradients the solver sees
         self._tapped = last_shared_block(shared) if grads == "last_shared" else self.shared
+        self._factors = None
+        if self.path == "gramian" and grads == "shared" and accumulation_steps == 1 and self._reducer is None:
+            self._factors = _layers.install(self, shared)
         self._layout: list[tuple[int, int]] = []
         offset = 0
         for p in self._tapped:
@@ -495,18 +508,21 @@ class MultiTaskBackward:
         m = losses.shape[0]
         last = self._micro + 1 == self.accumulation_steps
         if self._micro == 0:
-            self._losses = torch.zeros(m, dtype=torch.float64, device=losses.device)
+            self._losses = None
         elif self._losses.shape[0] != m:
             raise InvalidSystemError(f"micro-batches disagree on the number of tasks: {self._losses.shape[0]} and {m}")
-        with torch.autocast(losses.device.type, enabled=False):
-            if self.path == "losses":
-                diagnostics = self._loss_path(losses, last, retain_graph)
-            elif self.grads == "representation":
-                if features is None:
-                    raise InvalidSystemError("representation mode needs backward(losses, features=H)")
-                diagnostics = self._representation_path(losses, features, retain_graph)
-            else:
-                diagnostics = self._gradient_path(losses, last, retain_graph)
+        if self.path == "losses":  # Σ w_i L_i: nothing autocast would change
+            diagnostics = self._loss_path(losses, last, retain_graph)
+        else:
+            with torch.autocast(losses.device.type, enabled=False):
+                if self.grads == "representation":
+                    if features is None:
+                        raise InvalidSystemError("representation mode needs backward(losses, features=H)")
+                    diagnostics = self._representation_path(losses, features, retain_graph)
+                elif self._factors is not None:
+                    diagnostics = self._factored_path(losses, retain_graph)
+                else:
+                    diagnostics = self._gradient_path(losses, last, retain_graph)
         self._micro = 0 if last else self._micro + 1
         if not last:
             return None
@@ -522,20 +538,20 @@ class MultiTaskBackward:
         if self._reducer is not None:
             # the global value with the local gradient: the solver sees the same losses on every rank
             losses = local + (self._reducer.mean(local) - local.detach())
-        self._losses += losses.detach().to(torch.float64) / k
+        self._add_losses(losses)
         weights = None
         if type(self.solver).objective is Solver.objective:
             # Σ w_i L_i with w detached: the weights are the solver's, no autograd call needed
-            w = self.solver(losses=losses.detach()).weights
-            objective = (w * losses).sum()
-            weights = to_numpy64(w) if last else None
+            # the solver runs on the host copy of the losses (read for the diagnostics anyway)
+            weights = to_numpy64(self.solver(losses=to_numpy64(losses)).weights)
+            objective = (torch.as_tensor(weights, dtype=losses.dtype).to(losses.device) * losses).sum()
         else:  # learnable parameters: the effective weights are ∂objective/∂L
             objective = self.solver.objective(losses)
             if last:
                 (w,) = torch.autograd.grad(objective, local, retain_graph=True, allow_unused=True)
                 weights = None if w is None else to_numpy64(w)
         model_params = self._model_params(local) if (last and self._reducer is not None) else []
-        total = objective / k
+        total = objective / k if k > 1 else objective
         if self._scaling:
             total = self.scaler.scale(total)
         total.backward(retain_graph=retain_graph)
@@ -596,7 +612,7 @@ class MultiTaskBackward:
         for h in heads:
             if id(h) in head_sums:
                 _add_grad(h, head_sums[id(h)] / (k * self.solver.batches))
-        self._losses += losses.detach().to(torch.float64) / k
+        self._add_losses(losses)
         if not last:
             return None
 
@@ -654,6 +670,134 @@ class MultiTaskBackward:
             engine=engine,
             solver=dict(result.diagnostics),
         )
+
+    def _factored_path(self, losses: torch.Tensor, retain_graph: bool) -> StepDiagnostics:
+        """The gramian path on one batch without per-task gradients of Linear layers (see :mod:`._layers`).
+
+        Factored Linear layers contribute their Gramian blocks and update from
+        (X, δ); the other shared parameters are tapped leaves whose gradient
+        blocks are folded into K and, when they hold at most a quarter of the
+        shared parameters, kept to write their update (else one backward of
+        Σ w_i L_i restricted to them writes it). Heads get the gradient of
+        their own tasks' losses from one backward of ΣL_i that stops at them.
+        """
+        m = losses.shape[0]
+        graph = _grads.census([losses])
+        layers = _layers.plan(self._factors, graph, self._shared_ids, m)
+        factored = {id(p) for layer in layers for p in layer.params}
+        tapped = [p for p in self.shared if id(p) in graph.leaves and id(p) not in factored]
+        heads = self._heads(graph.leaves)
+        scale = self._scale
+        if self._scaling:
+            self.scaler.scale(losses)  # starts the scaler's bookkeeping, as scaling the loss would
+        tapped_numel = sum(p.numel() for p in tapped)
+        hold = 4 * tapped_numel <= self.n
+        ref = self.shared[0]
+        batched = self._batched
+        if batched is None:
+            batched = self._batched_by_default(ref.device, tapped_numel, hold)
+
+        def attempt(batched: bool, retain: bool) -> tuple[torch.Tensor, dict[int, torch.Tensor], list]:
+            K = torch.zeros(m, m, dtype=torch.float64, device=ref.device)
+            blocks: dict[int, torch.Tensor] = {}
+
+            def fold(block: torch.Tensor, start: int) -> None:
+                flat = block.reshape(m, -1)
+                flat = flat if flat.dtype == torch.float64 else flat.float()
+                K.add_((flat @ flat.T).to(torch.float64))
+
+            def keeper(p: torch.Tensor) -> Callable[[torch.Tensor, int], None]:
+                buf = torch.empty(m, p.numel(), dtype=torch.promote_types(p.dtype, torch.float32), device=p.device)
+                blocks[id(p)] = buf
+
+                def keep(block: torch.Tensor, start: int) -> None:
+                    buf[start : start + block.shape[0]] = block.reshape(block.shape[0], -1)
+
+                return keep
+
+            # the loop delivers one row at a time: rows are kept until K can be formed
+            consumers = [keeper(p) if hold or not batched else fold for p in tapped]
+            for layer in layers:
+                layer.delta.zero_()
+            head_grads = _layers.per_task(
+                losses, scale, self._factors, layers, tapped, consumers, heads, batched=batched, retain_graph=retain
+            )
+            return K, blocks, head_grads
+
+        second = bool(tapped) and not hold  # the tapped leaves' update needs the graph again
+        if batched and self._batched is None:
+            try:
+                K, blocks, head_grads = attempt(True, True)
+            except Exception as exc:  # a backward that vmap cannot batch
+                warnings.warn(
+                    f"batched per-task gradients failed ({type(exc).__name__}: {exc}); "
+                    "using one backward pass per task from now on",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self._batched = batched = False
+                K, blocks, head_grads = attempt(False, retain_graph or second)
+        else:
+            K, blocks, head_grads = attempt(batched, retain_graph or second)
+        for h, g in zip(heads, head_grads):
+            if g is not None:
+                _add_grad(h, g / self.solver.batches)
+        for layer in layers:
+            K += layer.gramian().to(torch.float64)
+        for buf in blocks.values():
+            K += (buf @ buf.T).to(torch.float64)
+        self._add_losses(losses)
+        L = to_numpy64(self._losses)
+        system = GradientSystem(gramian=to_numpy64(K) / scale**2, losses=L)
+        engine = "batched" if batched else "loop"
+        K = self._gramian_or_skip(system)
+        if K is None:
+            self._poison(self.shared)
+            return StepDiagnostics(path=self.path, kind=self.grads, losses=L, skipped=True, engine=engine)
+        result = self.solver(system)
+        if result.weights is None:
+            raise SolverError(f"{self.solver.name} returned no weights on the gramian path")
+        weights = to_numpy64(result.weights)
+        w = torch.as_tensor(weights, device=ref.device)
+        for layer in layers:
+            for p, g in zip(layer.params, layer.update(w)):
+                _add_grad(p, g)
+        if hold:
+            for p in tapped:
+                buf = blocks[id(p)]
+                _add_grad(p, w.to(buf.dtype) @ buf)
+        elif tapped:
+            c = torch.as_tensor(weights * scale, dtype=losses.dtype, device=losses.device)
+            for p, g in zip(tapped, torch.autograd.grad((c * losses).sum(), tapped, retain_graph=retain_graph)):
+                _add_grad(p, g)
+        clip = self._clip()
+        return StepDiagnostics(
+            path=self.path,
+            kind=self.grads,
+            losses=L,
+            weights=weights,
+            gramian=K,
+            update_norm=float(np.sqrt(max(weights @ K @ weights, 0.0))),
+            clip_factor=clip,
+            engine=engine,
+            solver=dict(result.diagnostics),
+        )
+
+    def _batched_by_default(self, device: torch.device, tapped_numel: int, hold: bool) -> bool:
+        """The factored path's engine when ``batched=None``.
+
+        A batched pass holds about m x A activation gradients (A: the outputs
+        of the shared Linear/conv layers in the forward pass). When the tapped
+        blocks are kept anyway (``hold``), the loop costs no more memory and
+        is the faster engine on CPU (``asv_benchmarks/compare_adapters.py``);
+        elsewhere the batched one is used unless m x A exceeds the m x n of G.
+        Otherwise the loop must keep m x ``tapped_numel`` rows until K can be
+        formed, and the engine holding less is used.
+        """
+        activations = self._factors.activations
+        if hold:
+            return device.type != "cpu" and activations <= self.n
+        return activations <= tapped_numel
 
     def _representation_path(self, losses: torch.Tensor, H: torch.Tensor, retain_graph: bool) -> StepDiagnostics:
         if not H.requires_grad:
@@ -715,7 +859,7 @@ class MultiTaskBackward:
         )
         if self._reducer is not None:
             self._reducer.mean_grads_(encoder + heads)
-        self._losses += L.to(self._losses.device)
+        self._add_losses(L)
         clip = self._clip()
         return StepDiagnostics(
             path=self.path,
@@ -730,6 +874,14 @@ class MultiTaskBackward:
         )
 
     # helpers ----------------------------------------------------------------
+    def _add_losses(self, losses: torch.Tensor) -> None:
+        """Add this micro-batch's share to the float64 mean of the losses over the accumulation cycle."""
+        share = losses.detach().to(torch.float64, copy=True)
+        k = self.accumulation_steps
+        if k > 1:
+            share /= k
+        self._losses = share if self._losses is None else self._losses + share
+
     def _stacked(self, losses: Any) -> torch.Tensor:
         """The loss vector; for a solver reading b > 1 batches, the b batches' vectors concatenated."""
         b = self.solver.batches

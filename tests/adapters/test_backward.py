@@ -250,7 +250,7 @@ def test_batched_engine_falls_back_to_the_loop():
     L = losses()
     G = per_task(L, shared)
     heads = _heads_reference(net, L)
-    adapter = MultiTaskBackward(NormWeighting(), shared=net.trunk)
+    adapter = MultiTaskBackward(NormWeighting(), shared=net.trunk, path="matrix")  # batched unless it fails
     with pytest.warns(RuntimeWarning, match="batched per-task gradients failed"):
         diagnostics = adapter.backward(L)
     assert diagnostics.engine == "loop"
