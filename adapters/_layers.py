@@ -222,7 +222,7 @@ def per_task(
     factors.sink = to_layer
     try:
         if batched:
-            out = list(torch.autograd.grad(losses.sum() * scale, heads, retain_graph=True, allow_unused=True))
+            out = list(torch.autograd.grad(losses.sum() * scale, heads, retain_graph=True, allow_unused=True)) if heads else []
             rows = torch.eye(m, dtype=losses.dtype, device=losses.device) * scale
             torch.func.vmap(
                 lambda v: torch.autograd.grad(losses, inputs, v, retain_graph=retain_graph, materialize_grads=True)

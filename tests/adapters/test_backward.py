@@ -119,7 +119,8 @@ def test_loss_weighting_on_the_gramian_path_equals_the_loss_path_on_shared():
     via_losses = flat_grad(shared)
     net.zero_grad(set_to_none=True)
     diagnostics = MultiTaskBackward(LinearScalarization(), shared=net.trunk, path="gramian").backward(net.losses(x, y))
-    np.testing.assert_allclose(flat_grad(shared), via_losses, rtol=1e-12)
+    # factored layers sum the update in another order than autograd: equal to rounding of the largest entry
+    np.testing.assert_allclose(flat_grad(shared), via_losses, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(diagnostics.weights, [1.0, 1.0])
 
 

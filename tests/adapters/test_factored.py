@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import warnings
 
 import numpy as np
 import pytest
@@ -98,6 +99,21 @@ def test_factored_gramian_path_equals_separate_autograd_calls(kind, rows, batche
         assert calls[0] == 0  # its per-task gradients were never formed, nor its update back-propagated
     else:
         assert calls[0] >= 1
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_factored_path_with_every_parameter_shared(batched):
+    net = Net("mlp")
+    x = inputs("mlp")
+    params = list(net.parameters())
+    G = per_task(net.losses(x), params)
+    adapter = MultiTaskBackward(NormWeighting(), shared=net, batched=batched)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to the loop: nothing left for a heads pass is not an error
+        diagnostics = adapter.backward(net.losses(x))
+    assert diagnostics.engine == ("batched" if batched else "loop")
+    np.testing.assert_allclose(diagnostics.gramian, G @ G.T, rtol=1e-10)
+    np.testing.assert_allclose(flat_grad(params), norm_weights(G) @ G, rtol=1e-10, atol=1e-13)
 
 
 def test_factored_path_under_grad_scaler_and_max_norm():
