@@ -729,13 +729,8 @@ class MultiTaskBackward:
             try:
                 K, blocks, head_grads = attempt(True, True)
             except Exception as exc:  # a backward that vmap cannot batch
-                warnings.warn(
-                    f"batched per-task gradients failed ({type(exc).__name__}: {exc}); "
-                    "using one backward pass per task from now on",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                self._batched = batched = False
+                self._give_up_batching(exc, stacklevel=4)
+                batched = False
                 K, blocks, head_grads = attempt(False, retain_graph or second)
         else:
             K, blocks, head_grads = attempt(batched, retain_graph or second)
@@ -938,17 +933,21 @@ class MultiTaskBackward:
         try:
             out = _grads.batched(losses, direct, tapped, consumers, retain_graph=True)
         except Exception as exc:  # a backward that vmap cannot batch
-            warnings.warn(
-                f"batched per-task gradients failed ({type(exc).__name__}: {exc}); "
-                "using one backward pass per task from now on",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+            self._give_up_batching(exc, stacklevel=5)
             reset()
-            self._batched = False
             return _grads.loop(losses, direct, tapped, consumers, retain_graph=retain_graph), "loop"
         self._batched = True
         return out, "batched"
+
+    def _give_up_batching(self, exc: Exception, stacklevel: int) -> None:
+        """Warns that the batched engine failed (at the user's call, ``stacklevel`` frames up); the loop runs from now on."""
+        warnings.warn(
+            f"batched per-task gradients failed ({type(exc).__name__}: {exc}); "
+            "using one backward pass per task from now on",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
+        self._batched = False
 
     def _gramian_or_skip(self, system: GradientSystem) -> np.ndarray | None:
         """The float64 Gramian; None when it is non-finite and a GradScaler will skip the step.

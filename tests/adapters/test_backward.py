@@ -252,8 +252,9 @@ def test_batched_engine_falls_back_to_the_loop():
     G = per_task(L, shared)
     heads = _heads_reference(net, L)
     adapter = MultiTaskBackward(NormWeighting(), shared=net.trunk, path="matrix")  # batched unless it fails
-    with pytest.warns(RuntimeWarning, match="batched per-task gradients failed"):
+    with pytest.warns(RuntimeWarning, match="batched per-task gradients failed") as record:
         diagnostics = adapter.backward(L)
+    assert record[0].filename == __file__  # the warning points at the user's call
     assert diagnostics.engine == "loop"
     np.testing.assert_allclose(flat_grad(shared), norm_weights(G) @ G, rtol=1e-10)
     np.testing.assert_allclose(flat_grad(_params(net.heads) + _params(net.common)), heads, rtol=1e-10)

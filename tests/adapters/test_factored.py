@@ -181,8 +181,9 @@ def test_batched_default_falls_back_to_the_loop(monkeypatch):
     G = per_task(net.losses(x), shared)
     adapter = MultiTaskBackward(NormWeighting(), shared=net.trunk)
     monkeypatch.setattr(adapter, "_batched_by_default", lambda *args: True)  # as on a GPU
-    with pytest.warns(RuntimeWarning, match="batched per-task gradients failed"):
+    with pytest.warns(RuntimeWarning, match="batched per-task gradients failed") as record:
         diagnostics = adapter.backward(net.losses(x))
+    assert record[0].filename == __file__  # the warning points at the user's call
     assert diagnostics.engine == "loop" and adapter.state_dict()["batched"] is False
     np.testing.assert_allclose(diagnostics.gramian, G @ G.T, rtol=1e-10)
     np.testing.assert_allclose(flat_grad(shared), norm_weights(G) @ G, rtol=1e-10, atol=1e-13)
