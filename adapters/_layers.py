@@ -115,7 +115,7 @@ def _params(module: nn.Linear) -> list[torch.Tensor]:
 
 
 class Layer:
-    """One factored Linear layer in one step: its calls, their rows, and the δ buffer (m x R x d_out)."""
+    """One factored Linear layer in one step: its calls, their rows, and the δ buffer (m x R x d_out, zeroed by its user)."""
 
     def __init__(self, module: nn.Linear, calls: list[_Call], m: int, dtype: torch.dtype) -> None:
         self.module, self.calls = module, calls
@@ -125,7 +125,7 @@ class Layer:
         for call in calls:
             self.offsets[id(call)] = rows
             rows += call.x.numel() // call.x.shape[-1]
-        self.delta = torch.zeros(m, rows, module.out_features, dtype=dtype, device=module.weight.device)
+        self.delta = torch.empty(m, rows, module.out_features, dtype=dtype, device=module.weight.device)
         self._x: torch.Tensor | None = None
 
     def store(self, call: _Call, block: torch.Tensor, start: int) -> None:

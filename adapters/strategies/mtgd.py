@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping
 
 import attrs
 import numpy as np

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping
 
 import attrs
 import numpy as np
@@ -366,7 +366,6 @@ def affinity_propagation(
     if backend in ("auto", "sklearn"):
         try:
             from sklearn.cluster import AffinityPropagation
-            from sklearn.exceptions import ConvergenceWarning
         except ImportError:
             if backend == "sklearn":
                 raise
@@ -380,7 +379,7 @@ def affinity_propagation(
                 random_state=seed,
             )
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+                warnings.simplefilter("ignore")  # non-convergence is reported as None; equal similarities are expected
                 labels = ap.fit_predict(S)
             return None if len(ap.cluster_centers_indices_) == 0 else np.asarray(labels)
     n = S.shape[0]
