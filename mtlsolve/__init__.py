@@ -9,6 +9,7 @@ array([0.2, 0.4])
 from __future__ import annotations
 
 from mtlsolve.errors import (
+    ConvergenceWarning,
     InvalidConfigError,
     InvalidSystemError,
     MtlsolveError,
@@ -16,6 +17,7 @@ from mtlsolve.errors import (
     PluginError,
     PluginWarning,
     SolverError,
+    StateError,
     UnknownSolverError,
 )
 from mtlsolve.hookspecs import hookimpl
@@ -27,6 +29,7 @@ from mtlsolve.system import GradientSystem
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvergenceWarning",
     "FAMILIES",
     "PROPERTIES",
     "GradientSystem",
@@ -41,6 +44,7 @@ __all__ = [
     "Result",
     "Solver",
     "SolverError",
+    "StateError",
     "UnknownSolverError",
     "Weighting",
     "available",

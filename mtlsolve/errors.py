@@ -37,5 +37,17 @@ class SolverError(MtlsolveError, RuntimeError):
     """A solver was used in a way its protocol forbids (e.g. a missing post-step call)."""
 
 
+class StateError(MtlsolveError, ValueError):
+    """A state given to ``load_state_dict`` does not belong to this solver or does not fit it."""
+
+
+class ConvergenceWarning(UserWarning):
+    """A solve did not certify its defining condition; the result is a named fallback.
+
+    Issued once per solver instance and reason; ``result.diagnostics`` says the same for every
+    step (``converged``, ``residual``, ``tolerance``, ``fallback``).
+    """
+
+
 class PluginWarning(UserWarning):
     """A plugin could not be loaded or clashes with another; the rest of the registry works."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import enum
+import threading
+import warnings
+import weakref
 from types import MappingProxyType
 from typing import Any, ClassVar, Mapping
 
@@ -11,7 +14,7 @@ import attrs
 import numpy as np
 
 from mtlsolve._array import combine, is_torch, like
-from mtlsolve.errors import InvalidSystemError, NonFiniteError
+from mtlsolve.errors import ConvergenceWarning, InvalidSystemError, NonFiniteError, SolverError, StateError
 from mtlsolve.system import GradientSystem, as_system
 
 
@@ -101,6 +104,15 @@ class Solver:
     #: its weights apply to the stacked rows, so d = Gᵀw still holds
     batches: ClassVar[int] = 1
 
+    #: the entries a stateful solver keeps in ``_state``, by key: a shape tuple whose entries are
+    #: "m" (the tasks, ``_state["m"]``), "n" (the coordinates, ``_state["n"]``), an int or None
+    #: (any length), () for a number, or None for an opaque value (a random generator's state).
+    #: ``load_state_dict`` accepts exactly these keys with these shapes; "m" is always allowed.
+    state_schema: ClassVar[Mapping[str, Any]] = {}
+    #: keys of ``_state`` that hold learnable ``torch.nn.Parameter`` objects (see :meth:`parameters`):
+    #: saved as plain tensors, loaded into the existing parameter so an optimiser keeps it
+    parameter_state: ClassVar[frozenset[str]] = frozenset()
+
     _state: dict = attrs.field(init=False, factory=dict, repr=False)
 
     def __call__(
@@ -112,10 +124,24 @@ class Solver:
         kind: str = "shared",
         **extras: Any,
     ) -> Result:
-        """Solve one step: ``solver(G)``, ``solver(gramian=K)``, ``solver(losses=L)`` or ``solver(system)``."""
+        """Solve one step: ``solver(G)``, ``solver(gramian=K)``, ``solver(losses=L)`` or ``solver(system)``.
+
+        The result is guarded: non-finite weights or directions raise NonFiniteError, and a step
+        whose certificate failed (``diagnostics["converged"] is False``) issues one
+        :class:`~mtlsolve.errors.ConvergenceWarning` per instance and reason. When anything
+        raises, the solver's state is what it was before the call.
+        """
         system = as_system(matrix, gramian=gramian, losses=losses, kind=kind, **extras)
         self.check(system)
-        return self.solve(system)
+        if not (self.stateful or self.randomized):
+            return self._guarded(self.solve(system), system)
+        with _lock_of(self):
+            saved = self._snapshot()
+            try:
+                return self._guarded(self.solve(system), system)
+            except BaseException:
+                self._state = saved
+                raise
 
     def requirements(self) -> frozenset[Need]:
         """What this instance reads (may add to the class's ``needs``, e.g. losses for a loss transform)."""
@@ -139,6 +165,42 @@ class Solver:
     def solve(self, system: GradientSystem) -> Result:
         """Combine one step's system into a :class:`Result`."""
         raise NotImplementedError(f"{type(self).__name__} must implement solve()")
+
+    def _guarded(self, result: Any, system: GradientSystem) -> Result:
+        """The output guard every solver's result passes, built-in or third-party."""
+        if not isinstance(result, Result):
+            raise SolverError(f"{self.name}.solve() returned {type(result).__name__}, not a mtlsolve.Result")
+        w = None if result.weights is None else _numpy64(result.weights)
+        if w is not None and not np.isfinite(w).all():
+            raise NonFiniteError(f"{self.name} produced non-finite weights {w.tolist()}")
+        d = result.direction
+        if d is not None and not (w is not None and system.direction_surely_finite(w)) and not _all_finite(d):
+            raise NonFiniteError(
+                f"{self.name} produced a direction holding NaN or Inf: G holds NaN or Inf, "
+                "wᵀG overflows its dtype, or the solver is faulty"
+            )
+        diagnostics = result.diagnostics
+        residual, tolerance = diagnostics.get("residual"), diagnostics.get("tolerance")
+        if diagnostics.get("converged") is True and residual is not None and tolerance is not None:
+            if not residual <= tolerance:  # a claim the certificate does not back
+                diagnostics = {**diagnostics, "converged": False}
+                diagnostics.setdefault("fallback", "none: the uncertified result is returned")
+                result = attrs.evolve(result, diagnostics=diagnostics)
+        if diagnostics.get("converged") is False:
+            self._warn_once(
+                str(diagnostics.get("fallback", "none")),
+                f"{self.name}: the solve did not certify its defining condition "
+                f"(residual {residual}, tolerance {tolerance}); fallback: {diagnostics.get('fallback', 'none')}. "
+                f"{diagnostics.get('message', '')}".rstrip(),
+            )
+        return result
+
+    def _warn_once(self, reason: str, message: str) -> None:
+        """Issue a ConvergenceWarning the first time this instance meets ``reason``."""
+        seen = _WARNED.setdefault(self, set())
+        if reason not in seen:
+            seen.add(reason)
+            warnings.warn(message, ConvergenceWarning, stacklevel=4)
 
     # ------------------------------------------------------- training hooks
     # A training-loop adapter drives every solver through these four methods,
@@ -178,22 +240,64 @@ class Solver:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """A deep copy of the state carried across steps (empty for stateless solvers)."""
-        return copy.deepcopy(self._state)
+        """The state carried across steps as plain tensors and Python values, tagged with the
+        solver's name (``torch.load(weights_only=True)`` reads it back); empty for stateless solvers."""
+        if not self._state:
+            return {}
+        return {"solver": self.name, **{k: _portable(v) for k, v in self._state.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self._state = copy.deepcopy(dict(state))
+        """Restore what :meth:`state_dict` returned; raise StateError for a state of another
+        solver, unknown keys, or entries whose shapes do not fit ``state_schema``."""
+        checked = self._checked_state(state)
+        for key in self.parameter_state & checked.keys():
+            checked[key] = _into_parameter(self._state.get(key), checked[key])
+        self._state = checked
 
     def reset(self) -> None:
         """Forget all state, as a freshly constructed solver."""
         self._state = {}
 
     def _state_for(self, m: int) -> dict[str, Any]:
-        """The state dict, cleared first when the number of tasks changed."""
-        if self._state.get("m") != m:
-            self._state = {"m": m}
+        """The state dict for a system of m tasks; raises when the state was built for another m."""
+        known = self._state.get("m")
+        if known is None:
+            self._state = {**self._state, "m": m}
+        elif known != m:
+            raise InvalidSystemError(
+                f"{self.name} holds state for {known} tasks and got a system of {m}; "
+                "call reset() to start over with another number of tasks"
+            )
         return self._state
+
+    def _snapshot(self) -> dict[str, Any]:
+        """A copy of the state to restore on error (learnable parameters keep their identity)."""
+        memo = {id(p): p for p in self.parameters()}
+        return copy.deepcopy(self._state, memo)
+
+    def _checked_state(self, state: Any) -> dict[str, Any]:
+        if not isinstance(state, Mapping):
+            raise StateError(f"{self.name}.load_state_dict takes a mapping, got {type(state).__name__}")
+        state = dict(state)
+        if not state:
+            return {}
+        owner = state.pop("solver", None)
+        if owner != self.name:
+            raise StateError(f"this state belongs to solver {owner!r}, not to {self.name!r}")
+        if not self.state_schema:  # a solver that declares no schema gets its state back as saved
+            return {k: _restored(v) for k, v in state.items()}
+        unknown = sorted(set(state) - set(self.state_schema) - {"m"})
+        if unknown:
+            raise StateError(f"{self.name} state has unknown keys {unknown}; valid: {sorted({'m', *self.state_schema})}")
+        sizes = {"m": state.get("m"), "n": state.get("n")}
+        for size in ("m", "n"):
+            if sizes[size] is not None and not (isinstance(sizes[size], int) and sizes[size] >= 1):
+                raise StateError(f"{self.name} state entry {size!r} must be a positive int, got {sizes[size]!r}")
+        checked = {}
+        for key, value in state.items():
+            spec = self.state_schema.get(key, ())
+            checked[key] = value if spec is None or value is None else _checked_entry(self.name, key, value, spec, sizes)
+        return checked
 
     def _rng(self, seed: int | None) -> np.random.Generator:
         """This solver's random generator; its state lives in ``_state`` so it checkpoints."""
@@ -217,18 +321,97 @@ class Weighting(Solver):
 
     def solve(self, system: GradientSystem) -> Result:
         w, diagnostics = self.weights(system)
-        if not np.isfinite(w).all():
+        if not np.isfinite(w).all():  # before wᵀG is formed; the base guard checks d
             raise NonFiniteError(f"{self.name} produced non-finite weights {w.tolist()}")
         weights = like(w, system.reference)
-        direction = None
-        if system.has_matrix:
-            direction = combine(weights, system.matrix)
-            # NaN and Inf in any row of G propagate into d (0·NaN is NaN), so checking
-            # the n-vector d catches them without another pass over G; a checked Gramian
-            # of this G settles it without looking at d.
-            if not system.direction_surely_finite(w) and not _all_finite(direction):
-                raise NonFiniteError("the task-gradient matrix holds NaN or Inf (or wᵀG overflows)")
+        direction = combine(weights, system.matrix) if system.has_matrix else None
         return Result(direction=direction, weights=weights, diagnostics=diagnostics)
+
+
+_WARNED: "weakref.WeakKeyDictionary[Solver, set[str]]" = weakref.WeakKeyDictionary()
+_LOCKS: "weakref.WeakKeyDictionary[Solver, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_of(solver: Solver) -> Any:
+    """One lock per stateful or randomized instance: calls from several threads take turns, so
+    random draws and state updates are never interleaved."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(solver)
+        if lock is None:
+            lock = _LOCKS[solver] = threading.RLock()
+        return lock
+
+
+def _numpy64(x: Any) -> np.ndarray:
+    if is_torch(x):
+        return x.detach().to("cpu").double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _portable(value: Any) -> Any:
+    """A state entry as plain tensors and Python values (numpy arrays become CPU tensors)."""
+    if is_torch(value):
+        return value.detach().clone()
+    if isinstance(value, np.ndarray):
+        import torch
+
+        return torch.from_numpy(np.array(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_portable(v) for v in value)
+    return copy.deepcopy(value)
+
+
+def _restored(value: Any) -> Any:
+    """A loaded state entry as the solvers keep it: tensors back to numpy arrays."""
+    if is_torch(value):
+        return value.detach().cpu().numpy().copy()
+    if isinstance(value, Mapping):
+        return {k: _restored(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restored(v) for v in value]
+    return copy.deepcopy(value)
+
+
+def _checked_entry(solver: str, key: str, value: Any, spec: tuple, sizes: dict[str, Any]) -> Any:
+    """``value`` checked against its shape ``spec`` (numbers and arrays of finite reals)."""
+    try:
+        array = _numpy64(value) if is_torch(value) else np.asarray(value)
+    except Exception:
+        raise StateError(f"{solver} state entry {key!r} is not an array of numbers") from None
+    if array.dtype.kind not in "biuf" or array.ndim != len(spec):
+        raise StateError(
+            f"{solver} state entry {key!r} must be a real {len(spec)}-D value, got dtype {array.dtype} "
+            f"with shape {array.shape}"
+        )
+    for axis, (size, want) in enumerate(zip(array.shape, spec)):
+        if isinstance(want, str):
+            if sizes.get(want) is None:
+                sizes[want] = size
+            want = sizes[want]
+        if want is not None and size != want:
+            raise StateError(f"{solver} state entry {key!r} has shape {array.shape}; axis {axis} must be {want}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise StateError(f"{solver} state entry {key!r} holds NaN or Inf")
+    if not spec:
+        return array.item()
+    return array.astype(np.float64) if array.dtype.kind == "f" else array
+
+
+def _into_parameter(current: Any, values: Any) -> Any:
+    """Loaded values for a learnable parameter: copied into ``current`` when the shapes match."""
+    import torch
+
+    values = torch.as_tensor(values)
+    if current is not None and tuple(current.shape) == tuple(values.shape):
+        with torch.no_grad():
+            current.copy_(values)
+        return current
+    return torch.nn.Parameter(values.detach().clone())
 
 
 def _all_finite(x: Any) -> bool:

@@ -9,6 +9,7 @@ import numpy as np
 
 from mtlsolve._array import _torch, is_torch, to_numpy64
 from mtlsolve.errors import InvalidSystemError, NonFiniteError
+from mtlsolve.gramian import check_gramian
 
 #: Entries of G that :meth:`GradientSystem.check_matrix` tests per block.
 CHECK_BLOCK = 1 << 20
@@ -32,9 +33,17 @@ class GradientSystem:
     or by :meth:`check_matrix` for solvers that read G element-wise, so that
     NaN or Inf raise :class:`~mtlsolve.errors.NonFiniteError` instead of
     flowing into the update.
+
+    Precision: :attr:`eps` is the machine epsilon of the dtype the gradients came in and
+    :attr:`roundoff` a bound ρ on the Gramian's entry-wise error relative to n_i·n_j
+    (:mod:`mtlsolve.gramian`). A given Gramian is checked symmetric and positive
+    semidefinite up to max(ρ, √ε) relative to n_i·n_j, which any accumulation's round-off
+    passes and a wrong sign, a transposed block or an indefinite matrix does not;
+    ``roundoff=`` states ρ for a Gramian accumulated elsewhere (default: that of a Gramian
+    accumulated in the given K's own dtype over m·m terms).
     """
 
-    __slots__ = ("_matrix", "_gramian", "_losses", "_extras", "_kind", "_m", "_cache")
+    __slots__ = ("_matrix", "_gramian", "_losses", "_extras", "_kind", "_m", "_roundoff", "_cache")
 
     def __init__(
         self,
@@ -44,6 +53,7 @@ class GradientSystem:
         losses: Any = None,
         extras: Mapping[str, Any] | None = None,
         kind: str = "shared",
+        roundoff: float | None = None,
     ) -> None:
         if kind not in GRADIENT_KINDS:
             raise InvalidSystemError(f"kind must be one of {GRADIENT_KINDS}, got {kind!r}")
@@ -65,6 +75,8 @@ class GradientSystem:
         m = next(iter(given.values()))
         if m < 1:
             raise InvalidSystemError("a gradient system needs at least one task")
+        if roundoff is not None and not (np.isfinite(roundoff) and 0 <= roundoff < 1):
+            raise InvalidSystemError(f"roundoff must be a number in [0, 1), got {roundoff!r}")
         setter = object.__setattr__
         setter(self, "_matrix", matrix)
         setter(self, "_gramian", gramian)
@@ -72,6 +84,7 @@ class GradientSystem:
         setter(self, "_extras", MappingProxyType(dict(extras or {})))
         setter(self, "_kind", kind)
         setter(self, "_m", int(m))
+        setter(self, "_roundoff", None if roundoff is None else float(roundoff))
         setter(self, "_cache", {})
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -132,6 +145,27 @@ class GradientSystem:
         raise AssertionError("unreachable: a system always holds an array")
 
     @property
+    def eps(self) -> float:
+        """The machine epsilon of the dtype the gradients (or the given Gramian, or the losses) came in."""
+        return dtype_eps(self.reference)
+
+    @property
+    def roundoff(self) -> float:
+        """ρ: a bound on |δK_ij|/(n_i·n_j), the Gramian's round-off relative to the gradient norms.
+
+        From G: 2·u + 2·√n·u_acc (u of G's dtype, u_acc of the accumulation dtype, float32 for
+        half precision); for a given K: the value passed as ``roundoff=``, else 2·(1 + m)·u of K's
+        dtype. Losses-only systems: 2·u of the losses' dtype."""
+        if self._roundoff is not None:
+            return self._roundoff
+        if self._matrix is not None:
+            u = dtype_eps(self._matrix)
+            return 2.0 * u + 2.0 * np.sqrt(self._matrix.shape[1]) * min(u, np.finfo(np.float32).eps)
+        if self._gramian is not None:
+            return 2.0 * (1 + self._m) * dtype_eps(self._gramian)
+        return 2.0 * self.eps
+
+    @property
     def matrix(self) -> Any:
         """G, m x n, exactly as given; raises if the system has none."""
         if self._matrix is None:
@@ -144,12 +178,7 @@ class GradientSystem:
         if self._gramian is not None:
             return self._gramian
         if "gramian" not in self._cache:
-            G = self.matrix
-            if is_torch(G) and G.dtype in _torch_half_dtypes():
-                G = G.float()
-            elif not is_torch(G) and G.dtype == np.float16:
-                G = G.astype(np.float32)
-            self._cache["gramian"] = G @ G.T
+            self._cache["gramian"] = _gramian_of(self.matrix)
         return self._cache["gramian"]
 
     @property
@@ -169,6 +198,8 @@ class GradientSystem:
                     f"the Gramian has non-finite entries in rows {bad}: task gradients hold NaN or Inf, "
                     "or are so large that their squared norm overflows"
                 )
+            if self._gramian is not None:  # gross errors only: any accumulation's round-off passes
+                check_gramian(K, max(self.roundoff, np.sqrt(self.eps)))
             K = 0.5 * (K + K.T)
             K.setflags(write=False)
             self._cache["gramian64"] = K
@@ -196,7 +227,7 @@ class GradientSystem:
     def losses64(self) -> np.ndarray:
         """The losses as a float64 numpy vector, checked finite."""
         if "losses64" not in self._cache:
-            L = to_numpy64(self.losses)
+            L = np.array(to_numpy64(self.losses))  # a copy: the caller's array stays writable
             if not np.isfinite(L).all():
                 raise NonFiniteError(f"losses must be finite, got {L.tolist()}")
             L.setflags(write=False)
@@ -234,12 +265,15 @@ class GradientSystem:
             "losses": self._losses,
             "extras": self._extras,
             "kind": self._kind,
+            "roundoff": self._roundoff,
         }
         unknown = set(changes) - set(fields)
         if unknown:
             raise TypeError(f"unknown fields {sorted(unknown)}; valid: {sorted(fields)}")
         if "matrix" in changes and "gramian" not in changes:
             fields["gramian"] = None
+        if "gramian" in changes and "roundoff" not in changes:
+            fields["roundoff"] = None
         fields.update(changes)
         return GradientSystem(fields.pop("matrix"), **fields)
 
@@ -250,20 +284,64 @@ def as_system(
     gramian: Any = None,
     losses: Any = None,
     kind: str = "shared",
+    roundoff: float | None = None,
     **extras: Any,
 ) -> GradientSystem:
     """Wrap the arguments of ``solver(...)`` into a system (a system passes through)."""
     if isinstance(matrix, GradientSystem):
-        if gramian is not None or losses is not None or extras:
+        if gramian is not None or losses is not None or extras or roundoff is not None:
             raise InvalidSystemError("pass either a GradientSystem or arrays, not both")
         return matrix
-    return GradientSystem(matrix, gramian=gramian, losses=losses, extras=extras, kind=kind)
+    return GradientSystem(matrix, gramian=gramian, losses=losses, extras=extras, kind=kind, roundoff=roundoff)
 
 
-def _torch_half_dtypes():
-    import torch
+def dtype_eps(x: Any) -> float:
+    """The machine epsilon of an array's or tensor's (floating) dtype."""
+    if is_torch(x):
+        return float(_torch().finfo(x.dtype).eps)
+    return float(np.finfo(x.dtype).eps)
 
-    return (torch.float16, torch.bfloat16)
+
+def _gramian_of(G: Any) -> Any:
+    """G Gᵀ on G's device, accumulated in float32 at least (half-precision G).
+
+    A squared row norm below the accumulation dtype's normal range loses its digits to
+    subnormals (float32 ‖g‖ ≲ 1e-19), and above it overflows (‖g‖ ≳ 2e19): then, and only
+    then, the rows are scaled by their largest entries s_i and K = S (G̃G̃ᵀ) S is formed in
+    float64, so scale-invariant solvers see the right geometry at any gradient scale.
+    """
+    torch_input = is_torch(G)
+    if torch_input and G.dtype in (_torch().float16, _torch().bfloat16):
+        G = G.float()
+    elif not torch_input and G.dtype == np.float16:
+        G = G.astype(np.float32)
+    if torch_input:
+        K = G @ G.T
+    else:
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # handled below
+            K = G @ G.T
+    diagonal = to_numpy64(K.diagonal())
+    info = _torch().finfo(G.dtype) if torch_input else np.finfo(G.dtype)
+    floor = float(info.tiny) / float(info.eps)
+    if ((diagonal >= floor) & np.isfinite(diagonal)).all():
+        return K
+    # a zero row is exact; a tiny or overflowing one needs scaling; NaN/Inf stay for gramian64 to report
+    if torch_input:
+        s = to_numpy64(G.abs().amax(dim=1)) if G.shape[1] else np.zeros(G.shape[0])
+    else:
+        s = np.abs(G).max(axis=1).astype(np.float64) if G.shape[1] else np.zeros(G.shape[0])
+    if not np.isfinite(s).all():
+        return K
+    ok = (diagonal >= floor) & np.isfinite(diagonal)
+    if (ok | (s == 0)).all():
+        return K
+    inv = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
+    if torch_input:
+        torch = _torch()
+        Gs = G.to(torch.float64) * torch.as_tensor(inv, dtype=torch.float64, device=G.device)[:, None]
+        return (Gs @ Gs.T) * torch.as_tensor(np.outer(s, s), dtype=torch.float64, device=G.device)
+    Gs = G.astype(np.float64) * inv[:, None]
+    return (Gs @ Gs.T) * np.outer(s, s)
 
 
 def _as_float_array(x: Any, what: str, ndim: int) -> Any:

@@ -55,6 +55,7 @@ class GradNorm(Weighting):
     # w depends on the previous steps only, so for the current G, d = Gᵀw is linear
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "positive_homogeneous", "linear"})
     stateful: ClassVar[bool] = True
+    parameter_state: ClassVar[frozenset[str]] = frozenset({"p"})
     post_step: ClassVar[bool] = True
     post_step_losses: ClassVar[bool] = False
     paper: ClassVar[str] = "Chen, Badrinarayanan, Lee, Rabinovich — ICML 2018 — arXiv 1711.02257"
@@ -156,27 +157,3 @@ class GradNorm(Weighting):
     # ------------------------------------------------------------------ state
     # p is a Parameter the user's optimiser holds: checkpoints carry a plain tensor, and
     # loading writes into the existing Parameter so that the optimiser keeps stepping it.
-    def state_dict(self) -> dict[str, Any]:
-        import copy
-
-        state = copy.deepcopy({k: v for k, v in self._state.items() if k != "p"})
-        if "p" in self._state:
-            state["p"] = self._state["p"].detach().clone()
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        import copy
-
-        import torch
-
-        current = self._state.get("p")
-        new = copy.deepcopy({k: v for k, v in dict(state).items() if k != "p"})
-        if "p" in state:
-            values = torch.as_tensor(state["p"])
-            if current is not None and current.shape == values.shape:
-                with torch.no_grad():
-                    current.copy_(values)
-                new["p"] = current
-            else:
-                new["p"] = torch.nn.Parameter(values.detach().clone())
-        self._state = new

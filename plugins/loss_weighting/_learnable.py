@@ -8,7 +8,7 @@ import attrs
 import numpy as np
 
 from mtlsolve._array import is_torch, to_numpy64
-from mtlsolve.plugins.loss_weighting._common import finite
+from mtlsolve.plugins.loss_weighting._common import finite, objective_losses
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
 
@@ -24,6 +24,10 @@ class LearnableScales:
     """
 
     __slots__ = ()
+
+    #: s, loaded into the existing Parameter (see :attr:`mtlsolve.Solver.parameter_state`)
+    state_schema: ClassVar[Mapping[str, Any]] = {"s": ("m",)}
+    parameter_state: ClassVar[frozenset[str]] = frozenset({"s"})
 
     def value(self, s: Any, losses: Any) -> Any:
         """The scalar the method minimises over the model and s (torch tensors)."""
@@ -50,31 +54,12 @@ class LearnableScales:
         return [] if s is None else [s]
 
     def objective(self, losses: Any) -> Any:
+        # detached losses are fine: the scalar then trains s alone
+        objective_losses(losses, self.name, needs_grad=False)
         s = self._parameter(int(losses.shape[-1]), losses)
         if s.device != losses.device or s.dtype != losses.dtype:
             s = s.to(device=losses.device, dtype=losses.dtype)  # differentiable: the gradient reaches the parameter
         return self.value(s, losses)
-
-    def state_dict(self) -> dict[str, Any]:
-        state = {k: v for k, v in self._state.items() if k != "s"}
-        if "s" in self._state:
-            state["s"] = self._state["s"].detach().clone()
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        import torch
-
-        current = self._state.get("s")
-        new = {k: v for k, v in dict(state).items() if k != "s"}
-        if "s" in state:
-            values = torch.as_tensor(state["s"])
-            if current is not None and current.shape == values.shape:
-                with torch.no_grad():
-                    current.copy_(values)
-                new["s"] = current
-            else:
-                new["s"] = torch.nn.Parameter(values.detach().clone())
-        self._state = new
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -90,6 +75,7 @@ class LogScaleWeighting(LearnableScales, Weighting):
     needs: ClassVar[frozenset[Need]] = frozenset({Need.LOSSES})
     properties: ClassVar[frozenset[str]] = frozenset({"positive_homogeneous", "linear"})
     stateful: ClassVar[bool] = True
+    parameter_state: ClassVar[frozenset[str]] = frozenset({"s"})
 
     init: float = attrs.field(default=0.0, converter=float, validator=finite)
 
