@@ -14,6 +14,11 @@ from mtlsolve.gramian import check_gramian
 #: Entries of G that :meth:`GradientSystem.check_matrix` tests per block.
 CHECK_BLOCK = 1 << 20
 
+#: A given Gramian is refused when its asymmetry or negative eigenvalues exceed this (or ρ) relative
+#: to n_i·n_j: √ε of float32, far above the round-off of any float32 accumulation (ρ ≈ 2√n·ε),
+#: far below the errors of a wrong sign, a transposed block or an indefinite matrix.
+GIVEN_GRAMIAN_SLACK = float(np.sqrt(np.finfo(np.float32).eps))
+
 #: What a system's gradient rows are taken with respect to.
 GRADIENT_KINDS = ("shared", "representation")
 
@@ -37,8 +42,9 @@ class GradientSystem:
     Precision: :attr:`eps` is the machine epsilon of the dtype the gradients came in and
     :attr:`roundoff` a bound ρ on the Gramian's entry-wise error relative to n_i·n_j
     (:mod:`mtlsolve.gramian`). A given Gramian is checked symmetric and positive
-    semidefinite up to max(ρ, √ε) relative to n_i·n_j, which any accumulation's round-off
-    passes and a wrong sign, a transposed block or an indefinite matrix does not;
+    semidefinite up to max(ρ, ``GIVEN_GRAMIAN_SLACK``) relative to n_i·n_j, which a float32
+    accumulation's round-off passes and a wrong sign, a transposed block or an indefinite
+    matrix does not;
     ``roundoff=`` states ρ for a Gramian accumulated elsewhere (default: that of a Gramian
     accumulated in the given K's own dtype over m·m terms).
     """
@@ -198,8 +204,8 @@ class GradientSystem:
                     f"the Gramian has non-finite entries in rows {bad}: task gradients hold NaN or Inf, "
                     "or are so large that their squared norm overflows"
                 )
-            if self._gramian is not None:  # gross errors only: any accumulation's round-off passes
-                check_gramian(K, max(self.roundoff, np.sqrt(self.eps)))
+            if self._gramian is not None:  # gross errors only: a float32 accumulation's round-off passes
+                check_gramian(K, max(self.roundoff, GIVEN_GRAMIAN_SLACK))
             K = 0.5 * (K + K.T)
             K.setflags(write=False)
             self._cache["gramian64"] = K
