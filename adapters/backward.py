@@ -200,11 +200,25 @@ def _loss_vector(losses: Any) -> torch.Tensor:
 
 
 def _add_grad(t: torch.Tensor, g: torch.Tensor) -> None:
-    g = g.reshape(t.shape).to(t.dtype)
+    if g.shape != t.shape:
+        g = g.reshape(t.shape)
     if t.grad is None:
-        t.grad = g if g is not t else g.clone()
+        if g is t or g.dtype != t.dtype or (not g.is_sparse and g.stride() != t.stride()):
+            # t's dtype and layout, as backward() would give; never an expanded (self-overlapping) view
+            g = torch.empty_like(t).copy_(g)
+        t.grad = g
     else:
         t.grad.add_(g)
+
+
+def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every entry is finite: the max-norms (fused per device, never overflowing), one sync per device."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        t = t._values() if t.is_sparse else t
+        if t.numel():
+            by_device.setdefault(t.device, []).append(t)
+    return all(bool(torch.stack(torch._foreach_norm(ts, math.inf)).isfinite().all()) for ts in by_device.values())
 
 
 def _resolve(solver: Any) -> Solver:
@@ -245,8 +259,14 @@ class MultiTaskBackward:
     scaler:
         a ``torch.amp.GradScaler``: losses are scaled for the backward passes,
         per-task gradients unscaled before the solver, ``.grad`` left in the
-        scaler's units so that ``scaler.step`` works as usual, and a step whose
-        per-task gradients hold Inf/NaN is skipped without running the solver.
+        scaler's units so that ``scaler.step`` works as usual. A step whose
+        losses or per-task gradients (on the loss path: gradients) hold
+        Inf/NaN is skipped as GradScaler skips one: no error, the solver is not
+        run (or its state is put back), NaN is added to the ``.grad`` of the
+        model parameters the step reaches so that ``scaler.step`` skips the
+        optimiser step and ``scaler.update`` lowers the scale, and the
+        diagnostics say ``skipped``. Without a scaler, NaN/Inf losses or
+        gradients raise :class:`~mtlsolve.NonFiniteError`.
     accumulation_steps:
         micro-batches per optimiser step; the combination runs once, on the
         mean over the micro-batches of the per-task gradients (held as an
@@ -269,7 +289,17 @@ class MultiTaskBackward:
         True (default process group) or a process group: reduce across ranks
         as described in :mod:`mtlsolve.adapters.ddp`.
     callback:
-        called with the :class:`StepDiagnostics` of every combined step.
+        called with the :class:`StepDiagnostics` of every combined step (after
+        the update is written).
+
+    A :meth:`backward` that raises (non-finite values, a solver error, a bad
+    loss vector) changes nothing: every ``.grad``, the solver's state and
+    the adapter's counters are as before the call, because the update is
+    computed and checked first and written last. The number of tasks m is
+    fixed by the first step when the solver keeps state (``solver.stateful``
+    or learnable parameters): another m raises
+    :class:`~mtlsolve.InvalidSystemError` until :meth:`reset`; stateless
+    solvers accept any m.
     """
 
     def __init__(
@@ -353,6 +383,9 @@ class MultiTaskBackward:
         self._pending = False
         self._matrix: torch.Tensor | None = None
         self._losses: torch.Tensor | None = None
+        self._m: int | None = None  # tasks of the last step
+        self._skip = False  # a micro-batch of this cycle was skipped (loss path with a GradScaler)
+        self._solver_saved: tuple | None = None  # the solver's state and parameter grads while a backward runs
 
     # --------------------------------------------------------------- set-up
     def _choose_path(self, path: str | None) -> str:
@@ -465,6 +498,8 @@ class MultiTaskBackward:
             "batched": self._batched,
             "matrix": self._matrix.clone() if mid and self._matrix is not None else None,
             "losses": self._losses.clone() if mid and self._losses is not None else None,
+            "m": self._m,
+            "skipped": self._skip and mid,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -482,6 +517,19 @@ class MultiTaskBackward:
         self._batched = state["batched"]
         self._matrix = None if state["matrix"] is None else state["matrix"].clone()
         self._losses = None if state["losses"] is None else state["losses"].clone()
+        self._m = state.get("m")
+        self._skip = bool(state.get("skipped", False))
+
+    def reset(self) -> None:
+        """Start over, as a fresh adapter: the solver's state, the number of tasks, any unfinished cycle.
+
+        The step counter is kept. Solvers that create their parameters once m
+        is known create new ones (:meth:`step` adds them to the optimiser).
+        """
+        self.solver.reset()
+        self._m = None
+        self._micro, self._pending, self._skip = 0, False, False
+        self._matrix = self._losses = None
 
     # ------------------------------------------------------------- backward
     @property
@@ -506,23 +554,42 @@ class MultiTaskBackward:
         """
         losses = self._stacked(losses)
         m = losses.shape[0]
+        tasks = m // self.solver.batches
+        if self._m is not None and tasks != self._m and self._fixed_tasks:
+            raise InvalidSystemError(
+                f"{self.solver.name} keeps state for the {self._m} tasks this adapter has seen and got {tasks} "
+                "losses; call reset() (or build a new adapter) to change the number of tasks"
+            )
         last = self._micro + 1 == self.accumulation_steps
-        if self._micro == 0:
-            self._losses = None
-        elif self._losses.shape[0] != m:
+        if self._micro > 0 and self._losses.shape[0] != m:
             raise InvalidSystemError(f"micro-batches disagree on the number of tasks: {self._losses.shape[0]} and {m}")
-        if self.path == "losses":  # Σ w_i L_i: nothing autocast would change
-            diagnostics = self._loss_path(losses, last, retain_graph)
-        else:
-            with torch.autocast(losses.device.type, enabled=False):
-                if self.grads == "representation":
-                    if features is None:
-                        raise InvalidSystemError("representation mode needs backward(losses, features=H)")
-                    diagnostics = self._representation_path(losses, features, retain_graph)
-                elif self._factors is not None:
-                    diagnostics = self._factored_path(losses, retain_graph)
-                else:
-                    diagnostics = self._gradient_path(losses, last, retain_graph)
+        # what a failing call puts back; .grad and self._matrix are only written once the step succeeded
+        saved = (self._losses, self._skip, self._batched)
+        if last or self.path == "losses":  # the solver runs: its state, and the .grad some solvers write (GradNorm)
+            grads = [(p, None if p.grad is None else p.grad.clone()) for p in self.solver.parameters()]
+            self._solver_saved = (self.solver.state_dict(), grads)
+        if self._micro == 0:
+            self._losses, self._skip = None, False
+        try:
+            if self.path == "losses":  # Σ w_i L_i: nothing autocast would change
+                diagnostics = self._loss_path(losses, last, retain_graph)
+            else:
+                with torch.autocast(losses.device.type, enabled=False):
+                    if self.grads == "representation":
+                        if features is None:
+                            raise InvalidSystemError("representation mode needs backward(losses, features=H)")
+                        diagnostics = self._representation_path(losses, features, retain_graph)
+                    elif self._factors is not None:
+                        diagnostics = self._factored_path(losses, retain_graph)
+                    else:
+                        diagnostics = self._gradient_path(losses, last, retain_graph)
+        except BaseException:
+            self._losses, self._skip, self._batched = saved
+            self._rewind_solver()
+            raise
+        finally:
+            self._solver_saved = None
+        self._m = tasks
         self._micro = 0 if last else self._micro + 1
         if not last:
             return None
@@ -539,26 +606,44 @@ class MultiTaskBackward:
             # the global value with the local gradient: the solver sees the same losses on every rank
             losses = local + (self._reducer.mean(local) - local.detach())
         self._add_losses(losses)
-        weights = None
-        if type(self.solver).objective is Solver.objective:
-            # Σ w_i L_i with w detached: the weights are the solver's, no autograd call needed
-            # the solver runs on the host copy of the losses (read for the diagnostics anyway)
-            weights = to_numpy64(self.solver(losses=to_numpy64(losses)).weights)
-            objective = (torch.as_tensor(weights, dtype=losses.dtype).to(losses.device) * losses).sum()
-        else:  # learnable parameters: the effective weights are ∂objective/∂L
-            objective = self.solver.objective(losses)
-            if last:
-                (w,) = torch.autograd.grad(objective, local, retain_graph=True, allow_unused=True)
-                weights = None if w is None else to_numpy64(w)
-        model_params = self._model_params(local) if (last and self._reducer is not None) else []
-        total = objective / k if k > 1 else objective
-        if self._scaling:
-            total = self.scaler.scale(total)
-        total.backward(retain_graph=retain_graph)
+        L = to_numpy64(losses)  # global on every rank, so every rank takes the same branch
+        skip = not np.isfinite(L).all()
+        if skip:
+            self._skip_or_raise(f"the task losses {L.tolist()} hold NaN or Inf")
+        else:
+            weights = None
+            if type(self.solver).objective is Solver.objective:
+                # Σ w_i L_i with w detached: the weights are the solver's, no autograd call needed
+                # the solver runs on the host copy of the losses (read for the diagnostics anyway)
+                weights = to_numpy64(self.solver(losses=L).weights)
+                objective = (torch.as_tensor(weights, dtype=losses.dtype).to(losses.device) * losses).sum()
+            else:  # learnable parameters: the effective weights are ∂objective/∂L
+                objective = self.solver.objective(losses)
+                if last:
+                    (w,) = torch.autograd.grad(objective, local, retain_graph=True, allow_unused=True)
+                    weights = None if w is None else to_numpy64(w)
+            total = objective / k if k > 1 else objective
+            if self._scaling:
+                total = self.scaler.scale(total)
+            # taken, checked, then written: a failure leaves .grad as it was
+            leaves = list(_grads.reachable_leaves([total]).values())
+            if not leaves:
+                raise InvalidSystemError("the losses reach no tensor that requires grad")
+            grads = torch.autograd.grad(total, leaves, retain_graph=retain_graph, allow_unused=True)
+            writes = [(p, g) for p, g in zip(leaves, grads) if g is not None]
+            skip = self._scaling and not self._finite([g for _, g in writes])
+        if skip:  # GradScaler's skip: the solver as it was, NaN in the model's .grad
+            self._rewind_solver()
+            self._skip = True
+            self._poison(self._model_params(local))
+        else:
+            own = {id(p) for p in self.solver.parameters()}
+            model_params = [p for p in leaves if id(p) not in own] if last else []
+            self._commit(writes, reduce=model_params)
         if not last:
             return None
-        if self._reducer is not None:
-            self._reducer.mean_grads_(model_params)
+        if self._skip:
+            return StepDiagnostics(path="losses", kind=self.grads, losses=to_numpy64(self._losses), skipped=True)
         clip = self._clip()
         return StepDiagnostics(
             path="losses", kind=self.grads, losses=to_numpy64(self._losses), weights=weights, clip_factor=clip
@@ -574,18 +659,17 @@ class MultiTaskBackward:
         scaled = self.scaler.scale(losses) if self._scaling else losses
         hold = self.path == "matrix" or k > 1
         ref = self.shared[0]
-        if hold and self._matrix is None:
-            self._matrix = torch.zeros(m, self._width, dtype=self.matrix_dtype or ref.dtype, device=ref.device)
-        elif hold and self._matrix.shape[0] != m:
+        if hold and self._matrix is not None and self._matrix.shape[0] != m:
             raise InvalidSystemError(f"the accumulated gradients have {self._matrix.shape[0]} tasks, not {m}")
+        # this micro-batch's share of the mean gradients; added to self._matrix once the call has succeeded
+        fresh = torch.zeros(m, self._width, dtype=self.matrix_dtype or ref.dtype, device=ref.device) if hold else None
         gramian = None if hold else torch.zeros(m, m, dtype=torch.float64, device=ref.device)
         head_sums: dict[int, torch.Tensor] = {}
-        backup = self._matrix.clone() if hold and self._batched is None and self._micro > 0 else None
 
         def into_matrix(offset: int, size: int) -> _grads.Consumer:
             def consume(block: torch.Tensor) -> None:
                 # blocks arrive in the scaler's units: store this micro-batch's share of the unscaled mean
-                self._matrix[:, offset : offset + size].add_(block.reshape(m, size), alpha=1.0 / (k * scale))
+                fresh[:, offset : offset + size].add_(block.reshape(m, size), alpha=1.0 / (k * scale))
 
             return consume
 
@@ -599,44 +683,44 @@ class MultiTaskBackward:
 
         def reset() -> None:
             head_sums.clear()
-            if gramian is not None:
-                gramian.zero_()
-            if hold:
-                self._matrix.copy_(backup) if backup is not None else self._matrix.zero_()
+            (gramian if gramian is not None else fresh).zero_()
 
         consumers = [into_matrix(*span) if hold else into_gramian for _, span in used]
         consumers += [self._head_consumer(h, head_sums) for h in heads]
         tapped = [p for p, _ in used] + heads
         weighted = not hold or self.grads == "last_shared"  # the update is one backward of Σ w_i L_i
         _, engine = self._per_task(scaled, [], tapped, consumers, retain_graph=retain_graph or weighted, reset=reset)
-        for h in heads:
-            if id(h) in head_sums:
-                _add_grad(h, head_sums[id(h)] / (k * self.solver.batches))
+        writes = [(h, head_sums[id(h)] / (k * self.solver.batches)) for h in heads if id(h) in head_sums]
         self._add_losses(losses)
-        if not last:
+        if not last:  # checked here, so that a bad micro-batch cannot spoil the cycle
+            self._commit(writes, also=[losses, fresh])
+            self._matrix = fresh if self._matrix is None else self._matrix.add_(fresh)
             return None
 
         L = self._losses if self._reducer is None else self._reducer.mean_(self._losses)
         if hold:
-            G, self._matrix = self._matrix, None
+            G = fresh if self._matrix is None else fresh.add_(self._matrix)
             if self._reducer is not None:
                 self._reducer.mean_(G)
             system = GradientSystem(G, losses=L.to(G.dtype))
         else:
-            system = GradientSystem(gramian=to_numpy64(gramian) / scale**2, losses=to_numpy64(L))
+            system = GradientSystem(
+                gramian=to_numpy64(gramian) / scale**2, losses=to_numpy64(L), roundoff=self._roundoff(self._width)
+            )
         K = self._gramian_or_skip(system)
         if K is None:
-            self._poison(self.shared)
+            self._matrix = None
+            self._poison(self.shared + heads)
             return StepDiagnostics(path=self.path, kind=self.grads, losses=to_numpy64(L), skipped=True, engine=engine)
         result = self.solver(system)
         weights = None if result.weights is None else to_numpy64(result.weights)
+        reduce = heads
         if not weighted:
             d = result.direction
             if d is None:
                 d = torch.as_tensor(weights, dtype=G.dtype, device=G.device) @ G
             d = d * scale if scale != 1.0 else d
-            for p, (offset, size) in used:
-                _add_grad(p, d[offset : offset + size])
+            writes += [(p, d[offset : offset + size]) for p, (offset, size) in used]
             norm = float(torch.linalg.vector_norm(d)) / scale
         else:
             if weights is None:
@@ -647,17 +731,14 @@ class MultiTaskBackward:
             else:
                 params = [p for p, _ in used]
             update = torch.autograd.grad((c * losses).sum(), params, retain_graph=retain_graph)
-            for p, g in zip(params, update):
-                _add_grad(p, g)
-            if self._reducer is not None:
-                self._reducer.mean_grads_(params)
-            if self.grads == "last_shared":
-                norms = torch.stack([torch.linalg.vector_norm(g) for g in update])
-                norm = float(torch.linalg.vector_norm(norms)) / scale
-            else:
-                norm = float(np.sqrt(max(weights @ K @ weights, 0.0)))
-        if self._reducer is not None:
-            self._reducer.mean_grads_(heads)
+            writes += list(zip(params, update))
+            reduce = params + heads
+            norm = float(np.sqrt(max(weights @ K @ weights, 0.0)))
+        self._commit(writes, reduce=reduce)
+        if self.grads == "last_shared":  # the update of every shared parameter, as written (and averaged)
+            norms = torch.stack([torch.linalg.vector_norm(g) for g in update])
+            norm = float(torch.linalg.vector_norm(norms)) / scale
+        self._matrix = None
         clip = self._clip()
         return StepDiagnostics(
             path=self.path,
@@ -707,7 +788,8 @@ class MultiTaskBackward:
                 K.add_((flat @ flat.T).to(torch.float64))
 
             def keeper(p: torch.Tensor) -> Callable[[torch.Tensor, int], None]:
-                buf = torch.empty(m, p.numel(), dtype=torch.promote_types(p.dtype, torch.float32), device=p.device)
+                # zeros: the loop delivers no row for a task whose loss does not reach p
+                buf = torch.zeros(m, p.numel(), dtype=torch.promote_types(p.dtype, torch.float32), device=p.device)
                 blocks[id(p)] = buf
 
                 def keep(block: torch.Tensor, start: int) -> None:
@@ -734,20 +816,18 @@ class MultiTaskBackward:
                 K, blocks, head_grads = attempt(False, retain_graph or second)
         else:
             K, blocks, head_grads = attempt(batched, retain_graph or second)
-        for h, g in zip(heads, head_grads):
-            if g is not None:
-                _add_grad(h, g / self.solver.batches)
+        writes = [(h, g / self.solver.batches) for h, g in zip(heads, head_grads) if g is not None]
         for layer in layers:
             K += layer.gramian().to(torch.float64)
         for buf in blocks.values():
             K += (buf @ buf.T).to(torch.float64)
         self._add_losses(losses)
         L = to_numpy64(self._losses)
-        system = GradientSystem(gramian=to_numpy64(K) / scale**2, losses=L)
+        system = GradientSystem(gramian=to_numpy64(K) / scale**2, losses=L, roundoff=self._roundoff(self._width))
         engine = "batched" if batched else "loop"
         K = self._gramian_or_skip(system)
         if K is None:
-            self._poison(self.shared)
+            self._poison(self.shared + heads)
             return StepDiagnostics(path=self.path, kind=self.grads, losses=L, skipped=True, engine=engine)
         result = self.solver(system)
         if result.weights is None:
@@ -755,16 +835,13 @@ class MultiTaskBackward:
         weights = to_numpy64(result.weights)
         w = torch.as_tensor(weights, device=ref.device)
         for layer in layers:
-            for p, g in zip(layer.params, layer.update(w)):
-                _add_grad(p, g)
+            writes += list(zip(layer.params, layer.update(w)))
         if hold:
-            for p in tapped:
-                buf = blocks[id(p)]
-                _add_grad(p, w.to(buf.dtype) @ buf)
+            writes += [(p, w.to(blocks[id(p)].dtype) @ blocks[id(p)]) for p in tapped]
         elif tapped:
             c = torch.as_tensor(weights * scale, dtype=losses.dtype, device=losses.device)
-            for p, g in zip(tapped, torch.autograd.grad((c * losses).sum(), tapped, retain_graph=retain_graph)):
-                _add_grad(p, g)
+            writes += list(zip(tapped, torch.autograd.grad((c * losses).sum(), tapped, retain_graph=retain_graph)))
+        self._commit(writes)
         clip = self._clip()
         return StepDiagnostics(
             path=self.path,
@@ -806,9 +883,7 @@ class MultiTaskBackward:
         head_sums: dict[int, torch.Tensor] = {}
         consumers = [self._head_consumer(h, head_sums) for h in heads]
         (Z,), engine = self._per_task(scaled, [H], heads, consumers, retain_graph=retain_graph, reset=head_sums.clear)
-        for h in heads:
-            if id(h) in head_sums:
-                _add_grad(h, head_sums[id(h)])
+        writes = [(h, head_sums[id(h)]) for h in heads if id(h) in head_sums]
         dtype = self.matrix_dtype or torch.promote_types(H.dtype, torch.float32)
         Z = Z.reshape(m, -1).to(dtype) / scale
         L = losses.detach().to(torch.float64)
@@ -828,12 +903,17 @@ class MultiTaskBackward:
             else:
                 K = (Z @ Z.T).to(torch.float64)
                 K = self._reducer.mean_(K) / self._reducer.world_size
-                system = GradientSystem(gramian=to_numpy64(K), losses=to_numpy64(L), kind="representation")
+                system = GradientSystem(
+                    gramian=to_numpy64(K),
+                    losses=to_numpy64(L),
+                    kind="representation",
+                    roundoff=self._roundoff(Z.shape[1] * self._reducer.world_size, Z.dtype),
+                )
         else:
             system = GradientSystem(Z, losses=L.to(dtype), kind="representation", extras={"features": feats})
         K = self._gramian_or_skip(system)
         if K is None:
-            self._poison(encoder)
+            self._poison(encoder + heads)
             return StepDiagnostics(
                 path=self.path, kind="representation", losses=to_numpy64(L), skipped=True, engine=engine
             )
@@ -849,12 +929,13 @@ class MultiTaskBackward:
         else:
             zhat = torch.as_tensor(weights, dtype=Z.dtype, device=Z.device) @ Z
             norm = float(np.sqrt(max(weights @ K @ weights, 0.0)))
-        torch.autograd.backward(
-            H, (zhat * scale).reshape(H.shape).to(H.dtype), inputs=encoder or None, retain_graph=retain_graph
-        )
-        if self._reducer is not None:
-            self._reducer.mean_grads_(encoder + heads)
+        if encoder:
+            update = torch.autograd.grad(
+                H, encoder, (zhat * scale).reshape(H.shape).to(H.dtype), retain_graph=retain_graph, allow_unused=True
+            )
+            writes += [(p, g) for p, g in zip(encoder, update) if g is not None]
         self._add_losses(L)
+        self._commit(writes, reduce=encoder + heads)
         clip = self._clip()
         return StepDiagnostics(
             path=self.path,
@@ -915,6 +996,14 @@ class MultiTaskBackward:
 
         return consume
 
+    def _roundoff(self, n: int, dtype: torch.dtype | None = None) -> float:
+        """ρ of a Gramian accumulated here from per-task gradients of n coordinates: their own
+        rounding plus float32 (or float64) products (mtlsolve.gramian's precision model)."""
+        dtypes = [dtype] if dtype is not None else [p.dtype for p in self.shared]
+        u = max(torch.finfo(t).eps for t in dtypes)
+        u_acc = min(u, torch.finfo(torch.float32).eps)
+        return 2.0 * u + 2.0 * math.sqrt(max(n, 1)) * u_acc
+
     @property
     def _scale(self) -> float:
         return float(self.scaler.get_scale()) if self._scaling else 1.0
@@ -950,21 +1039,64 @@ class MultiTaskBackward:
         self._batched = False
 
     def _gramian_or_skip(self, system: GradientSystem) -> np.ndarray | None:
-        """The float64 Gramian; None when it is non-finite and a GradScaler will skip the step.
+        """The float64 Gramian, with the losses checked finite; None when not and a GradScaler will skip the step.
 
         A NaN or Inf anywhere in row i of G makes K_ii = Σ_j G_ij² non-finite,
         so checking K also checks G, without the temporaries of ``isfinite(G)``.
         """
         try:
-            return system.gramian64
+            K = system.gramian64
+            if system.has_losses:
+                system.losses64  # noqa: B018 - raises on NaN/Inf losses (a head-only task's too)
+            return K
         except NonFiniteError:
             if self._scaling:
                 return None
             raise
 
+    def _skip_or_raise(self, what: str) -> None:
+        """Non-finite values: a GradScaler skips the step (the caller marks it), else NonFiniteError."""
+        if not self._scaling:
+            raise NonFiniteError(f"{what}; nothing was written to .grad")
+
+    def _finite(self, tensors: Sequence[torch.Tensor]) -> bool:
+        """Whether ``tensors`` are finite, on every rank when distributed (so all ranks raise together)."""
+        ok = _all_finite(tensors)
+        if self._reducer is not None:
+            flag = torch.tensor(float(ok), device=self.shared[0].device)
+            ok = bool(self._reducer.mean_(flag) == 1.0)
+        return ok
+
+    def _commit(self, writes: Sequence[tuple[torch.Tensor, torch.Tensor]], *, also=(), reduce=()) -> None:
+        """Write a step's staged gradients to ``.grad``, the last thing a step does.
+
+        Without a GradScaler they (and the tensors in ``also``) are checked
+        finite first, so a failure writes nothing; then ``reduce`` is averaged
+        across ranks.
+        """
+        if not self._scaling and not self._finite([*also, *(g for _, g in writes)]):
+            raise NonFiniteError("the step's gradients or losses hold NaN or Inf; nothing was written to .grad")
+        for p, g in writes:
+            _add_grad(p, g)
+        if self._reducer is not None and reduce:
+            self._reducer.mean_grads_(reduce)
+
+    def _rewind_solver(self) -> None:
+        """Put back the solver's state and parameter grads saved when this backward began (a failed or skipped step)."""
+        if self._solver_saved is not None:
+            state, grads = self._solver_saved
+            self.solver.load_state_dict(state)
+            for p, g in grads:
+                p.grad = g
+
+    @property
+    def _fixed_tasks(self) -> bool:
+        """Whether the solver's state ties it to one number of tasks."""
+        return bool(self.solver.stateful or self.solver.parameters())
+
     @staticmethod
     def _poison(params: Sequence[torch.Tensor]) -> None:
-        """Mark a skipped step: NaN gradients make GradScaler skip the optimiser step and lower its scale."""
+        """Mark a step GradScaler skips (no error): NaN makes ``scaler.step`` skip and ``update`` lower the scale."""
         for p in params:
             _add_grad(p, torch.full_like(p, math.nan))
 
