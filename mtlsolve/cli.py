@@ -41,6 +41,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  needs:        {', '.join(sorted(n.value for n in cls.needs)) or '-'}")
     flags = [f for f, on in (("stateful", cls.stateful), ("randomized", cls.randomized)) if on]
     print(f"  behaviour:    {', '.join(flags) or 'stateless, deterministic'}")
+    if cls.stateful or cls.randomized:
+        print(f"  state:        {', '.join(sorted(cls.state_schema)) or '(no schema declared)'}")
     print(f"  distribution: {entry.distribution}")
     print("  defaults:")
     for name, default in hyperparameters(cls).items():

@@ -82,7 +82,9 @@ class Registry:
                 try:
                     plugin = ep.load()
                     pm.register(plugin, name=ep.name)
-                except Exception as exc:  # a broken plugin must not break the registry
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not break the host
                     warnings.warn(
                         f"mtlsolve plugin {ep.name!r} from distribution {dist!r} failed to load "
                         f"({type(exc).__name__}: {exc}); its solvers are unavailable",
@@ -95,7 +97,9 @@ class Registry:
                 dist = distributions.get(impl.plugin_name, "<unknown>")
                 try:
                     impl.function(register=self._plugin_register(dist, impl.plugin_name))
-                except Exception as exc:
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:
                     warnings.warn(
                         f"mtlsolve plugin {impl.plugin_name!r} from distribution {dist!r} failed while "
                         f"registering solvers ({type(exc).__name__}: {exc})",
@@ -226,7 +230,27 @@ def construct(cls: type[Solver], kwargs: Mapping[str, Any], label: str | None = 
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise InvalidConfigError(f"{label}: invalid argument ({exc}); valid fields: {_describe(fields)}") from exc
+        field = _refused_field(cls, kwargs)
+        which = f" {field}={kwargs[field]!r}" if field else ""
+        raise InvalidConfigError(
+            f"{label}: invalid argument{which} ({exc}); valid fields: {_describe(fields)}"
+        ) from exc
+
+
+#: attrs >= 24.1 wraps converters that take the instance in attrs.Converter; those are not tried alone
+_CONVERTER_OBJECTS = getattr(attrs, "Converter", ())
+
+
+def _refused_field(cls: type[Solver], kwargs: Mapping[str, Any]) -> str | None:
+    """The first argument whose field converter refuses it on its own (to name it in the error)."""
+    for f in attrs.fields(cls):
+        name = f.alias or f.name
+        if name in kwargs and callable(f.converter) and not isinstance(f.converter, _CONVERTER_OBJECTS):
+            try:
+                f.converter(kwargs[name])
+            except Exception:
+                return name
+    return None
 
 
 def hyperparameters(cls: type[Solver]) -> dict[str, Any]:
@@ -265,8 +289,32 @@ def _validate_solver_class(cls: Any, distribution: str) -> None:
         problem = f"declares aliases that are not a mapping of names to preset arguments: {cls.aliases!r}"
     elif set(cls.properties) - set(PROPERTIES):
         problem = f"claims unknown properties {sorted(set(cls.properties) - set(PROPERTIES))}"
+    elif not _valid_schema(cls.state_schema):
+        problem = (
+            f"declares an invalid state_schema {cls.state_schema!r} (a mapping of state keys to None or "
+            'to shape tuples of "m", "n", non-negative ints or None)'
+        )
     if problem:
         raise PluginError(f"{cls!r} registered by distribution {distribution!r} {problem}")
+
+
+def _valid_schema(schema: Any) -> bool:
+    """Whether ``schema`` has the form :attr:`mtlsolve.Solver.state_schema` documents."""
+    if not isinstance(schema, Mapping):
+        return False
+    for key, spec in schema.items():
+        if not isinstance(key, str):
+            return False
+        if spec is None:
+            continue
+        if not isinstance(spec, tuple):
+            return False
+        for size in spec:
+            named = size in ("m", "n") if isinstance(size, str) else False
+            count = isinstance(size, int) and not isinstance(size, bool) and size >= 0
+            if not (size is None or named or count):
+                return False
+    return True
 
 
 def _distribution_name(ep: importlib.metadata.EntryPoint) -> str:

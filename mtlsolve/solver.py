@@ -118,7 +118,7 @@ class Solver:
     def __call__(
         self,
         matrix: Any = None,
-        *,
+        *positional: Any,
         gramian: Any = None,
         losses: Any = None,
         kind: str = "shared",
@@ -131,6 +131,11 @@ class Solver:
         :class:`~mtlsolve.errors.ConvergenceWarning` per instance and reason. When anything
         raises, the solver's state is what it was before the call.
         """
+        if positional:
+            raise InvalidSystemError(
+                f"{self.name}(...) takes one positional argument (G or a GradientSystem); pass gramian=..., "
+                f"losses=... and extras by keyword, not {len(positional)} more positional argument(s)"
+            )
         system = as_system(matrix, gramian=gramian, losses=losses, kind=kind, **extras)
         self.check(system)
         if not (self.stateful or self.randomized):
@@ -220,6 +225,16 @@ class Solver:
         Solvers with learnable parameters override it so that one backward
         also reaches those parameters.
         """
+        if not is_torch(losses) or losses.ndim != 1 or not losses.is_floating_point():
+            raise InvalidSystemError(
+                f"{self.name}.objective takes the m task losses as a 1-D floating torch tensor, "
+                f"got {type(losses).__name__}"
+            )
+        if not losses.requires_grad:
+            raise InvalidSystemError(
+                f"{self.name}.objective needs losses that require grad: these were computed under "
+                "torch.no_grad() or detached, so the returned scalar could not be back-propagated"
+            )
         weights = self(losses=losses.detach()).weights
         return (weights * losses).sum()
 
@@ -250,8 +265,8 @@ class Solver:
         """Restore what :meth:`state_dict` returned; raise StateError for a state of another
         solver, unknown keys, or entries whose shapes do not fit ``state_schema``."""
         checked = self._checked_state(state)
-        for key in self.parameter_state & checked.keys():
-            checked[key] = _into_parameter(self._state.get(key), checked[key])
+        for key in self.parameter_state & checked.keys():  # the saved tensor, in its own dtype
+            checked[key] = _into_parameter(self._state.get(key), state[key])
         self._state = checked
 
     def reset(self) -> None:
@@ -296,7 +311,12 @@ class Solver:
         checked = {}
         for key, value in state.items():
             spec = self.state_schema.get(key, ())
+            if key == "rng" and value is not None:
+                _check_rng(self.name, value)
             checked[key] = value if spec is None or value is None else _checked_entry(self.name, key, value, spec, sizes)
+        for size in ("m", "n"):  # sizes read off the shapes belong to the state, so a kernel sees them
+            if sizes[size] is not None and (size == "m" or size in self.state_schema):
+                checked[size] = sizes[size]
         return checked
 
     def _rng(self, seed: int | None) -> np.random.Generator:
@@ -352,7 +372,7 @@ def _numpy64(x: Any) -> np.ndarray:
 def _portable(value: Any) -> Any:
     """A state entry as plain tensors and Python values (numpy arrays become CPU tensors)."""
     if is_torch(value):
-        return value.detach().clone()
+        return value.detach().to("cpu", copy=True)
     if isinstance(value, np.ndarray):
         import torch
 
@@ -402,6 +422,13 @@ def _checked_entry(solver: str, key: str, value: Any, spec: tuple, sizes: dict[s
     return array.astype(np.float64) if array.dtype.kind == "f" else array
 
 
+def _check_rng(solver: str, value: Any) -> None:
+    try:
+        np.random.PCG64().state = value
+    except Exception:
+        raise StateError(f"{solver} state entry 'rng' is not a PCG64 generator state") from None
+
+
 def _into_parameter(current: Any, values: Any) -> Any:
     """Loaded values for a learnable parameter: copied into ``current`` when the shapes match."""
     import torch
@@ -420,7 +447,8 @@ def _all_finite(x: Any) -> bool:
     finite entries whose sum overflows) pays for the elementwise check."""
     if is_torch(x):
         return bool(x.sum().isfinite()) or bool(x.isfinite().all())
-    return bool(np.isfinite(x.sum())) or bool(np.isfinite(x).all())
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(x.sum())) or bool(np.isfinite(x).all())
 
 
 REDUCTIONS = ("sum", "mean")

@@ -81,6 +81,11 @@ class GradientSystem:
         m = next(iter(given.values()))
         if m < 1:
             raise InvalidSystemError("a gradient system needs at least one task")
+        if roundoff is not None:
+            try:
+                roundoff = float(roundoff)
+            except (TypeError, ValueError):
+                raise InvalidSystemError(f"roundoff must be a number in [0, 1), got {roundoff!r}") from None
         if roundoff is not None and not (np.isfinite(roundoff) and 0 <= roundoff < 1):
             raise InvalidSystemError(f"roundoff must be a number in [0, 1), got {roundoff!r}")
         setter = object.__setattr__

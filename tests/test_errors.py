@@ -47,7 +47,8 @@ def test_each_error_is_an_mtlsolve_error(cls):
 
 def test_specific_relations():
     assert issubclass(errors.NonFiniteError, errors.InvalidSystemError)
-    assert not issubclass(errors.PluginWarning, errors.MtlsolveError)  # a warning, not an error
+    for warning in (errors.PluginWarning, errors.ConvergenceWarning):
+        assert not issubclass(warning, errors.MtlsolveError)  # a warning, not an error
     assert not issubclass(errors.UnknownSolverError, KeyError)  # str(KeyError) would quote the message
 
 
@@ -62,3 +63,7 @@ def test_raised_errors_are_catchable_as_builtins():
         mtlsolve.get("ls")(np.array([[np.nan, 0.0], [0.0, 1.0]]))
     with pytest.raises(errors.NonFiniteError):
         mtlsolve.GradientSystem(losses=[np.inf]).losses64
+    with pytest.raises(ValueError, match="belongs to solver"):
+        mtlsolve.get("dwa").load_state_dict({"solver": "famo"})
+    with pytest.raises(ValueError, match="weights must be a vector"):
+        mtlsolve.get("ls", weights=[[0.5, 0.5], [0.5, 0.5]])

@@ -252,6 +252,35 @@ def test_a_plugin_that_fails_to_import_warns_and_the_rest_works(site):
     assert mtlsolve.get("ls") is not None
 
 
+@pytest.mark.parametrize(
+    "source",
+    ["import sys\nsys.exit(3)\n", "raise SystemExit('bye')\n", "raise GeneratorExit()\n"],
+    ids=["sys.exit", "SystemExit", "GeneratorExit"],
+)
+def test_a_plugin_that_exits_at_import_warns_and_the_host_lives(site, source):
+    site("mtlsolve-fake-exit", source=source)
+    site("mtlsolve-fake-good", solver="fake_good")
+    reg = Registry()
+    with pytest.warns(PluginWarning, match=r"distribution 'mtlsolve-fake-exit' failed to load \((SystemExit|GeneratorExit)"):
+        names = reg.available()
+    assert "fake_good" in names and "ls" in names
+
+
+def test_a_plugin_whose_hook_exits_warns_and_the_rest_works(site):
+    source = "import sys\nfrom mtlsolve import hookimpl\n\n@hookimpl\ndef register_solvers(register):\n    sys.exit(1)\n"
+    site("mtlsolve-fake-hook-exit", source=source)
+    site("mtlsolve-fake-good", solver="fake_good")
+    reg = Registry()
+    with pytest.warns(PluginWarning, match=r"'mtlsolve-fake-hook-exit' failed while registering solvers \(SystemExit"):
+        assert "fake_good" in reg.available()
+
+
+def test_a_keyboard_interrupt_while_loading_a_plugin_is_not_swallowed(site):
+    site("mtlsolve-fake-interrupt", source="raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        Registry().available()
+
+
 def test_a_plugin_whose_hook_raises_warns_and_the_rest_works(site):
     source = (
         "from mtlsolve import hookimpl\n\n@hookimpl\ndef register_solvers(register):\n"
@@ -460,6 +489,27 @@ def test_invalid_classes_are_rejected_with_a_warning_and_the_valid_ones_register
     assert not {"not_attrs", "unknown_family", "unknown_property", "bad_needs", "bad_aliases"} & set(names)
 
 
+def test_an_invalid_state_schema_is_rejected():
+    reg = Registry(entry_points=lambda: [])
+    for schema in ({"x": "m"}, {"x": ("m", "k")}, {"x": (-1,)}, {3: ()}, ["x"], {"x": (True,)}):
+
+        @attrs.define(kw_only=True, eq=False)
+        class BadSchema(GramianWeighting):
+            """A class with an invalid schema."""
+
+            name: ClassVar[str] = "bad_schema"
+            state_schema: ClassVar[Any] = schema
+
+        with pytest.raises(PluginError, match="invalid state_schema"):
+            reg.register(BadSchema)
+    assert reg.available() == []
+
+
+def test_invalid_arguments_are_named():
+    with pytest.raises(InvalidConfigError, match=r"invalid argument temperature='hot'"):
+        mtlsolve.get("dwa", temperature="hot")
+
+
 def test_registering_an_invalid_class_directly_raises():
     reg = Registry(entry_points=lambda: [])
 
@@ -483,6 +533,8 @@ def test_every_registered_solver_declares_valid_metadata():
         assert cls.__doc__, f"{cls.name} has no docstring"
         if cls.randomized:
             assert "seed" in hyperparameters(cls), f"randomized {cls.name} has no seed field"
+        if entry.distribution == "mtlsolve" and (cls.stateful or cls.randomized):
+            assert cls.state_schema, f"{cls.name} keeps state but declares no state_schema"
 
 
 # ------------------------------------------------------- a light import

@@ -13,12 +13,48 @@ from mtlsolve.system import GradientSystem
 
 
 def state_for(solver: Solver, m: int, n: int) -> dict[str, Any]:
-    """The solver's state, cleared first when the number of tasks m or of coordinates n changed."""
+    """The solver's state for m tasks and n coordinates; InvalidSystemError when it was built for
+    another m or n (``reset()`` starts over)."""
     state = solver._state_for(m)
-    if state.get("n") != n:
-        state.clear()
-        state.update(m=m, n=n)
+    known = state.setdefault("n", n)
+    if known != n:
+        raise InvalidSystemError(
+            f"{solver.name} holds state for gradients of {known} coordinates and got {n}; "
+            "call reset() to start over with another model"
+        )
     return state
+
+
+def working(G: Any) -> Any:
+    """G in the dtype the solver computes in: half precision (float16, bfloat16) is raised to
+    float32, so that products and state of a half-precision G neither overflow nor underflow."""
+    if is_torch(G):
+        import torch
+
+        return G.float() if G.dtype in (torch.float16, torch.bfloat16) else G
+    return G.astype(np.float32) if G.dtype == np.float16 else G
+
+
+def fit_to(d: Any, G: Any) -> tuple[Any, float]:
+    """``d`` (computed in :func:`working` precision) in G's dtype, and the factor it was scaled by:
+    1, unless its largest entry exceeds the largest finite value of G's dtype; then d is scaled
+    down to fit, so the direction is kept and the output stays finite."""
+    if d.dtype == G.dtype:
+        return d, 1.0
+    largest = float(_finfo(G).max)
+    top = float(d.abs().max()) if is_torch(d) else float(np.abs(d).max(initial=0.0))
+    factor = 1.0 if top <= 0.5 * largest else 0.5 * largest / top
+    if factor != 1.0:
+        d = d * factor
+    return (d.to(G.dtype) if is_torch(d) else d.astype(G.dtype)), factor
+
+
+def _finfo(x: Any) -> Any:
+    if is_torch(x):
+        import torch
+
+        return torch.finfo(x.dtype)
+    return np.finfo(x.dtype)
 
 
 def match(x: Any, ref: Any) -> Any:
@@ -33,12 +69,24 @@ def match(x: Any, ref: Any) -> Any:
 
 
 def row_norms(G: Any) -> np.ndarray:
-    """‖g_i‖ for every row, as a float64 host vector (one small device-to-host copy)."""
+    """‖g_i‖ for every row, as a float64 host vector (one small device-to-host copy). A norm that
+    overflows G's dtype (or vanishes into its subnormals) is recomputed on the row scaled by its
+    largest entry, so every finite row gets its finite float64 norm."""
     if is_torch(G):
         import torch
 
-        return to_numpy64(torch.linalg.vector_norm(G, dim=1))
-    return np.linalg.norm(G, axis=1).astype(np.float64)
+        norms = to_numpy64(torch.linalg.vector_norm(G, dim=1))
+    else:
+        with np.errstate(over="ignore", under="ignore"):
+            norms = np.linalg.norm(G, axis=1).astype(np.float64)
+    tiny = float(_finfo(G).tiny) if G.shape[1] else 0.0
+    redo = ~np.isfinite(norms) | (norms < 1e4 * tiny)  # 0 included: squares of a tiny row underflow
+    for i in np.flatnonzero(redo):
+        row = to_numpy64(G[i])
+        top = np.abs(row).max()
+        if np.isfinite(top) and top > 0:
+            norms[i] = top * np.linalg.norm(row / top)
+    return norms
 
 
 def scale_rows(G: Any, scale: np.ndarray) -> Any:
@@ -47,8 +95,21 @@ def scale_rows(G: Any, scale: np.ndarray) -> Any:
 
 
 def combine_rows(weights: np.ndarray, rows: Any) -> Any:
-    """Σ_i weights_i·rows_i for a float64 host vector ``weights``."""
-    return like(weights, rows) @ rows
+    """Σ_i weights_i·rows_i for a float64 host vector ``weights``, in the rows' dtype; weights
+    beyond that dtype's range (a huge factor on a tiny row) are applied in float64."""
+    if np.abs(weights).max(initial=0.0) < 0.5 * float(_finfo(rows).max):
+        return like(weights, rows) @ rows
+    if is_torch(rows):
+        import torch
+
+        w = torch.as_tensor(weights, dtype=torch.float64, device=rows.device)
+        return (w @ rows.to(torch.float64)).to(rows.dtype)
+    return (weights @ rows.astype(np.float64)).astype(rows.dtype)
+
+
+def largest(x: Any) -> float:
+    """The largest finite value of x's dtype."""
+    return float(_finfo(x).max)
 
 
 def safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -10,13 +10,17 @@ import numpy as np
 from mtlsolve.errors import InvalidSystemError
 from mtlsolve.plugins.full_matrix._common import (
     combine_rows,
+    fit_to,
+    largest,
     match,
     reject_representation,
     row_norms,
     safe_divide,
     scale_rows,
     state_for,
+    working,
 )
+from mtlsolve.plugins.loss_weighting._common import checked_counts
 from mtlsolve.solver import Need, Result, Solver
 from mtlsolve.system import GradientSystem
 
@@ -29,6 +33,11 @@ def _non_negative(_instance: Any, attribute: attrs.Attribute, value: float) -> N
         raise ValueError(f"{attribute.name} must be a non-negative number, got {value!r}")
 
 
+def _momentum(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{attribute.name} must be in [0, 1) (Algorithm 1's EMA coefficient), got {value!r}")
+
+
 @attrs.define(kw_only=True, eq=False)
 class DBMTL(Solver):
     """DB-MTL, Lin, Jiang, Ye, Zhang, Chen, Chen, Liu, Tsang, Kwok, "Dual-Balancing for
@@ -37,10 +46,14 @@ class DBMTL(Solver):
 
     h_i = ∇log(L_i + 1e-8) = g_i/(L_i + 1e-8); the buffer follows
     ĥ_i ← h_i + β_k(ĥ_i − h_i), β_k = β/k^{β_σ}, ĥ₀ = 0; d = Σ_i (max_j‖ĥ_j‖/‖ĥ_i‖)·ĥ_i,
-    so every term has norm max_j‖ĥ_j‖ (a zero ĥ_i contributes nothing). The buffer
-    (m x n, in G's array type, device and dtype) and k are the state; they reset when
-    m or n changes. Representation gradients are rejected, as LibMTL does.
-    ``diagnostics``: ``alpha`` (the factors on the buffer rows) and ``step``.
+    so every term has norm max_j‖ĥ_j‖ (a zero ĥ_i contributes nothing). β ∈ [0, 1) and
+    β_σ ≥ 0. The buffer (m x n, in G's array type and device; in G's dtype, or float32 for a
+    half-precision G, where h of a zero loss, g/1e-8, would overflow) and k are the state;
+    another m or n raises until :meth:`reset`. A direction too large for G's dtype (|d| may
+    reach m·max_j‖ĥ_j‖) is scaled down to fit (``diagnostics["scaled_to_fit"]``, otherwise 1),
+    so finite input gives a finite direction.
+    Representation gradients are rejected, as LibMTL does.
+    ``diagnostics``: ``alpha`` (the factors on the buffer rows), ``step``, ``scaled_to_fit``.
     """
 
     name: ClassVar[str] = "db_mtl"
@@ -50,8 +63,9 @@ class DBMTL(Solver):
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "positive_homogeneous"})
     stateful: ClassVar[bool] = True
     paper: ClassVar[str] = "Lin, Jiang, Ye, Zhang, Chen, Chen, Liu, Tsang, Kwok — arXiv 2308.12029"
+    state_schema: ClassVar[Mapping[str, Any]] = {"n": (), "step": (), "buffer": ("m", "n")}
 
-    beta: float = attrs.field(default=0.9, converter=float, validator=_non_negative)
+    beta: float = attrs.field(default=0.9, converter=float, validator=_momentum)
     beta_sigma: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
 
     def check(self, system: GradientSystem) -> None:
@@ -66,10 +80,18 @@ class DBMTL(Solver):
             raise InvalidSystemError(f"db_mtl takes log(L + 1e-8) and needs L > -1e-8, got {system.losses64.tolist()}")
         state = state_for(self, m, n)
         k = state.get("step", 0) + 1
-        H = scale_rows(G, 1.0 / shifted)
-        previous = match(state["buffer"], G) if "buffer" in state else 0.0
+        W = working(G)
+        H = scale_rows(W, 1.0 / shifted)
+        previous = match(state["buffer"], W) if "buffer" in state else 0.0
         buffer = H + (self.beta / k**self.beta_sigma) * (previous - H)
         norms = row_norms(buffer)
-        alpha = safe_divide(np.full(m, norms.max()), norms)
+        top = norms.max()
+        alpha = safe_divide(np.full(m, top), norms)
+        # every term α_i ĥ_i has norm max_j‖ĥ_j‖, so |d| ≤ m·max_j‖ĥ_j‖: scaled down when that could overflow
+        fit = 1.0 if m * top <= 0.5 * largest(buffer) else 0.5 * largest(buffer) / (m * top)
+        direction, factor = fit_to(combine_rows(fit * alpha, buffer), G)
         state.update(step=k, buffer=buffer)
-        return Result(direction=combine_rows(alpha, buffer), diagnostics={"alpha": alpha, "step": k})
+        return Result(direction=direction, diagnostics={"alpha": alpha, "step": k, "scaled_to_fit": fit * factor})
+
+    def _checked_state(self, state: Any) -> dict[str, Any]:
+        return checked_counts(super()._checked_state(state), self.name, "step")

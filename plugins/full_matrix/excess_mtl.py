@@ -8,7 +8,9 @@ import attrs
 import numpy as np
 
 from mtlsolve._array import to_numpy64
-from mtlsolve.plugins.full_matrix._common import match, state_for
+from mtlsolve.errors import StateError
+from mtlsolve.plugins.full_matrix._common import match, state_for, working
+from mtlsolve.plugins.loss_weighting._common import checked_counts, checked_non_negative
 from mtlsolve.solver import REDUCTIONS, Need, Weighting
 from mtlsolve.system import GradientSystem
 
@@ -44,8 +46,8 @@ class ExcessMTL(Weighting):
     ``ExcessMTL(robust_step_size=η, n_warmup_steps=k)`` is
     ``excess_mtl(robust_step_size=η, reduction="mean", n_warmup_steps=k)`` (up to the
     1e-7 TorchJD adds to the baseline). The update is d = Gᵀw. S (m x n, in G's array
-    type, device and dtype), w, e⁰ and the step count are the state; they reset when
-    m or n changes. ``diagnostics``: ``excess_risk`` e and ``ratio`` e/e⁰ (after warm-up).
+    type, device and dtype, float32 for a half-precision G, whose squares would overflow),
+    w, e⁰ and the step count are the state; another m or n raises until :meth:`reset`. ``diagnostics``: ``excess_risk`` e and ``ratio`` e/e⁰ (after warm-up).
     """
 
     name: ClassVar[str] = "excess_mtl"
@@ -55,13 +57,21 @@ class ExcessMTL(Weighting):
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant"})
     stateful: ClassVar[bool] = True
     paper: ClassVar[str] = "He, Zhou, Zhang, Yun, Xu, Zeng, Chilimbi, Zhao — ICML 2024 — arXiv 2402.02009"
+    state_schema: ClassVar[Mapping[str, Any]] = {
+        "n": (),
+        "step": (),
+        "sq_sum": ("m", "n"),
+        "weights": ("m",),
+        "warmup_sum": ("m",),
+        "baseline": ("m",),
+    }
 
     robust_step_size: float = attrs.field(default=1e-2, converter=float, validator=_positive)
     reduction: str = attrs.field(default="sum", validator=attrs.validators.in_(REDUCTIONS))
     n_warmup_steps: int = attrs.field(default=1, validator=_non_negative_int)
 
     def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
-        G = system.matrix
+        G = working(system.matrix)
         m, n = G.shape
         total = float(m) if self.reduction == "sum" else 1.0
         state = state_for(self, m, n)
@@ -98,3 +108,11 @@ class ExcessMTL(Weighting):
         state["weights"] = w
         diagnostics["ratio"] = ratio
         return w.copy(), diagnostics
+
+    def _checked_state(self, state: Any) -> dict[str, Any]:
+        checked = checked_counts(super()._checked_state(state), self.name, "step")
+        checked_non_negative(checked, self.name, "sums of squares or excess risks", "sq_sum", "warmup_sum", "baseline")
+        checked_non_negative(checked, self.name, "task weights", "weights")
+        if "weights" in checked and not checked["weights"].sum() > 0:
+            raise StateError("excess_mtl state entry 'weights' must have a positive sum")
+        return checked

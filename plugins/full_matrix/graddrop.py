@@ -10,6 +10,7 @@ import numpy as np
 from mtlsolve._array import is_torch, like
 from mtlsolve.errors import InvalidSystemError, NonFiniteError
 from mtlsolve.plugins.full_matrix._common import match
+from mtlsolve.plugins.loss_weighting._common import optional_seed
 from mtlsolve.solver import Need, Result, Solver
 from mtlsolve.system import GradientSystem
 
@@ -54,10 +55,11 @@ class GradDrop(Solver):
     paper: ClassVar[str] = (
         "Chen, Ngiam, Huang, Luong, Kretzschmar, Chai, Anguelov — NeurIPS 2020 — arXiv 2010.06808"
     )
+    state_schema: ClassVar[Mapping[str, Any]] = {"rng": None}  # the generator's state
 
     leak: float | tuple[float, ...] = attrs.field(default=0.0, converter=_leak)
     on: str = attrs.field(default="representation", validator=attrs.validators.in_(INPUTS))
-    seed: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.instance_of(int)))
+    seed: int | None = attrs.field(default=None, validator=optional_seed)
 
     def solve(self, system: GradientSystem) -> Result:
         G = system.matrix
@@ -94,11 +96,17 @@ class GradDrop(Solver):
                 "graddrop on representation gradients needs the shared features H: pass features=H "
                 "(the adapter's grads='representation' does), or use on='params' for parameter gradients"
             )
-        H = match(H, G)
+        try:
+            H = match(H, G)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InvalidSystemError(f"graddrop: the features H must be an array of numbers ({exc})") from None
         size = int(H.numel()) if is_torch(H) else int(H.size)
         if size != n:
             raise InvalidSystemError(f"graddrop: the features hold {size} values for {n} gradient coordinates")
-        batch = int(system.extras.get("batch_size", H.shape[0] if H.ndim >= 2 else 1))
+        batch = system.extras.get("batch_size", H.shape[0] if H.ndim >= 2 else 1)
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)):
+            raise InvalidSystemError(f"graddrop: batch_size must be an int, got {batch!r}")
+        batch = int(batch)
         if batch < 1 or n % batch:
             raise InvalidSystemError(f"graddrop: batch size {batch} does not divide the {n} coordinates")
         S = H.reshape(batch, n // batch)

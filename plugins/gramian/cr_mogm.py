@@ -7,7 +7,8 @@ from typing import Any, ClassVar, Mapping
 import attrs
 import numpy as np
 
-from mtlsolve.solver import Need, Solver, Weighting
+from mtlsolve.errors import StateError
+from mtlsolve.solver import Need, Result, Solver, Weighting, _lock_of
 from mtlsolve.system import GradientSystem
 
 
@@ -32,6 +33,21 @@ def _unit_interval(_instance: Any, attribute: attrs.Attribute, value: float) -> 
         raise ValueError(f"{attribute.name} must be in [0, 1], got {value!r}")
 
 
+class _FromBase:
+    """A protocol declaration the wrapper takes from its wrapped solver: ``default`` on the
+    class (what the registry, the CLI and the conformance suite read), the base's value on an
+    instance (what an adapter reads)."""
+
+    def __init__(self, default: Any) -> None:
+        self.default = default
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        return self.default if instance is None else getattr(instance.base, self.name)
+
+
 @attrs.define(kw_only=True, eq=False)
 class CRMOGM(Weighting):
     """CR-MOGM, Zhou, Zhang, Jiang, Zhong, Gu, Zhu, "On the Convergence of Stochastic
@@ -42,29 +58,47 @@ class CRMOGM(Weighting):
     d = Gᵀλ_k.
 
     ``base`` is a solver name, a config mapping (``{"name": "mgda"}``) or a Weighting
-    instance; it defaults to ``"mgda"``, one of the manipulations the paper covers. The wrapper
-    reads what ``base`` reads. ``alpha`` may be reassigned between steps, e.g.
-    α_k = 1 − lr_k/lr_0 for the schedule of Corollary 1 (as TorchJD). The state
-    holds λ_{k−1} and the wrapped solver's state; both reset when m changes or on
-    :meth:`reset`. ``diagnostics``: the wrapped solver's, and ``base_weights`` λ̂_k.
+    instance; it defaults to ``"mgda"``, one of the manipulations the paper covers. The
+    wrapper behaves as ``base`` in every protocol respect: an instance reads what ``base``
+    reads (``needs``, :meth:`requirements`, :meth:`check`), takes its ``batches``,
+    ``grads``, ``randomized``, ``post_step`` and ``post_step_losses``, and forwards
+    :meth:`parameters`, :meth:`after_step`, :meth:`end_epoch` and :meth:`reset` (the class
+    itself declares the defaults). ``alpha`` may be reassigned between steps, e.g.
+    α_k = 1 − lr_k/lr_0 for the schedule of Corollary 1 (as TorchJD). The state holds
+    λ_{k−1} and, under ``"base"``, the wrapped solver's state; a system with another number
+    of rows raises until :meth:`reset`, and a call that raises leaves both as they were.
+    ``diagnostics``: the wrapped solver's, and ``base_weights`` λ̂_k.
     """
 
     name: ClassVar[str] = "cr_mogm"
     aliases: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     family: ClassVar[str] = "GW"
-    needs: ClassVar[frozenset[Need]] = frozenset()
     stateful: ClassVar[bool] = True
     paper: ClassVar[str] = "Zhou, Zhang, Jiang, Zhong, Gu, Zhu — NeurIPS 2022"
+    state_schema: ClassVar[Mapping[str, Any]] = {"lambda": ("m",)}  # and "base": the wrapped solver's state
+
+    needs: ClassVar[frozenset[Need]] = _FromBase(frozenset())  # type: ignore[assignment]
+    batches: ClassVar[int] = _FromBase(1)  # type: ignore[assignment]
+    grads: ClassVar[str | None] = _FromBase(None)  # type: ignore[assignment]
+    randomized: ClassVar[bool] = _FromBase(False)  # type: ignore[assignment]
+    post_step: ClassVar[bool] = _FromBase(False)  # type: ignore[assignment]
+    post_step_losses: ClassVar[bool] = _FromBase(True)  # type: ignore[assignment]
 
     base: Weighting = attrs.field(default="mgda", converter=_as_weighting)
     alpha: float = attrs.field(default=0.9, converter=float, validator=_unit_interval)
 
-    @property
-    def post_step(self) -> bool:  # type: ignore[override]
-        return self.base.post_step
+    def __call__(self, *args: Any, **kwargs: Any) -> Result:
+        # the base's state changes inside this call too: restore it as well when the call raises
+        with _lock_of(self):
+            saved = self.base._snapshot()
+            try:
+                return super().__call__(*args, **kwargs)
+            except BaseException:
+                self.base._state = saved
+                raise
 
     def requirements(self) -> frozenset[Need]:
-        return self.needs | self.base.requirements()
+        return self.base.requirements()
 
     def check(self, system: GradientSystem) -> None:
         self.base.check(system)
@@ -82,6 +116,16 @@ class CRMOGM(Weighting):
     def parameters(self) -> list[Any]:
         return self.base.parameters()
 
+    def objective(self, losses: Any) -> Any:
+        """Σ λ_i L_i with λ detached; for a base with learnable scales (uw, imtl_l) plus the
+        base's objective on the detached losses, so one backward also trains its scales."""
+        from mtlsolve.plugins.loss_weighting._learnable import LearnableScales
+
+        value = super().objective(losses)
+        if isinstance(self.base, LearnableScales):
+            value = value + self.base.objective(losses.detach())
+        return value
+
     def after_step(self, losses: Any) -> None:
         self.base.after_step(losses)
 
@@ -92,8 +136,21 @@ class CRMOGM(Weighting):
         return {**super().state_dict(), "base": self.base.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore both the average and the wrapped solver's state; when either does not fit,
+        raise StateError and change neither."""
+        if not isinstance(state, Mapping):
+            raise StateError(f"cr_mogm.load_state_dict takes a mapping, got {type(state).__name__}")
         own = dict(state)
-        self.base.load_state_dict(own.pop("base", {}))
+        base = own.pop("base", {})
+        checked = self._checked_state(own)  # raises before anything changes
+        known = self.base._checked_state(base)
+        rows = checked.get("m")
+        tasks = known.get("m") if isinstance(known, Mapping) else None
+        if rows is not None and tasks is not None and rows != tasks * self.base.batches:
+            raise StateError(
+                f"cr_mogm state averages weights over {rows} rows, but its base state is for {tasks} tasks"
+            )
+        self.base.load_state_dict(base)
         super().load_state_dict(own)
 
     def reset(self) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 from mtlsolve._array import is_torch, to_numpy64
 from mtlsolve.errors import InvalidSystemError
 from mtlsolve.plugins.gramian.modo import _non_negative
+from mtlsolve.plugins.loss_weighting._common import checked_counts, checked_positive, keep_dtypes
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
 
@@ -56,6 +57,8 @@ class GradNorm(Weighting):
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "positive_homogeneous", "linear"})
     stateful: ClassVar[bool] = True
     parameter_state: ClassVar[frozenset[str]] = frozenset({"p"})
+    #: the weight parameter p, the initial losses L(0), and the first epoch's loss sum and count
+    state_schema: ClassVar[Mapping[str, Any]] = {"p": ("m",), "initial": ("m",), "epoch_sum": ("m",), "epoch_count": ()}
     post_step: ClassVar[bool] = True
     post_step_losses: ClassVar[bool] = False
     paper: ClassVar[str] = "Chen, Badrinarayanan, Lee, Rabinovich — ICML 2018 — arXiv 1711.02257"
@@ -157,3 +160,6 @@ class GradNorm(Weighting):
     # ------------------------------------------------------------------ state
     # p is a Parameter the user's optimiser holds: checkpoints carry a plain tensor, and
     # loading writes into the existing Parameter so that the optimiser keeps stepping it.
+    def _checked_state(self, state: Any) -> dict[str, Any]:
+        checked = checked_counts(super()._checked_state(state), self.name, "epoch_count")
+        return keep_dtypes(checked_positive(checked, self.name, "the initial losses L(0)", "initial"), state, "p")

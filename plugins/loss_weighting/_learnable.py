@@ -8,7 +8,7 @@ import attrs
 import numpy as np
 
 from mtlsolve._array import is_torch, to_numpy64
-from mtlsolve.plugins.loss_weighting._common import finite, objective_losses
+from mtlsolve.plugins.loss_weighting._common import finite, keep_dtypes, objective_losses
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
 
@@ -28,6 +28,9 @@ class LearnableScales:
     #: s, loaded into the existing Parameter (see :attr:`mtlsolve.Solver.parameter_state`)
     state_schema: ClassVar[Mapping[str, Any]] = {"s": ("m",)}
     parameter_state: ClassVar[frozenset[str]] = frozenset({"s"})
+
+    def _checked_state(self, state: Any) -> dict[str, Any]:
+        return keep_dtypes(super()._checked_state(state), state, "s")  # type: ignore[misc]
 
     def value(self, s: Any, losses: Any) -> Any:
         """The scalar the method minimises over the model and s (torch tensors)."""

@@ -7,8 +7,8 @@ from typing import Any, ClassVar, Mapping
 import attrs
 import numpy as np
 
-from mtlsolve.errors import InvalidSystemError
-from mtlsolve.plugins.loss_weighting._common import positive
+from mtlsolve.errors import InvalidSystemError, StateError
+from mtlsolve.plugins.loss_weighting._common import checked_counts, positive, softmax
 from mtlsolve.solver import REDUCTIONS, Need, Weighting, reduce_weights
 from mtlsolve.system import GradientSystem
 
@@ -19,11 +19,6 @@ def _period(value: Any) -> str | int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"period must be 'epoch' or a positive number of iterations, got {value!r}")
     return int(value)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
-    return e / e.sum()
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -49,6 +44,16 @@ class DynamicWeightAverage(Weighting):
     properties: ClassVar[frozenset[str]] = frozenset({"positive_homogeneous", "linear"})
     stateful: ClassVar[bool] = True
     paper: ClassVar[str] = "Liu, Johns, Davison — CVPR 2019 — arXiv 1803.10704"
+    #: epoch mode: the last (up to) two epoch means, this epoch's sum and count; period mode:
+    #: the 2P x m loss buffer, the last weights and the number of calls
+    state_schema: ClassVar[Mapping[str, Any]] = {
+        "history": (None, "m"),
+        "sum": ("m",),
+        "count": (),
+        "buffer": (None, "m"),
+        "weights": ("m",),
+        "calls": (),
+    }
 
     temperature: float = attrs.field(default=2.0, converter=float, validator=positive)
     period: str | int = attrs.field(default="epoch", converter=_period)
@@ -58,7 +63,7 @@ class DynamicWeightAverage(Weighting):
         L = system.losses64
         state = self._state_for(system.m)
         if self.period == "epoch":
-            history = state.setdefault("history", [])
+            history = state.get("history", ())
             w = self._from_ratio(history[-1], history[-2]) if len(history) == 2 else np.ones(system.m)
             state["sum"] = state.get("sum", 0.0) + L
             state["count"] = state.get("count", 0) + 1
@@ -80,11 +85,27 @@ class DynamicWeightAverage(Weighting):
             raise InvalidSystemError(
                 f"dwa: a period's mean loss is 0, so the loss ratio is undefined: {older.tolist()}"
             )
-        return len(newer) * _softmax(newer / older / self.temperature)
+        with np.errstate(over="ignore"):  # a ratio beyond float64 is +inf, where the softmax takes its limit
+            return len(newer) * softmax(newer / older / self.temperature)
 
     def end_epoch(self) -> None:
         """Close the epoch: its mean loss joins the two-epoch history (``period="epoch"`` only)."""
         if self.period != "epoch" or not self._state.get("count"):
             return
         mean = self._state.pop("sum") / self._state.pop("count")
-        self._state["history"] = [*self._state.get("history", []), mean][-2:]
+        history = self._state.get("history")
+        rows = [mean] if history is None else [*history, mean]
+        self._state["history"] = np.array(rows[-2:])
+
+    def _checked_state(self, state: Any) -> dict[str, Any]:
+        checked = super()._checked_state(state)
+        keys = {"history", "sum", "count"} if self.period == "epoch" else {"buffer", "weights", "calls"}
+        other = sorted(set(checked) - keys - {"m"})
+        if other:
+            raise StateError(f"dwa(period={self.period!r}) state has entries {other} of the other period mode")
+        history, buffer = checked.get("history"), checked.get("buffer")
+        if history is not None and not 1 <= len(history) <= 2:
+            raise StateError(f"dwa state entry 'history' holds {len(history)} epoch means, not 1 or 2")
+        if buffer is not None and len(buffer) != 2 * self.period:
+            raise StateError(f"dwa(period={self.period}) state entry 'buffer' has {len(buffer)} rows, not {2 * self.period}")
+        return checked_counts(checked, self.name, "count", "calls")

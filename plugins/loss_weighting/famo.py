@@ -7,9 +7,19 @@ from typing import Any, ClassVar, Mapping
 import attrs
 import numpy as np
 
-from mtlsolve._array import to_numpy64
-from mtlsolve.errors import InvalidSystemError, SolverError
-from mtlsolve.plugins.loss_weighting._common import non_negative, optional_vector, positive, positive_losses, vector_for
+from mtlsolve.errors import InvalidSystemError, SolverError, StateError
+from mtlsolve.plugins.loss_weighting._common import (
+    checked_counts,
+    checked_positive,
+    losses_vector,
+    non_negative,
+    objective_losses,
+    positive,
+    positive_losses,
+    softmax,
+    vector_converter,
+    vector_for,
+)
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
 
@@ -18,14 +28,9 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
-    return e / e.sum()
-
-
 def logit_gradient(xi: np.ndarray, delta: np.ndarray) -> np.ndarray:
     """J_softmax(ξ)ᵀδ = z ⊙ (δ − zᵀδ), z = softmax(ξ): the ξ-gradient of FAMO's update."""
-    z = _softmax(xi)
+    z = softmax(xi)
     return z * (delta - z @ delta)
 
 
@@ -53,10 +58,18 @@ class FAMO(Weighting):
     stateful: ClassVar[bool] = True
     post_step: ClassVar[bool] = True
     paper: ClassVar[str] = "Liu, Feng, Stone, Liu — NeurIPS 2023 — arXiv 2306.03792"
+    #: the logits ξ, Adam's moments and step count, and D of a call still waiting for after_step
+    state_schema: ClassVar[Mapping[str, Any]] = {
+        "xi": ("m",),
+        "adam_m": ("m",),
+        "adam_v": ("m",),
+        "adam_t": (),
+        "pending": ("m",),
+    }
 
     w_lr: float = attrs.field(default=0.025, converter=float, validator=non_negative)
     gamma: float = attrs.field(default=1e-3, converter=float, validator=non_negative)
-    min_losses: tuple[float, ...] | None = attrs.field(default=None, converter=optional_vector)
+    min_losses: tuple[float, ...] | None = attrs.field(default=None, converter=vector_converter("min_losses"))
     eps: float = attrs.field(default=1e-8, converter=float, validator=positive)
 
     def _shifted(self, losses: np.ndarray) -> np.ndarray:
@@ -72,16 +85,20 @@ class FAMO(Weighting):
                 "call solver.after_step(losses) with the losses recomputed on the same batch"
             )
         D = self._shifted(system.losses64)
-        z = _softmax(state.get("xi", np.zeros(m)))
-        ratio = z / D
-        c = float(ratio.sum())
+        xi = state.get("xi", np.zeros(m))
+        z = softmax(xi)
+        # w = (z/D)/Σ(z/D) = softmax(ξ − log D): no overflow for a tiny D
+        w = softmax(xi - np.log(D))
+        with np.errstate(over="ignore"):
+            c = float((z / D).sum())
         state["pending"] = D
-        return ratio / c, {"z": z, "c": c}
+        return w, {"z": z, "c": c}
 
     def objective(self, losses: Any) -> Any:
         """Σ z_i log D_i / c with z and c constant: its gradient is Σ w_i ∇L_i."""
         import torch
 
+        objective_losses(losses, self.name)
         result = self(losses=losses.detach())
         z = torch.as_tensor(result.diagnostics["z"]).to(device=losses.device, dtype=losses.dtype)
         floor = vector_for(self.min_losses, int(losses.shape[-1]), "famo min_losses", 0.0)
@@ -93,11 +110,9 @@ class FAMO(Weighting):
         before = self._state.get("pending")
         if before is None:
             raise SolverError("famo.after_step() needs a preceding call of the weighting on this step's losses")
-        after = to_numpy64(losses).ravel()
+        after = losses_vector(losses, "famo.after_step needs the m losses recomputed after the model step")
         if after.shape != before.shape:
             raise InvalidSystemError(f"famo.after_step got {after.size} losses for {before.size} tasks")
-        if not np.isfinite(after).all():
-            raise InvalidSystemError(f"famo.after_step needs finite losses, got {after.tolist()}")
         delta = np.log(before) - np.log(self._shifted(after))
         self._adam_step(logit_gradient(self._state.get("xi", np.zeros(len(before))), delta))
         self._state["pending"] = None
@@ -114,3 +129,9 @@ class FAMO(Weighting):
         step = self.w_lr / (1 - b1**t)
         denom = np.sqrt(m2) / np.sqrt(1 - b2**t) + ADAM_EPS
         state.update(xi=xi - step * m1 / denom, adam_m=m1, adam_v=m2, adam_t=t)
+
+    def _checked_state(self, state: Any) -> dict[str, Any]:
+        checked = checked_counts(super()._checked_state(state), self.name, "adam_t")
+        if "adam_v" in checked and (checked["adam_v"] < 0).any():
+            raise StateError("famo state entry 'adam_v' holds squared-gradient averages, which must be >= 0")
+        return checked_positive(checked, self.name, "the shifted losses D of the pending call", "pending")

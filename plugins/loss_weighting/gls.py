@@ -33,5 +33,7 @@ class GeometricLoss(Weighting):
 
     def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         L = positive_losses(system.losses64, "gls")
-        geometric_mean = float(np.exp(np.log(L).mean()))
-        return geometric_mean / (system.m * L), {"value": geometric_mean}
+        log_L = np.log(L)
+        geometric_mean = float(np.exp(log_L.mean()))
+        # (∏L)^{1/m}/(m L_i) in log space: finite whenever the ratio of the mean to L_i is
+        return np.exp(log_L.mean() - log_L) / system.m, {"value": geometric_mean}

@@ -8,17 +8,9 @@ import attrs
 import numpy as np
 
 from mtlsolve.errors import InvalidSystemError
+from mtlsolve.plugins.loss_weighting._common import vector_converter
 from mtlsolve.solver import REDUCTIONS, Need, Weighting
 from mtlsolve.system import GradientSystem
-
-
-def _optional_weights(value: Any) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    weights = tuple(float(v) for v in np.asarray(value, dtype=np.float64).ravel())
-    if not weights or not np.isfinite(weights).all():
-        raise ValueError(f"weights must be a non-empty sequence of finite numbers, got {value!r}")
-    return weights
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -41,7 +33,7 @@ class LinearScalarization(Weighting):
     paper: ClassVar[str] = "linear scalarisation (classic; no single source)"
 
     reduction: str = attrs.field(default="sum", validator=attrs.validators.in_(REDUCTIONS))
-    weights_: tuple[float, ...] | None = attrs.field(default=None, converter=_optional_weights, alias="weights")
+    weights_: tuple[float, ...] | None = attrs.field(default=None, converter=vector_converter("weights"), alias="weights")
 
     def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         m = system.m

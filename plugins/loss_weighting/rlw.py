@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Mapping
 import attrs
 import numpy as np
 
+from mtlsolve.plugins.loss_weighting._common import optional_seed
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
 
@@ -30,9 +31,10 @@ class RandomLossWeighting(Weighting):
     properties: ClassVar[frozenset[str]] = frozenset({"positive_homogeneous", "linear", "simplex_weights"})
     randomized: ClassVar[bool] = True
     paper: ClassVar[str] = "Lin, Ye, Zhang, Tsang — TMLR 2022 — arXiv 2111.10603"
+    state_schema: ClassVar[Mapping[str, Any]] = {"rng": None}  # the generator's state
 
     distribution: str = attrs.field(default="normal", validator=attrs.validators.in_(DISTRIBUTIONS))
-    seed: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.instance_of(int)))
+    seed: int | None = attrs.field(default=None, validator=optional_seed)
 
     def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         gen = self._rng(self.seed)

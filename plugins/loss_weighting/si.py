@@ -8,7 +8,7 @@ import attrs
 import numpy as np
 
 from mtlsolve.errors import InvalidSystemError
-from mtlsolve.plugins.loss_weighting._common import optional_vector, positive_losses, vector_for
+from mtlsolve.plugins.loss_weighting._common import positive_losses, vector_converter, vector_for
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
 
@@ -37,7 +37,7 @@ class ScaleInvariant(Weighting):
     paper: ClassVar[str] = "Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya — ICML 2022 — arXiv 2202.01017"
 
     transform: str = attrs.field(default="log", validator=attrs.validators.in_(("log", "log1p")))
-    weights_: tuple[float, ...] | None = attrs.field(default=None, converter=optional_vector, alias="weights")
+    weights_: tuple[float, ...] | None = attrs.field(default=None, converter=vector_converter("weights"), alias="weights")
 
     def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         L = system.losses64

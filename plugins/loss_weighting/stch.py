@@ -8,8 +8,15 @@ import attrs
 import numpy as np
 
 from mtlsolve.errors import SolverError
-from mtlsolve.plugins.loss_weighting._common import non_negative_int, positive, positive_losses
-from mtlsolve.plugins.pareto._common import optional_vector, preference_and_ideal
+from mtlsolve.plugins.loss_weighting._common import (
+    checked_counts,
+    checked_positive,
+    non_negative_int,
+    positive,
+    positive_losses,
+    vector_converter,
+)
+from mtlsolve.plugins.pareto._common import preference_and_ideal
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
 
@@ -49,16 +56,20 @@ class SmoothTchebycheff(Weighting):
     properties: ClassVar[frozenset[str]] = frozenset({"positive_homogeneous", "linear"})
     stateful: ClassVar[bool] = True
     paper: ClassVar[str] = "Lin, Zhang, Yang, Liu, Wang, Zhang — ICML 2024 — arXiv 2402.19078"
+    #: the epoch count, the nadir epoch's loss sum and count, then the nadir point
+    state_schema: ClassVar[Mapping[str, Any]] = {"epoch": (), "sum": ("m",), "count": (), "nadir": ("m",)}
 
     mu: float = attrs.field(default=1.0, converter=float, validator=positive)
     warmup_epoch: int = attrs.field(default=4, validator=non_negative_int)
     mode: str = attrs.field(default="official", validator=attrs.validators.in_(("official", "raw")))
-    preference: tuple[float, ...] | None = attrs.field(default=None, converter=optional_vector)
-    ideal: tuple[float, ...] | None = attrs.field(default=None, converter=optional_vector)
+    preference: tuple[float, ...] | None = attrs.field(default=None, converter=vector_converter("preference"))
+    ideal: tuple[float, ...] | None = attrs.field(default=None, converter=vector_converter("ideal"))
 
     def __attrs_post_init__(self) -> None:
         if self.mode == "official" and (self.preference is not None or self.ideal is not None):
             raise ValueError("stch: preference and ideal apply to mode='raw' only")
+        if self.preference is not None and (min(self.preference) < 0 or max(self.preference) <= 0):
+            raise ValueError(f"preference must be non-negative and not all zero, got {self.preference}")
 
     def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         if self.mode == "raw":
@@ -88,3 +99,7 @@ class SmoothTchebycheff(Weighting):
         """Count an epoch (``mode="official"``: warm-up, nadir epoch, then STCH)."""
         if self.mode == "official":
             self._state["epoch"] = self._state.get("epoch", 0) + 1
+
+    def _checked_state(self, state: Any) -> dict[str, Any]:
+        checked = checked_counts(super()._checked_state(state), self.name, "epoch", "count")
+        return checked_positive(checked, self.name, "mean losses", "nadir")

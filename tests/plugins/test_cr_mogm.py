@@ -102,11 +102,16 @@ def test_state_holds_the_wrapped_state_and_round_trips():
     np.testing.assert_array_equal(copy(systems[0]).direction, fresh(systems[0]).direction)
 
 
-def test_new_task_count_restarts_the_average():
+def test_new_task_count_raises_until_reset():
     solver = CRMOGM(alpha=0.9)
     for G in sequence(5):
         solver(G)
+    before = repr(solver.state_dict())
     G = np.array([[1.0, 0.0], [-1.0, 1.0]])
+    with pytest.raises(mtlsolve.InvalidSystemError, match="reset"):
+        solver(G)
+    assert repr(solver.state_dict()) == before
+    solver.reset()
     np.testing.assert_allclose(solver(G).direction, [0.2, 0.4], atol=1e-12)  # mgda on C, verbatim
 
 
@@ -135,3 +140,91 @@ def test_alpha_schedule_by_assignment():
         previous = expected
     with pytest.raises(ValueError):
         solver.alpha = 1.5
+
+
+# ------------------------------------------------ the base's declarations
+PROTOCOL = ("needs", "batches", "grads", "randomized", "post_step", "post_step_losses")
+
+
+@pytest.mark.parametrize(
+    "base",
+    ["mgda", "modo", "sdmgrad", "gradnorm", "famo", "uw", {"name": "gradvac", "seed": 1}, {"name": "rlw", "seed": 1},
+     "excess_mtl", {"name": "mgda", "normalisation": "loss"}],
+    ids=str,
+)
+def test_an_instance_declares_what_its_base_declares(base):
+    solver = CRMOGM(base=base)
+    for attribute in PROTOCOL:
+        assert getattr(solver, attribute) == getattr(solver.base, attribute), attribute
+    assert solver.requirements() == solver.base.requirements()
+    assert solver.stateful  # the average is state whatever the base
+
+
+def test_the_class_declares_the_defaults():
+    """What the registry, the CLI and the conformance suite read from the class."""
+    assert (CRMOGM.needs, CRMOGM.batches, CRMOGM.grads) == (frozenset(), 1, None)
+    assert (CRMOGM.randomized, CRMOGM.post_step, CRMOGM.post_step_losses, CRMOGM.stateful) == (False, False, True, True)
+
+
+def test_around_modo_reads_three_batches_as_modo_does():
+    rng = np.random.default_rng(8)
+    three_tasks = rng.standard_normal((3, 5))
+    with pytest.raises(mtlsolve.InvalidSystemError, match="batches"):
+        mtlsolve.get("modo")(three_tasks[:2])
+    with pytest.raises(mtlsolve.InvalidSystemError, match="batches"):
+        CRMOGM(base="modo")(three_tasks[:2])
+    stacked = rng.standard_normal((9, 5))  # 3 batches of 3 tasks
+    twin = mtlsolve.get("modo")
+    r = CRMOGM(base="modo", alpha=0.0)(stacked)
+    np.testing.assert_array_equal(r.weights, twin(stacked).weights)
+    assert r.weights.shape == (9,) and (r.weights[:6] == 0).all()
+
+
+def test_around_gradnorm_forwards_its_parameter_and_post_step():
+    solver = CRMOGM(base="gradnorm", alpha=0.5)
+    G, L = sequence(9, m=3)[0], np.array([1.0, 2.0, 3.0])
+    solver(G, losses=L)
+    (p,) = solver.parameters()
+    assert p is solver.base.parameters()[0] and p.grad is not None
+    with torch.no_grad():
+        p.mul_(2.0)
+    solver.after_step(None)  # renormalised to sum m by the base
+    assert float(p.detach().sum()) == pytest.approx(3.0)
+
+
+def test_around_uw_the_objective_also_trains_the_scales():
+    solver = CRMOGM(base="uw")
+    losses = torch.tensor([0.5, 1.0, 4.0], requires_grad=True)
+    solver.objective(losses).backward()
+    (s,) = solver.parameters()
+    assert s.grad is not None and losses.grad is not None
+    expected = 0.5 * (1.0 - torch.exp(-s.detach()) * losses.detach())  # ∂/∂s of ½(e^{−s}L + s)
+    torch.testing.assert_close(s.grad, expected)
+
+
+def test_a_failed_call_leaves_the_base_state_as_it_was():
+    solver = CRMOGM(base={"name": "gradvac", "seed": 4})
+    G = sequence(10)[0]
+    solver(G)
+    before = repr(solver.state_dict())
+    bad = G.copy()
+    bad[0, 0] = np.inf
+    with pytest.raises(mtlsolve.NonFiniteError):
+        solver(bad)
+    assert repr(solver.state_dict()) == before
+
+
+def test_a_state_whose_parts_disagree_is_refused_and_changes_nothing():
+    solver = CRMOGM(base="dwa")
+    for L in ([1.0, 2.0, 3.0], [0.9, 1.9, 2.9]):
+        solver(losses=L)
+        solver.end_epoch()
+    state = solver.state_dict()
+    other = CRMOGM(base="dwa")
+    other(losses=[1.0, 2.0])
+    before = repr(other.state_dict())
+    with pytest.raises(mtlsolve.errors.StateError, match="tasks"):
+        other.load_state_dict({**state, "base": {**state["base"], "m": 2, "history": state["base"]["history"][:, :2]}})
+    with pytest.raises(mtlsolve.errors.StateError):
+        other.load_state_dict({**state, "lambda": torch.tensor([float("nan"), 0.5, 0.5])})
+    assert repr(other.state_dict()) == before

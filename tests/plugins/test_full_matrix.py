@@ -225,13 +225,18 @@ def test_moco_project_update_is_the_euclidean_projection():
         assert ((v - p) @ (np.eye(5) - p).T <= 1e-12).all()
 
 
-def test_moco_rejects_representation_gradients_and_resets_on_new_shapes():
+def test_moco_rejects_representation_gradients_and_new_shapes_until_reset():
     G, L = drift(4)[0]
     with pytest.raises(mtlsolve.InvalidSystemError, match="representation"):
         MoCo()(G, losses=L, kind="representation")
     solver = MoCo()
     solver(G, losses=L)
-    for X, losses in ((G[:, :5], L), (G[:3], L[:3])):  # n, then m changed: a fresh start each time
+    for X, losses in ((G[:, :5], L), (G[:3], L[:3])):  # n, then m changed: refused, then a fresh start
+        before = solver.state_dict()
+        with pytest.raises(mtlsolve.InvalidSystemError, match="reset"):
+            solver(X, losses=losses)
+        assert repr(solver.state_dict()) == repr(before)  # the refused call changed nothing
+        solver.reset()
         d, _ = moco_on_matrix([(X, losses)])[0]
         np.testing.assert_allclose(solver(X, losses=losses).direction, d, rtol=1e-12)
         state = solver.state_dict()
@@ -258,7 +263,7 @@ def test_db_mtl_matches_transcription_and_balances_norms(settings):
     for (G, L), d in zip(steps, db_mtl_on_matrix(steps, **settings)):
         r = solver(G, losses=L)
         np.testing.assert_allclose(r.direction, d, rtol=1e-12, atol=1e-14)
-        buffer = solver.state_dict()["buffer"]
+        buffer = solver.state_dict()["buffer"].numpy()
         terms = np.linalg.norm(r.diagnostics["alpha"][:, None] * buffer, axis=1)
         np.testing.assert_allclose(terms, np.linalg.norm(buffer, axis=1).max(), rtol=1e-14)
 
@@ -400,10 +405,12 @@ def test_backends_keep_type_dtype_and_agree(name, backend, dtype):
         assert type(d) is type(X) and d.dtype == X.dtype and d.shape == (G.shape[1],)
         tol = 1e-5 if dtype == "float32" else 1e-12
         np.testing.assert_allclose(np64(d), expected, rtol=tol, atol=tol * np.abs(expected).max())
-    if name != "trimmed_mean":  # the n-dimensional state lives with G
+    if name != "trimmed_mean":  # the n-dimensional state lives with G; checkpoints hold a CPU tensor
         key = {"moco": "y", "db_mtl": "buffer", "excess_mtl": "sq_sum"}[name]
-        held = solver.state_dict()[key]
+        held = solver._state[key]
         assert type(held) is type(X) and held.dtype == X.dtype
+        saved = solver.state_dict()[key]
+        assert isinstance(saved, torch.Tensor) and saved.device.type == "cpu"
 
 
 @pytest.mark.parametrize("name", ["moco", "db_mtl", "excess_mtl"])
@@ -419,3 +426,83 @@ def test_state_round_trip_mid_run_across_backends(name):
     np.testing.assert_allclose([b(G, losses=L).direction for G, L in steps[3:]], tail, rtol=1e-14)
     b.reset()
     assert b.state_dict() == {}
+
+
+# ------------------------------------------------ finite output, ranges
+def unit(x):
+    x = np64(x)
+    x = x / np.abs(x).max()  # first by the largest entry: the norm of a huge x overflows
+    return x / np.linalg.norm(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, "numpy-float16"])
+def test_db_mtl_half_precision_with_a_zero_loss_is_finite_and_parallel(dtype):
+    """h of a zero loss is g/1e-8: beyond float16, so the buffer is kept in float32 and the
+    direction scaled down to fit the half-precision dtype."""
+    steps = drift(20, m=3, n=6)
+    half, full = DBMTL(), DBMTL()
+    for G, L in steps:
+        L = L.copy()
+        L[0] = 0.0
+        X = G.astype(np.float16) if dtype == "numpy-float16" else torch.tensor(G, dtype=dtype)
+        r = half(X, losses=L)
+        assert r.direction.dtype == X.dtype and np.isfinite(np64(r.direction)).all()
+        expected = full(np64(X), losses=L).direction
+        np.testing.assert_allclose(unit(r.direction), unit(expected), atol=1e-2)
+        assert 0 < r.diagnostics["scaled_to_fit"] <= 1 if dtype == torch.bfloat16 else 0 < r.diagnostics["scaled_to_fit"] < 1
+    assert half._state["buffer"].dtype in (np.float32, torch.float32)
+
+
+def test_db_mtl_float64_near_the_top_of_its_range_is_finite():
+    G, L = drift(21, m=3, n=6)[0]
+    r = DBMTL(beta=0.0)(G * 1e299, losses=np.zeros(3))  # ‖h_i‖ ~ 1e307: m of them would overflow
+    assert np.isfinite(r.direction).all() and r.diagnostics["scaled_to_fit"] < 1
+    np.testing.assert_allclose(unit(r.direction), unit(DBMTL(beta=0.0)(G, losses=np.zeros(3)).direction), rtol=1e-10)
+
+
+@pytest.mark.parametrize("scale", [1e150, 1e200, 1e300])
+def test_moco_with_huge_losses_stays_finite_on_the_simplex(scale):
+    solver = MoCo()
+    for G, L in drift(22, m=3, n=5):
+        r = solver(G, losses=L * scale)
+        lam = r.diagnostics["lambda"]
+        assert np.isfinite(r.direction).all() and np.isfinite(lam).all()
+        assert (lam >= 0).all() and lam.sum() == pytest.approx(1.0)
+    with pytest.raises(mtlsolve.NonFiniteError, match="scale the losses down"):
+        MoCo()(G.astype(np.float32), losses=np.full(3, 1e39))  # beyond float32: say so
+
+
+def test_moco_half_precision_is_finite():
+    solver = MoCo()
+    for G, L in drift(23, m=3, n=5):
+        r = solver(torch.tensor(G, dtype=torch.float16), losses=torch.tensor(L * 1e4, dtype=torch.float16))
+        assert r.direction.dtype == torch.float16 and torch.isfinite(r.direction).all()
+
+
+def test_excess_mtl_half_precision_is_finite():
+    solver = ExcessMTL()
+    reference = ExcessMTL()
+    for G, _ in drift(24, m=3, n=5):
+        X = torch.tensor(G * 300, dtype=torch.float16)  # squares beyond float16's 65504
+        w = solver(X).weights
+        assert torch.isfinite(w).all()
+        np.testing.assert_allclose(np64(w), reference(np64(X)).weights, rtol=1e-2)
+
+
+def test_row_norms_do_not_overflow_or_underflow():
+    from mtlsolve.plugins.full_matrix._common import row_norms
+
+    for G, expected in ((np.full((2, 4), 1e200), 2e200), (np.full((2, 4), np.float32(1e30)), 2e30),
+                        (np.full((2, 4), 1e-200), 2e-200), (torch.full((2, 4), 1e30), 2e30)):
+        np.testing.assert_allclose(row_norms(G), [expected, expected], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [("db_mtl", {"beta": 1.0}), ("db_mtl", {"beta": -0.1}), ("db_mtl", {"beta_sigma": -1.0}),
+     ("moco", {"beta": 0.0}), ("moco", {"beta": 1.5}), ("moco", {"gamma": -1.0}), ("moco", {"rho": np.nan}),
+     ("excess_mtl", {"robust_step_size": 0.0}), ("graddrop", {"leak": 1.5}), ("graddrop", {"seed": -3})],
+)
+def test_hyperparameter_ranges(name, kwargs):
+    with pytest.raises(mtlsolve.InvalidConfigError, match=next(iter(kwargs))):
+        mtlsolve.get(name, **kwargs)

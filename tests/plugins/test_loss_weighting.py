@@ -50,7 +50,7 @@ def roundtrip(state: dict) -> dict:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
+    return torch.load(buffer, weights_only=True)
 
 
 def loss_grad(scalar_fn, L: np.ndarray) -> np.ndarray:
@@ -288,7 +288,11 @@ def test_learnable_state_round_trip(cls):
     solver.load_state_dict(state)
     assert solver.parameters()[0] is held
     torch.testing.assert_close(held.detach(), state["s"], rtol=0, atol=0)
-    # a new m resets s
+    # a new m raises until reset(), which starts s over
+    with pytest.raises(InvalidSystemError, match="reset"):
+        solver(losses=np.ones(5))
+    assert solver.parameters()[0] is held
+    solver.reset()
     solver(losses=np.ones(5))
     assert solver.parameters()[0].shape == (5,) and solver.parameters()[0] is not held
 
@@ -361,9 +365,12 @@ def test_dwa_epoch_mode_rules():
     w = torch.tensor(3 * softmax(means[-1] / means[-2] / 2.0))
     expected = grad_theta(lambda L: (w * L).sum())[0]
     torch.testing.assert_close(grad_theta(dwa.objective)[0], expected, rtol=1e-12, atol=1e-14)
-    # a new number of tasks starts over (uniform weights, empty history)
+    # a new number of tasks raises until reset(), which starts over (uniform weights, no history)
+    with pytest.raises(InvalidSystemError, match="reset"):
+        dwa(losses=np.ones(5))
+    dwa.reset()
     np.testing.assert_array_equal(dwa(losses=np.ones(5)).weights, np.ones(5))
-    assert "history" not in dwa.state_dict() or dwa.state_dict()["history"] == []
+    assert "history" not in dwa.state_dict()
 
 
 def test_dwa_limits_and_sums():
@@ -498,7 +505,7 @@ def test_rlw_distribution_matches_torchjd_random():
 
 # ---------------------------------------------------------------------- famo
 def famo_state(xi):
-    return {"m": len(xi), "xi": np.asarray(xi, dtype=np.float64), "pending": None}
+    return {"solver": "famo", "m": len(xi), "xi": np.asarray(xi, dtype=np.float64), "pending": None}
 
 
 def test_famo_weights():
@@ -551,9 +558,9 @@ def test_famo_uniform_improvement_gives_zero_logit_gradient():
         opt.step()
         # δ is uniform up to rounding (~1e-17 in the gradient), which Adam's g/(|g| + 1e-8) scales
         # to at most lr·1e-9: hence the tolerance, far below the step size 0.025
-        np.testing.assert_allclose(famo.state_dict()["xi"], p.detach().numpy(), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(famo.state_dict()["xi"].numpy(), p.detach().numpy(), rtol=0, atol=1e-9)
         if gamma == 0.0:
-            np.testing.assert_allclose(famo.state_dict()["xi"], xi, rtol=0, atol=1e-9)
+            np.testing.assert_allclose(famo.state_dict()["xi"].numpy(), xi, rtol=0, atol=1e-9)
 
 
 def famo_weights(xi, L):
@@ -604,8 +611,8 @@ def test_famo_matches_torchjd_over_a_run():
         ref.update(torch.tensor(new))
         L = new
     assert worst_w < 1e-12 and worst_value < 1e-12
-    np.testing.assert_allclose(ours.state_dict()["xi"], ref._w.detach().numpy(), rtol=1e-10, atol=1e-13)
-    assert np.abs(ours.state_dict()["xi"]).max() > 0.05  # the logits did move
+    np.testing.assert_allclose(ours.state_dict()["xi"].numpy(), ref._w.detach().numpy(), rtol=1e-10, atol=1e-13)
+    assert ours.state_dict()["xi"].abs().max() > 0.05  # the logits did move
 
 
 def test_famo_state_round_trip():
@@ -622,7 +629,10 @@ def test_famo_state_round_trip():
         a.after_step(new), b.after_step(new)
         np.testing.assert_array_equal(b(losses=new).weights, a(losses=new).weights)
     a.after_step(losses[-1])
-    a(losses=np.ones(5))  # a new m resets the logits and the pending call
+    with pytest.raises(InvalidSystemError, match="reset"):  # a new m raises until reset()
+        a(losses=np.ones(5))
+    a.reset()
+    a(losses=np.ones(5))
     assert a.state_dict()["m"] == 5 and "xi" not in a.state_dict()
 
 
@@ -716,3 +726,37 @@ def test_stch_small_mu_recovers_tchebycheff():
         r = SmoothTchebycheff(mode="raw", mu=1e-5, preference=lam)(losses=L)
         np.testing.assert_allclose(r.weights, tche.weights, atol=1e-6)
         assert r.diagnostics["value"] == pytest.approx(tche.diagnostics["value"], abs=1e-4)
+
+
+# ------------------------------------------------------------ finite output
+def test_extreme_losses_give_finite_weights():
+    dwa = DynamicWeightAverage()
+    for L in ([1e-300, 1.0], [1e10, 1.0]):  # epoch means 1e-300 then 1e10: a ratio beyond float64
+        dwa(losses=L)
+        dwa.end_epoch()
+    w = dwa(losses=[1.0, 1.0]).weights
+    np.testing.assert_array_equal(w, [2.0, 0.0])  # the limit of m·softmax(r/T) as r_0 → ∞
+    famo = FAMO()
+    famo.load_state_dict(famo_state(np.array([30.0, -30.0])))
+    w = famo(losses=[1e-300, 1e300]).weights
+    assert np.isfinite(w).all() and w.sum() == pytest.approx(1.0)
+    w = GeometricLoss()(losses=[1e-200, 1e200, 1.0]).weights
+    np.testing.assert_allclose(w, [1e200 / 3, 1e-200 / 3, 1 / 3], rtol=1e-12)
+
+
+def test_state_entries_survive_a_weights_only_checkpoint():
+    """Every entry is a tensor or a Python number, list or dict: torch.load(weights_only=True) reads it."""
+    solvers = [DynamicWeightAverage(), DynamicWeightAverage(period=2), FAMO(), SmoothTchebycheff(warmup_epoch=0),
+               UncertaintyWeighting(), IMTLL(), RandomLossWeighting(seed=1)]
+    for solver in solvers:
+        for L in ([1.0, 2.0], [0.9, 1.8], [0.8, 1.7]):
+            solver(losses=L)
+            if solver.post_step:
+                solver.after_step(np.array(L) * 0.9)
+            solver.end_epoch()
+        state = roundtrip(solver.state_dict())
+        assert state["solver"] == solver.name
+        fresh = type(solver)(**{f: getattr(solver, f) for f in ("period", "warmup_epoch", "seed") if hasattr(solver, f)})
+        fresh.load_state_dict(state)
+        L = [0.7, 1.6]
+        np.testing.assert_array_equal(fresh(losses=L).weights, solver(losses=L).weights)
