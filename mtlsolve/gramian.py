@@ -39,11 +39,14 @@ def cosines(K: np.ndarray) -> np.ndarray:
 
 
 def psd_part(K: np.ndarray) -> np.ndarray:
-    """The nearest positive semidefinite matrix in Frobenius norm: negative eigenvalues set to 0."""
-    lam, Q = np.linalg.eigh(K)
+    """A positive semidefinite repair of K that respects every row's scale: D·P(D⁻¹KD⁻¹)·D, with
+    P the nearest PSD matrix in Frobenius norm (negative eigenvalues set to 0). Repairing K
+    itself would move the rows of small gradients by the round-off of the large ones."""
+    Kn, n = normalised(K)
+    lam, Q = np.linalg.eigh(Kn)
     if lam[0] >= 0:
         return K
-    return (Q * np.clip(lam, 0.0, None)) @ Q.T
+    return ((Q * np.clip(lam, 0.0, None)) @ Q.T) * np.outer(n, n)
 
 
 def condition_number(K: np.ndarray) -> float:

@@ -9,19 +9,34 @@ since h'(x) = x^{−1/α}. A minimiser exists iff no v ≥ 0, v ≠ 0 has Kv = 0
 0 ∉ conv{g_i}; otherwise f decreases without end (α ≥ 1) or toward an infimum it never
 reaches (α < 1) along such a v, and no weights solve the system.
 
+Existence is decided first, and certified: the min-norm point of the hull of the unit
+gradients u_i = g_i/‖g_i‖ (:func:`mtlsolve.kernels.simplex_qp.min_norm_simplex` on the
+normalised Gramian D⁻¹KD⁻¹) has μ = ‖d_min‖² ≤ :func:`no_solution_threshold` (the rank
+cut-off 4·m·ρ of the round-off ρ, :mod:`mtlsolve.gramian`) exactly when 0 ∈ conv{g_i} within
+round-off; a zero gradient has μ = 0. Only then is "no solution" (status 2) reported.
+Otherwise a minimiser exists, with Σ_i ‖g_i‖w_i ≤ √(m/μ) at α = 1.
+
 The kernel works in the variable a with w_i = t_i a_i, t_i = K_ii^{−α/(α+1)} (the solution
 when the gradients are orthogonal, so the cold start is a = 1): the system reads
 a_i(K'a)_i = q_i with K' = TKT and q_i = c_i a_i^p, c_i = K'_ii = K_ii^{(1−α)/(1+α)}
-(c = 1 and K' the unit-diagonal Gramian at α = 1). Newton's method on f: with D = diag(a)
-the step is Δa = D u, (DK'D + diag(q)/α)u = q − a∘K'a (a Cholesky solve), and
-λ² = uᵀ(q − a∘K'a) is the Newton decrement. A backtracking (Armijo) line search starts
-from the largest step ≤ 1 keeping a > 0 and evaluates the decrease of f exactly as
-−tλ² + ½t²‖Du‖²_{K'} − Σ q_i(φ_p(tu_i) − tu_i), φ_p(x) = ((1+x)^p − 1)/p (log1p at
-p = 0), which stays accurate down to steps of round-off size. It stops when
-max_i |a_i(K'a)_i/q_i − 1| ≤ ``tol`` (or the round-off floor of evaluating it,
-8·m·ε·max_i a_i(|K'|a)_i/q_i), reports "no solution" (status 2) when a gradient is zero or
-that floor exceeds 1e-6 (the iterates run off along a v ≥ 0 with K'v ≈ 0), and status 1
-at the iteration cap.
+(c = 1 and K' the unit-diagonal Gramian D⁻¹KD⁻¹ at α = 1: Nash's condition is equivariant
+under row scaling, α_i ← α_i/‖g_i‖). The cold or warm start is first moved to the best point
+of its ray {s·a}. Newton's method on f: with D = diag(a) the step is Δa = D u,
+(DK'D + diag(q)/α)u = q − a∘K'a (a Cholesky solve), and λ² = uᵀ(q − a∘K'a) is the Newton
+decrement. A backtracking (Armijo) line search starts from the largest step ≤ 1 keeping
+a > 0 and evaluates the decrease of f exactly as −tλ² + ½t²‖Du‖²_{K'} − Σ q_i(φ_p(tu_i) − tu_i),
+φ_p(x) = ((1+x)^p − 1)/p (log1p at p = 0), which stays accurate down to steps of round-off
+size. It stops when max_i |a_i(K'a)_i/q_i − 1| ≤ ``tol``, or after three more steps once the
+residual is within the round-off of evaluating it, 8·m·ε·max_i a_i(|K'|a)_i/q_i (nearly
+opposed gradients make a large and that floor well above 1e-10), and returns the iterate
+of smallest residual; status 1 at the iteration cap, 3 on a non-finite iterate.
+
+:func:`fairgrad_certificate` checks a solution on K in float64: residual
+max_i |w_i^{1/α}(Kw)_i − 1| (inf unless w > 0 and every g_i·d = (Kw)_i lies above its
+round-off 4ρ‖g_i‖Σ_j‖g_j‖w_j: no task conflicts with d within the round-off of K) against the
+round-off tolerance of the system scaled by S = max_i w_i^{1/α}‖g_i‖Σ_j‖g_j‖w_j (an
+entry-wise error ρ·‖g_i‖‖g_j‖ of K moves the residual by up to ρS; nearly opposed gradients
+make S large).
 """
 
 from __future__ import annotations
@@ -29,13 +44,22 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from mtlsolve.gramian import certificate_tolerance, normalised, rank_threshold
 from mtlsolve.kernels import _cvx
 from mtlsolve.kernels._dense import as_kernel_array, chol_solve
+from mtlsolve.kernels.simplex_qp import min_norm_simplex
 
-#: iterates whose residual has a round-off error above this have run off along a v ≥ 0 with Kv ≈ 0
-FLOOR = 1e-6
-CONVERGED, MAX_ITER, NO_SOLUTION = 0, 1, 2
-STATUS = {CONVERGED: "converged", MAX_ITER: "iteration cap reached", NO_SOLUTION: "no solution: 0 ∈ conv{g_i}"}
+CONVERGED, MAX_ITER, NO_SOLUTION, BREAKDOWN = 0, 1, 2, 3
+STATUS = {
+    CONVERGED: "converged",
+    MAX_ITER: "iteration cap reached",
+    NO_SOLUTION: "no solution: 0 ∈ conv{g_i}",
+    BREAKDOWN: "numerical breakdown (a non-finite Newton iterate)",
+}
+#: the min-norm QP's ridge perturbs μ by up to ~2e-14: "no solution" below this whatever ρ
+HULL_FLOOR = 1e-13
+#: Newton steps taken once the residual is at its round-off floor, for the best iterate
+POLISH_STEPS = 3
 
 
 @numba.njit(cache=True)
@@ -95,7 +119,7 @@ def _fairgrad(K, w0, alpha, tol, max_iter):
     a = np.empty(m)
     warm = w0.shape[0] == m
     for i in range(m):
-        warm = warm and w0[i] > 0.0 and np.isfinite(w0[i])
+        warm = warm and w0[i] > 0.0 and np.isfinite(w0[i] / t[i]) and w0[i] / t[i] > 0.0
     for i in range(m):
         a[i] = w0[i] / t[i] if warm else 1.0
     Ka = np.empty(m)
@@ -109,17 +133,20 @@ def _fairgrad(K, w0, alpha, tol, max_iter):
         total += c[i] * a[i] ** p
     if quad > 0.0:
         scale = (total / quad) ** (1.0 / (2.0 - p))
-        for i in range(m):
-            a[i] *= scale
-            Ka[i] *= scale
+        if np.isfinite(scale) and scale > 0.0:
+            for i in range(m):
+                a[i] *= scale
+                Ka[i] *= scale
     M = np.empty((m, m))
     rhs = np.empty(m)
     u = np.empty(m)
     Du = np.empty(m)
     KDu = np.empty(m)
+    best_a = a.copy()
+    best = np.inf
     eps = np.finfo(np.float64).eps
     status = MAX_ITER
-    residual = np.inf
+    polish = 0
     it = 0
     while True:
         residual = 0.0
@@ -131,14 +158,20 @@ def _fairgrad(K, w0, alpha, tol, max_iter):
             for j in range(m):
                 s += abs(Ks[i, j]) * a[j]
             floor = max(floor, a[i] * s / q[i])
-        # no minimiser: the iterates grow until the round-off of the residual reaches 1e-6
-        # (this also catches NaN and inf from an overflowing step)
-        if not 8.0 * m * eps * floor <= FLOOR:
-            status = NO_SOLUTION
+        if not (np.isfinite(residual) and np.isfinite(floor)):
+            status = BREAKDOWN
             break
-        if residual <= max(tol, 8.0 * m * eps * floor):
+        if residual < best:
+            best = residual
+            best_a[:] = a
+        if residual <= tol:
             status = CONVERGED
             break
+        if residual <= 8.0 * m * eps * floor:  # at the round-off floor: a few more steps, keep the best
+            polish += 1
+            if polish > POLISH_STEPS:
+                status = CONVERGED
+                break
         if it >= max_iter:
             break
         it += 1
@@ -170,26 +203,68 @@ def _fairgrad(K, w0, alpha, tol, max_iter):
         for i in range(m):
             a[i] *= 1.0 + step * u[i]
         _matvec(Ks, a, Ka)
-    if status == NO_SOLUTION:
-        return w, it, status, 1.0  # the residual of w = 0
+    if best == np.inf:
+        return w, it, BREAKDOWN, 1.0
     for i in range(m):
-        w[i] = t[i] * a[i]
-    return w, it, status, residual
+        w[i] = t[i] * best_a[i]
+    return w, it, status, best
+
+
+def _unit_gramian(K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(D⁻¹KD⁻¹, n) as :func:`mtlsolve.gramian.normalised` (zero rows stay zero), in fewer passes."""
+    n = np.sqrt(np.maximum(np.diagonal(K), 0.0))
+    if (n > 0).all():
+        inv = 1.0 / n
+        return K * inv[:, None] * inv[None, :], n
+    return normalised(K)
+
+
+def hull_distance(K: np.ndarray) -> float:
+    """μ = ‖d_min‖²: the squared norm of the min-norm point of conv{g_i/‖g_i‖}, from the
+    normalised Gramian (0 when a gradient is zero, for then 0 ∈ conv{g_i})."""
+    Kn, n = _unit_gramian(np.asarray(K, dtype=np.float64))
+    if not (n > 0).all():
+        return 0.0
+    w, _, _ = min_norm_simplex(Kn)
+    return max(float(w @ Kn @ w), 0.0)
+
+
+def no_solution_threshold(m: int, roundoff: float) -> float:
+    """μ at or below which 0 ∈ conv{g_i} within round-off: the rank cut-off 4·m·ρ of the normalised
+    Gramian (an entry-wise error ρ moves μ by at most ρ), and at least ``HULL_FLOOR``."""
+    return max(rank_threshold(m, roundoff), HULL_FLOOR)
+
+
+def default_roundoff(m: int) -> float:
+    """ρ of a float64 Gramian given as it is: 2·(1 + m)·ε (as :attr:`GradientSystem.roundoff`)."""
+    return 2.0 * (1 + m) * float(np.finfo(np.float64).eps)
 
 
 def fairgrad_weights(
-    K: np.ndarray, w0: np.ndarray | None = None, *, alpha: float = 1.0, tol: float = 1e-10, max_iter: int = 100
+    K: np.ndarray,
+    w0: np.ndarray | None = None,
+    *,
+    alpha: float = 1.0,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+    roundoff: float | None = None,
 ):
     """w > 0 with Kw = w^{−1/α} for the Gramian K (m x m, symmetric PSD) and α > 0, from the warm
     start ``w0`` (positive, length m; otherwise the cold start, exact for orthogonal gradients).
+    ``roundoff``: ρ of K (default that of a float64 Gramian given as it is), for the existence test.
 
-    Returns (w, iterations, status, residual): status 0 converged, 1 iteration cap (w is the last
-    iterate), 2 no solution (0 ∈ conv{g_i}; w is all zeros); residual = max_i |w_i^{1/α}(Kw)_i − 1|
-    of the returned w (1 for w = 0).
+    Returns (w, iterations, status, residual): status 0 converged (to ``tol`` or to the round-off
+    floor of the residual), 1 iteration cap or (3) a breakdown (w is the best iterate), 2 no
+    solution (0 ∈ conv{g_i} within round-off; w is all zeros); residual =
+    max_i |w_i^{1/α}(Kw)_i/c_i − 1| of the returned w in the kernel's scaling (1 for w = 0).
     """
     if not (np.isfinite(alpha) and alpha > 0):
         raise ValueError(f"alpha must be a positive number, got {alpha!r}")
     K = as_kernel_array(K)
+    m = K.shape[0]
+    rho = default_roundoff(m) if roundoff is None else float(roundoff)
+    if hull_distance(K) <= no_solution_threshold(m, rho):
+        return np.zeros(m), 0, NO_SOLUTION, 1.0
     start = np.zeros(0) if w0 is None else np.ascontiguousarray(w0, dtype=np.float64).ravel().copy()
     w, it, status, residual = _fairgrad(K, start, float(alpha), float(tol), int(max_iter))
     return w, int(it), int(status), float(residual)
@@ -198,6 +273,31 @@ def fairgrad_weights(
 def fairgrad_residual(K: np.ndarray, w: np.ndarray, alpha: float) -> float:
     """max_i |w_i^{1/α}(Kw)_i − 1|: the relative residual of Kw = w^{−1/α}."""
     return float(np.abs(w ** (1.0 / alpha) * (K @ w) - 1.0).max())
+
+
+def fairgrad_certificate(K: np.ndarray, w: np.ndarray, alpha: float, roundoff: float, tol: float = 0.0):
+    """Check Kw = w^{−1/α} on K (float64): returns (residual, tolerance, certified), certified
+    exactly when residual ≤ tolerance.
+
+    residual = max_i |w_i^{1/α}(Kw)_i − 1|, or inf unless w > 0 and every g_i·d = (Kw)_i lies
+    above its own round-off 4ρ‖g_i‖Σ_j‖g_j‖w_j (so that no task conflicts with d for any
+    Gramian within the round-off of K); tolerance = max(``tol``, certificate_tolerance(ρ)·S),
+    S = max_i w_i^{1/α}‖g_i‖Σ_j‖g_j‖w_j ≥ 1 (an entry-wise error ρ‖g_i‖‖g_j‖ of K moves the
+    residual by up to ρS: nearly opposed gradients make S large).
+    """
+    w = np.asarray(w, dtype=np.float64)
+    if w.size == 0 or not (np.isfinite(w).all() and (w > 0).all()):
+        return np.inf, max(tol, float(certificate_tolerance(roundoff))), False
+    Kn, n = _unit_gramian(np.asarray(K, dtype=np.float64))
+    b = n * w  # d = Σ b_i u_i: (Kw)_i = n_i (K̂b)_i
+    power = w ** (1.0 / alpha)
+    cosines = Kn @ b  # u_i·d
+    scale = float((power * n).max() * b.sum())
+    tolerance = max(tol, float(certificate_tolerance(roundoff, max(scale, 1.0))))
+    residual = float(np.abs(power * n * cosines - 1.0).max())
+    if not (np.isfinite(residual) and (cosines > 4.0 * roundoff * b.sum()).all()):
+        residual = np.inf
+    return residual, tolerance, bool(residual <= tolerance)
 
 
 # ------------------------------------------------------------ cvxpy reference

@@ -6,20 +6,23 @@ from typing import Any, ClassVar, Mapping
 
 import attrs
 import numpy as np
+import scipy.linalg
 
 from mtlsolve.errors import InvalidSystemError
+from mtlsolve.gramian import certificate_tolerance, normalised, rank_threshold
 from mtlsolve.solver import REDUCTIONS, GramianWeighting
 from mtlsolve.system import GradientSystem
 
 SCALE_MODES = ("min", "median", "rmse")
-#: machine epsilon of float32, used by the official code's rank tolerance whatever the data dtype
-EPS_FLOAT32 = float(np.finfo(np.float32).eps)
 
 
 def _optional_weights(value: Any) -> tuple[float, ...] | None:
     if value is None:
         return None
-    weights = tuple(float(v) for v in np.asarray(value, dtype=np.float64).ravel())
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim > 1:
+        raise ValueError(f"task_weights must be a vector (one number per task), got an array of shape {array.shape}")
+    weights = tuple(float(v) for v in array.ravel())
     if not weights or not np.isfinite(weights).all():
         raise ValueError(f"task_weights must be a non-empty sequence of finite numbers, got {value!r}")
     return weights
@@ -31,21 +34,47 @@ def _optional_non_negative(_instance: Any, attribute: attrs.Attribute, value: An
 
 
 def balance_matrix(
-    gramian: np.ndarray, rank_tol: float | None = None, scale_mode: str = "min"
+    gramian: np.ndarray, rank_tol: float | None = None, scale_mode: str = "min", roundoff: float | None = None
 ) -> tuple[np.ndarray, float, np.ndarray]:
     """The balance matrix B = V_r·diag(√(s/λ_j))·V_rᵀ of seed-methods §1.2, the scale s, the kept λ ascending.
 
-    Eigenpairs of K with λ ≤ ``rank_tol``·λ_max are dropped (``rank_tol``
-    None: m·ε_float32, the official code's tolerance). A zero system (no kept
-    eigenvalue) gives B = 0 and s = 0.
+    The rank r is decided on the normalised Gramian K̂ = D⁻¹KD⁻¹ (D = diag ‖g_i‖): its eigenvalues
+    above the round-off cut-off 4·m·ρ (:func:`mtlsolve.gramian.rank_threshold`; ``roundoff`` ρ
+    defaults to that of a float64 Gramian given as it is) span the range, whatever the row
+    scales. The eigenpairs (λ_j, v_j) of K on that range are computed with high relative
+    accuracy from the factor F = D·Q̂_r·Λ̂_r^{1/2} (K = FFᵀ): a Householder QR with column
+    pivoting of F with its rows sorted by decreasing norm, then the SVD of the triangular
+    factor (Demmel et al., "Computing the singular value decomposition with high relative
+    accuracy", Linear Algebra Appl. 1999), so small eigenvalues of a Gramian with rows of
+    very different norms keep their digits (an eigendecomposition of K would lose them to
+    ε·λ_max). ``rank_tol`` (optional) further drops λ ≤ ``rank_tol``·λ_max. A zero system (no
+    kept eigenvalue) gives B = 0 and s = 0.
     """
+    B, scale, lam, _ = _balance(gramian, rank_tol, scale_mode, roundoff)
+    return B, scale, lam
+
+
+def _balance(gramian, rank_tol, scale_mode, roundoff):
+    """:func:`balance_matrix`, and the kept eigenvectors V_r."""
     m = gramian.shape[0]
-    lam, V = np.linalg.eigh(gramian)
-    rel = m * EPS_FLOAT32 if rank_tol is None else rank_tol
-    keep = lam > max(rel * lam[-1], 0.0)
-    lam, V = lam[keep], V[:, keep]
-    if lam.size == 0:
-        return np.zeros((m, m)), 0.0, lam
+    rho = 2.0 * (1 + m) * float(np.finfo(np.float64).eps) if roundoff is None else roundoff
+    Kn, n = normalised(np.asarray(gramian, dtype=np.float64))
+    lam_hat, Q_hat = np.linalg.eigh(Kn)
+    keep = lam_hat > rank_threshold(m, rho)
+    if not keep.any():
+        return np.zeros((m, m)), 0.0, np.zeros(0), np.zeros((m, 0))
+    F = n[:, None] * (Q_hat[:, keep] * np.sqrt(lam_hat[keep]))
+    order = np.argsort(-np.linalg.norm(F, axis=1), kind="stable")
+    Q, T, _ = scipy.linalg.qr(F[order], mode="economic", pivoting=True)
+    U_T, sigma, _ = np.linalg.svd(T)
+    V = np.empty((m, sigma.size))
+    V[order] = Q @ U_T
+    lam, V = sigma[::-1] ** 2, V[:, ::-1]  # ascending
+    if rank_tol is not None:
+        kept = lam > rank_tol * lam[-1]
+        lam, V = lam[kept], V[:, kept]
+    if lam.size == 0 or not lam[0] > 0:
+        return np.zeros((m, m)), 0.0, np.zeros(0), np.zeros((m, 0))
     if scale_mode == "min":
         scale = lam[0]
     elif scale_mode == "median":
@@ -53,7 +82,19 @@ def balance_matrix(
     else:
         scale = lam.mean()
     B = (V * np.sqrt(scale / lam)) @ V.T
-    return B, float(scale), lam
+    return B, float(scale), lam, V
+
+
+def balance_certificate(gramian: np.ndarray, B: np.ndarray, scale: float, V: np.ndarray, roundoff: float):
+    """(residual, tolerance) of BKB = s·P, P = VVᵀ the projector on the kept range: residual
+    max_ij |(BKB)_ij/s − P_ij|, tolerance certificate_tolerance(ρ)·max_i (|B|n)_i²/s (the effect
+    of K's round-off ρ·n_i·n_j on BKB/s, n_i = ‖g_i‖)."""
+    if V.shape[1] == 0:
+        return 0.0, float(certificate_tolerance(roundoff))
+    P = V @ V.T
+    residual = float(np.abs(B @ gramian @ B / scale - P).max())
+    spread = float(((np.abs(B) @ np.sqrt(np.clip(np.diag(gramian), 0.0, None))) ** 2).max() / scale)
+    return residual, float(certificate_tolerance(roundoff, max(spread, 1.0)))
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -68,10 +109,15 @@ class AlignedMTL(GramianWeighting):
     LibMTL); given ``task_weights`` are used as they are. ``scale_mode``:
     s = smallest kept eigenvalue (``"min"``), their median (the lower one for
     an even count, as ``torch.median`` in the official code), or their mean
-    (``"rmse"``). ``rank_tol``: eigenvalues ≤ ``rank_tol``·λ_max are dropped
-    (default m·ε_float32). A zero system gives zero weights.
-    ``diagnostics``: ``rank`` r and ``scale`` s (so BKB = s·I_r is checkable),
-    ``condition_number`` λ_max/λ_min of the kept eigenvalues (κ(G)²).
+    (``"rmse"``). Rank: directions whose eigenvalue on the normalised Gramian is round-off
+    (≤ 4·m·ρ, ρ the system's round-off, so float32 and float64 input each at their own
+    precision) are dropped, and with ``rank_tol`` also eigenvalues ≤ ``rank_tol``·λ_max of K
+    (the official code's m·ε_float32 is ``rank_tol=m*1.19e-7``); the kept eigenpairs are
+    computed with high relative accuracy (:func:`balance_matrix`). A zero system gives zero
+    weights. ``diagnostics``: ``rank`` r and ``scale`` s, ``condition_number`` λ_max/λ_min of
+    the kept eigenvalues (κ(G)²), and the certificate of BKB = s·I_r (on the range):
+    ``residual`` max_ij |(BKB)_ij/s − P_ij|, ``tolerance`` certificate_tolerance(ρ) scaled by
+    max_i (|B|n)_i²/s, ``converged``.
     """
 
     name: ClassVar[str] = "aligned_mtl"
@@ -94,8 +140,15 @@ class AlignedMTL(GramianWeighting):
             raise InvalidSystemError(f"aligned_mtl was given {len(self.task_weights)} task weights for {m} tasks")
         else:
             w = np.array(self.task_weights)
-        B, scale, lam = balance_matrix(gramian, self.rank_tol, self.scale_mode)
-        diagnostics = {"rank": int(lam.size), "scale": scale}
+        rho = system.roundoff
+        B, scale, lam, V = _balance(gramian, self.rank_tol, self.scale_mode, rho)
+        residual, tolerance = balance_certificate(gramian, B, scale, V, rho)
+        diagnostics = {"rank": int(lam.size), "scale": scale, "residual": residual, "tolerance": tolerance,
+                       "converged": bool(residual <= tolerance)}
         if lam.size:
             diagnostics["condition_number"] = float(lam[-1] / lam[0])
+        else:
+            diagnostics["message"] = "aligned_mtl: every gradient is zero; zero weights"
+        if not diagnostics["converged"]:
+            diagnostics["fallback"] = "none: the uncertified result is returned"
         return B @ w, diagnostics

@@ -24,16 +24,24 @@ class FairGrad(GramianWeighting):
     eq. (4): weights w > 0 solving Kw = w^{−1/α} element-wise, i.e. g_i·d = w_i^{−1/α} for
     d = Gᵀw (weights unnormalised); α = 1 is Nash-MTL's bargaining solution.
 
-    The system is solved to ``tol`` (max_i |w_i^{1/α}(Kw)_i − 1|) by Newton's method on its
-    convex potential (:func:`mtlsolve.kernels.fairgrad.fairgrad_weights`), warm-started from
-    the previous step's w, in place of the reference's bounded least squares from w = 1/m
-    (LibMTL, TorchJD); the solution is unique, so only the iteration count depends on the
-    warm start. A zero gradient has no finite weight (its equation reads 0 = w_i^{−1/α}; the
-    reference drives w_i → ∞): such tasks get weight 0, which leaves d unchanged, and the
-    others are solved alone. No weights exist when 0 ∈ conv{g_i} of the non-zero gradients
-    (exactly opposite gradients, n < m with a cancelling combination), and then w = 0 (d = 0)
-    is returned; that, and a step not converged within ``max_iter``, is reported in
-    ``diagnostics["converged"]`` / ``["message"]``.
+    The system is solved by Newton's method on its convex potential
+    (:func:`mtlsolve.kernels.fairgrad.fairgrad_weights`), warm-started from the previous
+    step's w, in place of the reference's bounded least squares from w = 1/m (LibMTL,
+    TorchJD); the solution is unique, so only the iteration count depends on the warm start.
+    A zero gradient has no finite weight (its equation reads 0 = w_i^{−1/α}; the reference
+    drives w_i → ∞): such tasks get weight 0, which leaves d unchanged, and the others are
+    solved alone.
+
+    Certificate (``diagnostics``): ``residual`` = max_i |w_i^{1/α}(Kw)_i − 1| on K in float64,
+    ``tolerance`` = max(``tol``, certificate_tolerance(ρ)·max_i w_i^{1/α}‖g_i‖Σ_j‖g_j‖w_j) (the
+    effect of K's round-off on the residual), w > 0 and g_i·d above its round-off (residual inf
+    otherwise); ``converged`` exactly when residual ≤ tolerance. No weights exist when
+    0 ∈ conv{g_i} of the non-zero gradients (exactly opposite gradients, n < m with a
+    cancelling combination): that verdict is certified by the min-norm point of the unit
+    gradients' hull, ‖d_min‖² ≤ 4·m·ρ (``hull_distance``). Then, and when a solve is not
+    certified, the previous step's w is returned (fallback "previous weights", as Nash-MTL) or,
+    when there is none, w = 0 (fallback "zero update", d = 0), with ``converged`` False,
+    residual inf (no weights solved the step) and a ``message``.
 
     Guarantees: permutation equivariance and g_i·d = w_i^{−1/α} > 0 (non-conflicting).
     Under G → cG, w → c^{−2α/(α+1)}w and d(cG) = c^{(1−α)/(1+α)}·d(G): scale-invariant at
@@ -47,6 +55,7 @@ class FairGrad(GramianWeighting):
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "non_conflicting"})
     stateful: ClassVar[bool] = True
     paper: ClassVar[str] = "Ban & Ji — ICML 2024 — arXiv 2402.15638"
+    state_schema: ClassVar[Mapping[str, Any]] = {"w": ("m",)}
 
     alpha: float = attrs.field(default=1.0, converter=float, validator=_positive)
     max_iter: int = attrs.field(default=100, validator=_COUNT)
@@ -57,24 +66,49 @@ class FairGrad(GramianWeighting):
     def weights_from_gramian(
         self, gramian: np.ndarray, system: GradientSystem
     ) -> tuple[np.ndarray, Mapping[str, Any]]:
-        from mtlsolve.kernels.fairgrad import CONVERGED, STATUS, fairgrad_weights
+        from mtlsolve.kernels.fairgrad import (
+            NO_SOLUTION,
+            STATUS,
+            fairgrad_certificate,
+            fairgrad_weights,
+            hull_distance,
+            no_solution_threshold,
+        )
 
         m = gramian.shape[0]
         state = self._state_for(m)
         keep = np.diag(gramian) > 0
         w = np.zeros(m)
+        rho = system.roundoff
+        K = gramian[np.ix_(keep, keep)]
         if not keep.any():
-            return w, {"converged": False, "iterations": 0, "message": "fairgrad: every gradient is zero; w = 0"}
+            reason, solved, diagnostics = "every gradient is zero", np.zeros(0), {"iterations": 0, "no_solution": True}
+        else:
+            previous = state.get("w")
+            start = None if previous is None else np.array(previous)[keep]
+            solved, iterations, status, _ = fairgrad_weights(
+                K, start, alpha=self.alpha, tol=self.tol, max_iter=self.max_iter, roundoff=rho
+            )
+            diagnostics = {"iterations": iterations, "zero_tasks": int(m - keep.sum())}
+            if status == NO_SOLUTION:
+                mu, threshold = hull_distance(K), no_solution_threshold(len(K), rho)
+                reason = f"{STATUS[NO_SOLUTION]} within round-off (‖d_min‖² = {mu:.3g} ≤ {threshold:.3g} for unit gradients)"
+                diagnostics.update(hull_distance=mu, no_solution=True)
+        residual, tolerance, certified = fairgrad_certificate(K, solved, self.alpha, rho, self.tol)
+        if keep.any() and status != NO_SOLUTION and certified:
+            w[keep] = solved
+            if keep.all():  # a warm start for the next step (only a full solution is a valid one)
+                state["w"] = w.tolist()
+            return w, {**diagnostics, "residual": residual, "tolerance": tolerance, "converged": True}
+        if keep.any() and status != NO_SOLUTION:
+            reason = f"{STATUS[status]} but not certified: " + (
+                f"residual {residual:.3g} above tolerance {tolerance:.3g}" if np.isfinite(residual)
+                else "some g_i·d is not positive beyond the Gramian's round-off"
+            )
         previous = state.get("w")
-        start = None if previous is None else np.array(previous)[keep]
-        solved, iterations, status, residual = fairgrad_weights(
-            gramian[np.ix_(keep, keep)], start, alpha=self.alpha, tol=self.tol, max_iter=self.max_iter
-        )
-        diagnostics: dict[str, Any] = {"iterations": iterations, "residual": residual, "zero_tasks": int(m - keep.sum())}
-        if status != CONVERGED:
-            diagnostics.update(converged=False, message=f"fairgrad: {STATUS[status]}; returned w = 0 (d = 0)")
-            return w, diagnostics
-        w[keep] = solved
-        if keep.all():  # a warm start for the next step (only a full solution is a valid one)
-            state["w"] = w.tolist()
-        return w, {**diagnostics, "converged": True}
+        if previous is not None:
+            w, fallback, kept = np.array(previous), "previous weights", "kept the previous w"
+        else:
+            fallback, kept = "zero update", "returned w = 0 (d = 0)"
+        return w, {**diagnostics, "converged": False, "fallback": fallback, "residual": float("inf"),
+                   "tolerance": tolerance, "message": f"fairgrad: {reason}; {kept}"}

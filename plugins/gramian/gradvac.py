@@ -48,6 +48,7 @@ class GradVac(GramianWeighting):
     randomized: ClassVar[bool] = True
     stateful: ClassVar[bool] = True
     paper: ClassVar[str] = "Wang, Tsvetkov, Firat, Cao — ICLR 2021 — arXiv 2010.05874"
+    state_schema: ClassVar[Mapping[str, Any]] = {"targets": ("m", "m"), "rng": None}
 
     beta: float = attrs.field(default=0.5, converter=float, validator=_unit_interval)
     ema_update: str = attrs.field(default="every_step", validator=attrs.validators.in_(EMA_UPDATES))

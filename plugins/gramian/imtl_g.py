@@ -6,7 +6,9 @@ from typing import Any, ClassVar, Mapping
 
 import attrs
 import numpy as np
+import scipy.linalg
 
+from mtlsolve.gramian import certificate_tolerance, normalised, rank_threshold
 from mtlsolve.solver import GramianWeighting
 from mtlsolve.system import GradientSystem
 
@@ -31,13 +33,24 @@ class IMTLG(GramianWeighting):
     α_{2:m} = g_1ᵀUᵀ(DUᵀ)⁻¹ whenever that exists, and extends it to linearly
     dependent gradients through the pseudo-inverse (as TorchJD does).
 
-    ``singular="pinv"`` (default) takes K⁺ from an eigendecomposition,
-    dropping eigenvalues ≤ ``rtol``·λ_max (default m·ε_float64, the cut-off of
-    ``torch.linalg.pinv``); ``singular="ridge"`` uses (K + ``ridge``·I)⁻¹
-    instead (the nash-mtl fallback, absolute ``ridge``). Degenerate systems
-    give zero weights, flagged ``diagnostics["degenerate"]``: G = 0, and
-    systems where 1ᵀK⁺n vanishes to rounding (|1ᵀK⁺n| ≤ m·ε·κ·Σ|K⁺n|, κ the
-    condition number of the kept eigenvalues), for which α is unbounded.
+    ``singular="pinv"`` (default): the rank is decided on the normalised Gramian D⁻¹KD⁻¹
+    (eigenvalues above ``rtol``·λ̂_max, default the round-off cut-off 4·m·ρ of the system,
+    :func:`mtlsolve.gramian.rank_threshold`, so a float32 system is not read at float64's ε);
+    K⁺n is then solved accurately: a Cholesky solve of D⁻¹KD⁻¹b = 1 (x = D⁻¹b) at full rank,
+    else a Cholesky solve of the projected system on an orthonormal basis Q of the kept range,
+    x = Q(QᵀKQ)⁻¹Qᵀn, each with one step of iterative refinement. ``singular="ridge"`` uses
+    (K + ``ridge``·I)⁻¹n instead (the nash-mtl fallback, absolute ``ridge``).
+
+    Certificate (``diagnostics``): ``residual`` = max_i |(P(Kx − n))_i|/(n_i(Σ_j n_j|x_j| + 1)),
+    P the projector on the kept range (I at full rank, where it is the deviation of the
+    projections u_i·d from their common value, relative), with |Σα − 1|/Σ|α_i| — for ``ridge``,
+    the same on (K + ridge·I)x = n; ``tolerance`` = certificate_tolerance(ρ);
+    ``projection_spread`` = (max_i u_i·d − min_i u_i·d)/|mean_i u_i·d| (0 for equal
+    projections; not 0 when n ∉ range(K), where the pseudo-inverse gives the least-squares
+    weights). Degenerate systems give zero weights (fallback "zero update", ``converged``
+    False, residual inf, ``diagnostics["degenerate"]``): G = 0, and systems where 1ᵀx = 1ᵀK⁺n vanishes to
+    round-off, for which α is unbounded: |1ᵀx| ≤ 4ρ‖c‖₁‖b‖₁ with b = D x and c = K̂⁺D⁻¹1, the
+    first-order bound on how far an entry-wise error ρ of the normalised Gramian K̂ moves it.
     """
 
     name: ClassVar[str] = "imtl_g"
@@ -58,19 +71,79 @@ class IMTLG(GramianWeighting):
         self, gramian: np.ndarray, system: GradientSystem
     ) -> tuple[np.ndarray, Mapping[str, Any]]:
         m = gramian.shape[0]
-        norms = np.sqrt(np.clip(np.diag(gramian), 0.0, None))
-        lam, V = np.linalg.eigh(gramian)
+        rho = system.roundoff
+        Kn, n = normalised(gramian)
         if self.singular == "ridge":
-            lam = lam + self.ridge
+            shifted = gramian + self.ridge * np.eye(m)
+            x = _solve(shifted, n)
+            used, scales = normalised(shifted)
+            lam, Q = np.linalg.eigh(used)
             keep = lam > 0
+            rank, basis = m, None
+            residual_matrix = shifted
         else:
-            rtol = m * np.finfo(np.float64).eps if self.rtol is None else self.rtol
-            keep = lam > rtol * max(lam[-1], 0.0)
-        lam, V = lam[keep], V[:, keep]
-        v = V @ ((V.T @ norms) / lam)
-        total = v.sum()
-        # 1ᵀK⁺n carries a rounding error of about κ·ε·Σ|K⁺n|; below that α is unbounded noise
-        cond = lam[-1] / lam[0] if lam.size else 1.0
-        degenerate = not abs(total) > m * np.finfo(np.float64).eps * cond * np.abs(v).sum()
-        w = np.zeros(m) if degenerate else v / total
-        return w, {"rank": int(lam.size), "degenerate": degenerate}
+            used, scales = Kn, n
+            lam, Q = np.linalg.eigh(Kn)
+            cutoff = rank_threshold(m, rho) if self.rtol is None else self.rtol * max(lam[-1], 0.0)
+            keep = lam > cutoff
+            rank = int(keep.sum())
+            residual_matrix = gramian
+            if rank == 0:
+                x, basis = np.zeros(m), None
+            elif rank == m:  # K = DK̂D: K x = n  ⇔  K̂ (Dx) = 1
+                b = _solve(Kn, np.ones(m))
+                x, basis = b / n, None
+            else:  # x = Q(QᵀKQ)⁻¹Qᵀn on an orthonormal basis Q of range(K) = D·range(K̂)
+                basis = np.linalg.qr(n[:, None] * Q[:, keep])[0]
+                projected = basis.T @ gramian @ basis
+                y = _solve(projected, basis.T @ n)
+                x = basis @ y
+        total = x.sum()
+        magnitude = np.abs(x).sum()
+        # 1ᵀx = (1/n)ᵀK̂⁺1 moves by cᵀδK̂b under K̂'s round-off |δK̂| ≤ ρ (b = n∘x, c = K̂⁺(1/n)):
+        # below 4ρ‖c‖₁‖b‖₁ its sign is round-off and α is unbounded noise
+        inv = np.divide(1.0, scales, out=np.zeros(m), where=scales > 0)
+        c = Q[:, keep] @ ((Q[:, keep].T @ inv) / lam[keep])
+        sensitivity = rho * np.abs(c).sum() * np.abs(scales * x).sum()
+        degenerate = not (magnitude > 0 and abs(total) > 4.0 * sensitivity)
+        diagnostics: dict[str, Any] = {"rank": rank, "degenerate": degenerate}
+        tolerance = float(certificate_tolerance(rho))
+        if degenerate:
+            message = "every gradient is zero" if not n.any() else "1ᵀK⁺n vanishes to round-off: α is unbounded"
+            return np.zeros(m), {**diagnostics, "converged": False, "fallback": "zero update", "residual": float("inf"),
+                                 "tolerance": tolerance, "message": f"imtl_g: {message}; returned α = 0 (d = 0)"}
+        w = x / total
+        residual, spread = _certificate(residual_matrix, x, n, basis)
+        residual = float(max(residual, abs(w.sum() - 1.0) / np.abs(w).sum()))
+        diagnostics.update(residual=residual, tolerance=tolerance, converged=bool(residual <= tolerance),
+                           projection_spread=spread)
+        if not diagnostics["converged"]:
+            diagnostics["fallback"] = "none: the uncertified result is returned"
+        return w, diagnostics
+
+
+def _solve(A: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """A⁻¹rhs for a symmetric A positive definite up to round-off: a Cholesky solve (of A with its
+    diagonal raised by a relative 1e-15, so that the factor exists) and one step of iterative
+    refinement against A itself; least squares if even that factor does not exist."""
+    shift = 1e-15 * max(float(np.abs(np.diagonal(A)).max(initial=0.0)), 1e-300)
+    try:
+        factor = (np.linalg.cholesky(A + shift * np.eye(len(A))), True)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(A, rhs, rcond=None)[0]
+    x = scipy.linalg.cho_solve(factor, rhs)
+    return x + scipy.linalg.cho_solve(factor, rhs - A @ x)
+
+
+def _certificate(K: np.ndarray, x: np.ndarray, n: np.ndarray, basis: np.ndarray | None) -> tuple[float, float]:
+    """(max_i |(P(Kx − n))_i|/(n_i(Σ_j n_j|x_j| + 1)), spread of the projections u_i·d)."""
+    error = K @ x - n
+    if basis is not None:
+        error = basis @ (basis.T @ error)
+    live = n > 0
+    scale = n[live] * (n @ np.abs(x) + 1.0)
+    residual = float((np.abs(error[live]) / scale).max(initial=0.0))
+    p = (K @ x)[live] / n[live]
+    mean = abs(p.mean()) if p.size else 0.0
+    spread = float((p.max() - p.min()) / mean) if mean > 0 else float("inf")
+    return residual, spread

@@ -28,7 +28,9 @@ class IMTLHybrid(LearnableScales, IMTLG):
     ``diagnostics["scaled_weights"]``). Unit gradients do not change under positive scaling, so
     d is parallel to ``imtl_g``'s d for every s and equal to it at s = 0; s sets its length
     (Σ_i w_i e^{−s_i} = 1). The options of ``imtl_g`` (``singular``, ``rtol``, ``ridge``,
-    ``loss_transform``) apply to the scaled Gramian.
+    ``loss_transform``) apply to the scaled Gramian, and so do its rank decision and its
+    certificate (``residual``, ``tolerance``, ``converged``: equal projections on the scaled
+    Gramian, which has the same round-off relative to the scaled norms).
 
     The s-objective: :meth:`parameters` returns s (after the first call) for an optimiser, and
     :meth:`objective` is IMTL-L's Σ_i (e^{s_i}L_i − s_i), whose gradient in s is e^{s_i}L_i − 1

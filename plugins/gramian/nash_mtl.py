@@ -19,17 +19,25 @@ class NashMTL(GramianWeighting):
     Chechik, Fetaya — ICML 2022 — arXiv 2202.01017, eq. (3)–(4): weights α > 0 with
     α_i(Kα)_i = 1, i.e. g_i·d = 1/α_i for d = Gᵀα (weights unnormalised).
 
-    The fixed point is solved to ``tol`` by Newton's method on ½αᵀKα − Σ log α
-    (:func:`mtlsolve.kernels.nash.nash_weights`), warm-started from the previous α, in place
-    of the reference's CCCP with ECOS (catalogue §2). α is recomputed every
-    ``update_weights_every`` calls and reused in between. No α exists when 0 ∈ conv{g_i}
-    (a zero gradient, gradients that cancel out); such a step, or one that does not converge
-    within ``max_iter`` Newton steps, keeps the previous α, or gives α = 0 (d = 0, the
-    bargaining disagreement point) when there is none, and says so in
-    ``diagnostics["converged"]`` / ``["message"]``. The update is scale-invariant,
-    d(cG) = d(G), and non-conflicting (g_i·d = 1/α_i > 0) for every solved step and for the
-    α = 0 fallback; a step that keeps a previous α inherits that α's products. Max-norm
-    clipping of d (the reference's ``max_norm=1.0``) is an adapter option.
+    The fixed point is solved by Newton's method on ½αᵀKα − Σ log α
+    (:func:`mtlsolve.kernels.nash.nash_weights`) on the normalised Gramian D⁻¹KD⁻¹, warm-started
+    from the previous α, in place of the reference's CCCP with ECOS (catalogue §2). α is
+    recomputed every ``update_weights_every`` calls and reused in between (a reused step
+    solves nothing and reports no certificate).
+
+    Certificate (``diagnostics``): ``residual`` = max_i |α_i(Kα)_i − 1| on K in float64,
+    ``tolerance`` = max(``tol``, certificate_tolerance(ρ)·max_i a_i Σ_j a_j), a = ‖g‖∘α (the
+    effect of K's round-off ρ·‖g_i‖‖g_j‖ on the residual, large for nearly opposed gradients),
+    and α > 0, g_i·d above its round-off (residual inf otherwise); ``converged`` exactly when
+    residual ≤ tolerance (a fallback reports residual inf: no α solved this step). No α exists when 0 ∈ conv{g_i}
+    (a zero gradient, gradients that cancel out): that verdict is itself certified by the
+    min-norm point of the unit gradients' hull, ‖d_min‖² ≤ 4·m·ρ (``hull_distance``). Such a
+    step, or one whose solve is not certified, falls back to the previous α (fallback
+    "previous weights") or, when there is none, to α = 0 (fallback "zero update", d = 0, the
+    bargaining disagreement point), with ``converged`` False and a ``message``. The update is
+    scale-invariant, d(cG) = d(G), and non-conflicting (g_i·d = 1/α_i > 0) for every solved
+    step and for the α = 0 fallback; a step that keeps a previous α inherits that α's
+    products. Max-norm clipping of d (the reference's ``max_norm=1.0``) is an adapter option.
     """
 
     name: ClassVar[str] = "nash_mtl"
@@ -39,6 +47,7 @@ class NashMTL(GramianWeighting):
     paper: ClassVar[str] = (
         "Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya — ICML 2022 — arXiv 2202.01017"
     )
+    state_schema: ClassVar[Mapping[str, Any]] = {"step": (), "alpha": ("m",)}
 
     update_weights_every: int = attrs.field(default=1, validator=_COUNT)
     max_iter: int = attrs.field(default=100, validator=_COUNT)
@@ -49,21 +58,48 @@ class NashMTL(GramianWeighting):
     def weights_from_gramian(
         self, gramian: np.ndarray, system: GradientSystem
     ) -> tuple[np.ndarray, Mapping[str, Any]]:
-        from mtlsolve.kernels.nash import CONVERGED, STATUS, nash_weights
+        from mtlsolve.kernels.nash import (
+            NO_SOLUTION,
+            STATUS,
+            hull_distance,
+            nash_certificate,
+            nash_weights,
+            no_solution_threshold,
+        )
 
-        state = self._state_for(gramian.shape[0])
+        m = gramian.shape[0]
+        state = self._state_for(m)
         step = state.get("step", 0)
         state["step"] = step + 1
         previous = state.get("alpha")
         if previous is not None and step % self.update_weights_every != 0:
-            return np.array(previous), {"updated": False, "converged": True}
-        alpha, iterations, status, residual = nash_weights(
-            gramian, None if previous is None else np.array(previous), tol=self.tol, max_iter=self.max_iter
+            return np.array(previous), {"updated": False}  # reused by design: no solve, no certificate
+        rho = system.roundoff
+        alpha, iterations, status, _ = nash_weights(
+            gramian, None if previous is None else np.array(previous), tol=self.tol, max_iter=self.max_iter,
+            roundoff=rho,
         )
-        diagnostics: dict[str, Any] = {"updated": True, "iterations": iterations, "residual": residual}
-        if status == CONVERGED:
-            state["alpha"] = alpha.tolist()
-            return alpha, {**diagnostics, "converged": True}
-        kept = "kept the previous α" if previous is not None else "returned α = 0 (d = 0)"
-        diagnostics.update(converged=False, message=f"nash_mtl: {STATUS[status]}; {kept}")
-        return (np.zeros(gramian.shape[0]) if previous is None else np.array(previous)), diagnostics
+        diagnostics: dict[str, Any] = {"updated": True, "iterations": iterations}
+        if status != NO_SOLUTION:
+            residual, tolerance, certified = nash_certificate(gramian, alpha, rho, self.tol)
+            if certified:
+                state["alpha"] = alpha.tolist()
+                return alpha, {**diagnostics, "residual": residual, "tolerance": tolerance, "converged": True}
+            reason = f"{STATUS[status]} but not certified: " + (
+                f"residual {residual:.3g} above tolerance {tolerance:.3g}" if np.isfinite(residual)
+                else "some g_i·d is not positive beyond the Gramian's round-off"
+            )
+        else:
+            mu, threshold = hull_distance(gramian), no_solution_threshold(m, rho)
+            diagnostics.update(hull_distance=mu, no_solution=True)
+            reason = f"{STATUS[NO_SOLUTION]} within round-off (‖d_min‖² = {mu:.3g} ≤ {threshold:.3g} for unit gradients)"
+        if previous is not None:
+            weights, fallback, kept = np.array(previous), "previous weights", "kept the previous α"
+        else:
+            weights, fallback, kept = np.zeros(m), "zero update", "returned α = 0 (d = 0)"
+        tolerance = nash_certificate(gramian, alpha, rho, self.tol)[1]
+        diagnostics.update(
+            converged=False, fallback=fallback, residual=float("inf"), tolerance=tolerance,
+            message=f"nash_mtl: {reason}; {kept}",
+        )
+        return weights, diagnostics

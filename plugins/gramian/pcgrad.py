@@ -31,6 +31,7 @@ class PCGrad(GramianWeighting):
     properties: ClassVar[frozenset[str]] = frozenset({"positive_homogeneous"})
     randomized: ClassVar[bool] = True
     paper: ClassVar[str] = "Yu, Kumar, Gupta, Levine, Hausman, Finn — NeurIPS 2020 — arXiv 2001.06782"
+    state_schema: ClassVar[Mapping[str, Any]] = {"rng": None}
 
     reduction: str = attrs.field(default="sum", validator=attrs.validators.in_(REDUCTIONS))
     seed: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.instance_of(int)))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping
 
 import attrs
 import numpy as np
 
-from mtlsolve._array import is_torch
 from mtlsolve.errors import InvalidSystemError
+from mtlsolve.gramian import certificate_tolerance, psd_part, rank_threshold
 from mtlsolve.solver import REDUCTIONS, GramianWeighting
 from mtlsolve.system import GradientSystem
 
@@ -16,7 +16,10 @@ from mtlsolve.system import GradientSystem
 def _optional_pref(value: Any) -> tuple[float, ...] | None:
     if value is None:
         return None
-    pref = tuple(float(v) for v in np.asarray(value, dtype=np.float64).ravel())
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim > 1:
+        raise ValueError(f"pref must be a vector (one number per task), got an array of shape {array.shape}")
+    pref = tuple(float(v) for v in array.ravel())
     if not pref or not np.isfinite(pref).all() or min(pref) < 0:
         raise ValueError(f"pref must be a non-empty vector of finite non-negative numbers, got {value!r}")
     return pref
@@ -28,8 +31,15 @@ class DualConeWeighting(GramianWeighting):
     space (Quinton & Rey, arXiv 2406.16232, Prop. 1), on TorchJD's regularised Gramian
     K' = K/tr K (the zero matrix when the trace is below ``norm_eps``) + ``reg_eps``·I;
     ``reg_eps=0`` gives the exact projection (solved on the PSD part of K when ``reg_eps``
-    does not dominate the round-off of the input dtype). ``reduction="sum"`` multiplies the
-    mean-scale weights by m. Subclasses name the kernel in :meth:`kernel`.
+    does not dominate the round-off of the system). ``reduction="sum"`` multiplies the
+    mean-scale weights by m. Subclasses name the projected vectors u_r in :meth:`preferences`.
+
+    Certificate (``diagnostics``): ``residual`` = the largest scale-free violation of the KKT
+    conditions of every projection v = argmin_{v ≥ u} ½vᵀK'v — v ≥ u, K'v ≥ 0 (g_i·d ≥ 0 on
+    K'), (v − u)_i(K'v)_i = 0 — relative to √K'_ii and Σ_j|v_j|√K'_jj
+    (:func:`mtlsolve.kernels.cone_projection.dual_cone_certificate`); ``tolerance`` =
+    certificate_tolerance(ρ); ``converged`` exactly when the residual is within it (else
+    fallback "none: the uncertified result is returned").
     """
 
     # Not claimed: positive homogeneity holds only while tr(c²K) ≥ norm_eps (below it K' = reg_eps·I
@@ -42,19 +52,35 @@ class DualConeWeighting(GramianWeighting):
     reg_eps: float = attrs.field(default=1e-4, converter=float, validator=attrs.validators.ge(0.0))
     reduction: str = attrs.field(default="mean", validator=attrs.validators.in_(REDUCTIONS))
 
-    def kernel(self) -> Callable[[np.ndarray, float, float], tuple[np.ndarray, int, bool]]:
-        """(K, norm_eps, reg_eps) → (mean-scale w, iterations, converged)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement kernel()")
+    def preferences(self, m: int) -> tuple[np.ndarray, float]:
+        """(U, c): the vectors u_r (rows of U) whose projections v_r are summed, w = Σ_r v_r / c."""
+        raise NotImplementedError(f"{type(self).__name__} must implement preferences()")
 
     def weights_from_gramian(
         self, gramian: np.ndarray, system: GradientSystem
     ) -> tuple[np.ndarray, Mapping[str, Any]]:
+        from mtlsolve.kernels.cone_projection import dual_cone_certificate, dual_cone_weights, regularised
+
         m = gramian.shape[0]
-        gramian = psd_unless_regularised(gramian, self.reg_eps, system)
-        w, iterations, converged = self.kernel()(gramian, self.norm_eps, self.reg_eps)
+        U, divisor = self.preferences(m)
+        solved = psd_unless_regularised(gramian, self.reg_eps, system)
+        w, V, K_solved, iterations, finished = dual_cone_weights(solved, U, self.norm_eps, self.reg_eps)
+        w = w / divisor
         if self.reduction == "sum":
             w *= m
-        return w, {"iterations": int(iterations), "converged": bool(converged)}
+        # the KKT conditions on the system's own K' (not its PSD repair)
+        K_given = K_solved if solved is gramian else regularised(gramian, self.norm_eps, self.reg_eps)
+        residual = dual_cone_certificate(K_given, U, V)
+        tolerance = float(certificate_tolerance(system.roundoff))
+        converged = bool(residual <= tolerance)  # an iteration cap with a certified iterate is a solve
+        diagnostics: dict[str, Any] = {"iterations": int(iterations), "residual": residual, "tolerance": tolerance,
+                                       "converged": converged}
+        if not converged:
+            diagnostics["fallback"] = "none: the uncertified result is returned"
+            diagnostics["message"] = f"{self.name}: " + (
+                "the active-set solve reached its iteration cap" if not finished else "KKT residual above tolerance"
+            )
+        return w, diagnostics
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -64,12 +90,13 @@ class UPGrad(DualConeWeighting):
     cone {x : Gx ≥ 0}.
 
     Weight form (their Prop. 1, as in TorchJD): π_J(Gᵀe_i) = Gᵀv_i with
-    v_i = argmin_{v ≥ e_i} ½vᵀK'v, solved exactly
-    (:func:`mtlsolve.kernels.cone_projection.upgrad_weights`), and w = mean_i v_i.
+    v_i = argmin_{v ≥ e_i} ½vᵀK'v, solved exactly by an active-set method
+    (:func:`mtlsolve.kernels.cone_projection.dual_cone_weights`), and w = mean_i v_i.
     K' is K divided by its trace (the zero matrix when the trace is below ``norm_eps``)
     plus ``reg_eps``·I, TorchJD's regularisation; ``reg_eps=0`` gives the exact
     projection (solved on the PSD part of K when ``reg_eps`` does not dominate the
-    round-off of the input dtype). ``reduction="sum"`` multiplies the weights by m.
+    round-off of the system). ``reduction="sum"`` multiplies the weights by m. Certificate:
+    :class:`DualConeWeighting`.
 
     ``pref`` (a non-negative m-vector p, default uniform 1/m) is the paper's preference
     (TorchJD's ``pref_vector``): d = Σ_i p_i π_J(g_i), i.e. w = Σ_i v(p_i e_i). A non-uniform
@@ -80,44 +107,24 @@ class UPGrad(DualConeWeighting):
 
     pref: tuple[float, ...] | None = attrs.field(default=None, converter=_optional_pref)
 
-    def kernel(self) -> Callable[[np.ndarray, float, float], tuple[np.ndarray, int, bool]]:
-        from mtlsolve.kernels.cone_projection import upgrad_weights
-
+    def preferences(self, m: int) -> tuple[np.ndarray, float]:
         if self.pref is None:
-            return upgrad_weights
-        return lambda K, norm_eps, reg_eps: _preference_weights(K, np.array(self.pref), norm_eps, reg_eps)
-
-
-def _preference_weights(K: np.ndarray, pref: np.ndarray, norm_eps: float, reg_eps: float):
-    """w = Σ_i v_i, v_i = argmin_{v ≥ p_i e_i} ½vᵀK'v, on TorchJD's K' (as ``upgrad_weights``)."""
-    from mtlsolve.kernels.cone_projection import project_dual_cone
-
-    m = K.shape[0]
-    if pref.shape != (m,):
-        raise InvalidSystemError(f"upgrad pref has {pref.size} entries for {m} tasks")
-    trace = float(np.trace(K))
-    regularised = (K / trace if trace >= norm_eps and trace > 0 else np.zeros_like(K)) + reg_eps * np.eye(m)
-    V, iterations, converged = project_dual_cone(regularised, np.diag(pref))
-    return V.sum(axis=0), iterations, converged
+            return np.eye(m), float(m)
+        if len(self.pref) != m:
+            raise InvalidSystemError(f"upgrad pref has {len(self.pref)} entries for {m} tasks")
+        return np.diag(self.pref), 1.0
 
 
 def psd_unless_regularised(gramian: np.ndarray, reg_eps: float, system: GradientSystem) -> np.ndarray:
-    """K, or its PSD part when ``reg_eps`` does not dominate the round-off of the input dtype.
+    """K, or its PSD part when ``reg_eps`` does not dominate the round-off of the system.
 
-    The dual-cone QP is unbounded below on a negative eigenvalue: without a regularisation that
-    dominates the round-off of K (a float32 Gramian is indefinite at ~1e-7), it is solved on the
-    PSD part of K (UPGrad, DualProj).
+    The dual-cone QP is unbounded below on a negative eigenvalue: a Gramian's round-off ρ·n_i·n_j
+    moves the eigenvalues of K/tr K by up to m·ρ, so unless ``reg_eps`` exceeds the rank cut-off
+    4·m·ρ (:func:`mtlsolve.gramian.rank_threshold`) the QP is solved on D·psd(D⁻¹KD⁻¹)·D
+    (UPGrad, DualProj): repaired on the normalised Gramian, so that the change is round-off
+    relative to n_i·n_j in every entry (on K itself an eigendecomposition would blur the rows of
+    small gradients by ε·λ_max).
     """
-    if reg_eps >= 10 * gramian.shape[0] * _eps(system.reference):
+    if reg_eps >= rank_threshold(gramian.shape[0], system.roundoff):
         return gramian
-    lam, Q = np.linalg.eigh(gramian)
-    return (Q * np.clip(lam, 0.0, None)) @ Q.T
-
-
-def _eps(x) -> float:
-    """The machine epsilon of an array's or tensor's dtype."""
-    if is_torch(x):
-        import torch
-
-        return float(torch.finfo(x.dtype).eps)
-    return float(np.finfo(x.dtype).eps)
+    return psd_part(gramian)

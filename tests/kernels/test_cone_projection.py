@@ -164,3 +164,25 @@ def test_compiled_once():
         cp.project_dual_cone(K, np.ones(m))
     assert len(cp._project_dual_cone.signatures) == 1
     assert type(cp._project_dual_cone._cache).__name__ != "NullCache"
+
+
+def test_dual_cone_weights_and_certificate():
+    """dual_cone_weights = the sum of project_dual_cone's rows on TorchJD's K', and its KKT
+    certificate is at round-off level, scale-free (rows over 10 decades), and sees a violation."""
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        m = int(rng.integers(1, 8))
+        G = rng.standard_normal((m, int(rng.integers(1, 9)))) * 10.0 ** rng.uniform(-5, 5, (m, 1))
+        K = G @ G.T
+        for U in (np.eye(m), np.full((1, m), 1.0 / m), np.diag(rng.uniform(0, 1, m))):
+            w, V, Kp, _, converged = cp.dual_cone_weights(K, U, 0.0, 0.0)
+            np.testing.assert_allclose(Kp, cp.regularised(K, 0.0, 0.0))
+            expected, _, _ = cp.project_dual_cone(Kp, U)
+            np.testing.assert_allclose(V, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+            np.testing.assert_allclose(w, V.sum(axis=0))
+            assert converged and cp.dual_cone_certificate(Kp, U, V) <= 1e-12
+        if m > 1:
+            V = cp.project_dual_cone(K, np.eye(m))[0]
+            moved = V.copy()
+            moved[0, 0] = 0.5  # below u_0 = 1: primal infeasible
+            assert cp.dual_cone_certificate(K, np.eye(m), moved) > 1e-6

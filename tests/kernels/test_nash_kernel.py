@@ -180,3 +180,49 @@ def test_compiled_once_and_reference_built_once():
     builds = fairgrad._reference_problem.cache_info().misses
     nk.reference_nash_weights(np.eye(5))
     assert fairgrad._reference_problem.cache_info().misses == builds
+
+
+def test_nearly_opposed_gradients_are_solved_not_declared_unsolvable():
+    """cos(g_1, g_2) = −1 + δ: α_i = 1/(‖g_i‖√δ) exists for every δ above the round-off; the
+    kernel reaches the round-off floor of the residual (≈ ε·α_1‖g_1‖·Σ_j α_j‖g_j‖) instead of
+    reporting "no solution", and the certificate accepts it."""
+    rng = np.random.default_rng(7)
+    for eps in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6):
+        for _ in range(5):
+            norms = 10.0 ** rng.uniform(-3, 3, 2)
+            Q = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+            base = np.array([[1.0, 0.0, 0.0], [-1.0, eps, 0.0]])
+            G = base / np.linalg.norm(base, axis=1, keepdims=True) @ Q.T * norms[:, None]
+            K = G @ G.T
+            alpha, _, status, _ = nk.nash_weights(K)
+            assert status == nk.CONVERGED
+            root = np.sqrt(1.0 + eps * eps)
+            one_plus_cos = eps * eps / (root * (1.0 + root))
+            np.testing.assert_allclose(alpha, 1.0 / (norms * np.sqrt(one_plus_cos)), rtol=max(1e-9, 1e3 * 2.2e-16 / eps**2))
+            a = alpha * norms
+            assert residual(K, alpha) <= 1e3 * np.finfo(float).eps * a.max() * a.sum()
+            res, tol, ok = nk.nash_certificate(K, alpha, roundoff=1e-15)
+            assert ok and res <= tol
+
+
+def test_no_solution_threshold_follows_the_roundoff():
+    """The existence test compares μ = ‖d_min‖² of the unit gradients with 4·m·ρ: a hull passing
+    1e-5 from the origin (μ = 1e-10) is solvable at float64's ρ and not at float32's."""
+    G = np.array([[1.0, 0.0], [-1.0, 2e-5]])
+    K = G @ G.T
+    assert nk.hull_distance(K) == pytest.approx(1e-10, rel=1e-4)
+    assert nk.nash_weights(K, roundoff=1e-15)[2] == nk.CONVERGED
+    alpha, _, status, res = nk.nash_weights(K, roundoff=1e-7)
+    assert status == nk.NO_SOLUTION and res == 1.0 and not alpha.any()
+
+
+def test_certificate_rejects_wrong_or_conflicting_weights():
+    rng = np.random.default_rng(8)
+    for G in full_rank_matrices(5, rng, count=10):
+        K = G @ G.T
+        alpha = nk.nash_weights(K)[0]
+        res, tol, ok = nk.nash_certificate(K, alpha, roundoff=1e-15)
+        assert ok and res <= 1e-10
+        for bad in (alpha * 1.01, -alpha, np.zeros(5), alpha * np.r_[1.0, 1.0, 1.0, 1.0, np.nan]):
+            res, tol, ok = nk.nash_certificate(K, bad, roundoff=1e-15)
+            assert not ok and res > tol

@@ -10,6 +10,7 @@ import torch
 
 import mtlsolve
 from mtlsolve.plugins.gramian import aligned_mtl
+from mtlsolve.gramian import numerical_rank
 from mtlsolve.plugins.gramian.aligned_mtl import AlignedMTL, balance_matrix
 
 O = [[1.0, 0.0], [0.0, 2.0]]
@@ -19,15 +20,20 @@ J1 = [[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]]
 RANK_DEFICIENT = [[1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
 
 
-def aligned_by_svd(G: np.ndarray, scale_mode: str = "min", rel_tol: float | None = None) -> np.ndarray:
-    """Ĝ = √s·U_r V_rᵀ from the SVD G = UΣVᵀ (the parameter-space Procrustes solution), s from σ²."""
+def aligned_by_svd(G: np.ndarray, scale_mode: str = "min", rank: int | None = None) -> np.ndarray:
+    """Ĝ = √s·U_r V_rᵀ from the SVD G = UΣVᵀ (the parameter-space Procrustes solution), s from σ²,
+    r the numerical rank of the normalised Gramian at G's round-off unless given."""
     U, sigma, Vt = np.linalg.svd(G, full_matrices=False)
     lam = sigma**2
-    rel_tol = len(G) * np.finfo(np.float32).eps if rel_tol is None else rel_tol
-    r = int((lam > rel_tol * lam.max()).sum())
+    r = default_rank(G) if rank is None else rank
     # median: the lower one for an even count (torch.median in the official code)
     s = {"min": lam[r - 1], "median": lam[r // 2], "rmse": lam[:r].mean()}[scale_mode]
     return np.sqrt(s) * U[:, :r] @ Vt[:r]
+
+
+def default_rank(G: np.ndarray) -> int:
+    """The rank aligned_mtl keeps by default: eigenvalues of D⁻¹KD⁻¹ above 4·m·ρ of the system."""
+    return numerical_rank(G @ G.T, mtlsolve.GradientSystem(G).roundoff)
 
 
 @pytest.mark.parametrize(
@@ -80,15 +86,15 @@ def test_aligned_gramian_and_svd_transcription(scale_mode, m, n):
         w = rng.uniform(0.0, 1.0, m)
         r = AlignedMTL(scale_mode=scale_mode, task_weights=w)(G)
         rank, s = r.diagnostics["rank"], r.diagnostics["scale"]
-        sigma2 = np.linalg.svd(G, compute_uv=False) ** 2
-        assert rank == (sigma2 > m * np.finfo(np.float32).eps * sigma2.max()).sum()
+        assert rank == default_rank(G) == min(m, n)
+        assert r.diagnostics["converged"] and r.diagnostics["residual"] <= r.diagnostics["tolerance"]
         B, _, _ = balance_matrix(G @ G.T, scale_mode=scale_mode)
         np.testing.assert_allclose(r.weights, B @ w, rtol=1e-12)
-        # BKB = s·I_r on range(K)
+        # BKB = s·I_r on range(K), to the accuracy an eigendecomposition of K allows (ε·κ(K))
         K = G @ G.T
         lam, V = np.linalg.eigh(K)
         Vr = V[:, -rank:]
-        np.testing.assert_allclose(B @ K @ B, s * Vr @ Vr.T, atol=1e-9 * s)
+        np.testing.assert_allclose(B @ K @ B, s * Vr @ Vr.T, atol=1e-12 * s * max(1.0, lam[-1] / lam[-rank]))
         np.testing.assert_allclose(r.direction, aligned_by_svd(G, scale_mode).T @ w, rtol=1e-8, atol=1e-10)
 
 
@@ -103,18 +109,23 @@ def test_scale_modes_on_orthogonal_gradients():
 
 def test_independent_of_eigenvector_signs_and_basis(monkeypatch):
     rng = np.random.default_rng(1)
-    # repeated eigenvalues: two orthogonal pairs of equal norms plus one more direction
+    # repeated eigenvalues of K and of its normalised form: two orthogonal pairs of equal norms plus one more
     Q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
     K = Q @ np.diag([1.0, 1.0, 4.0, 4.0, 9.0]) @ Q.T
     expected, s, _ = balance_matrix(K)
     true_eigh = np.linalg.eigh
 
     def twisted_eigh(A):
+        """Random signs, and a random rotation inside each cluster of equal eigenvalues."""
         lam, V = true_eigh(A)
         V = V * rng.choice([-1.0, 1.0], size=len(lam))
-        for block in (slice(0, 2), slice(2, 4)):  # a random rotation inside each repeated eigenspace
-            R, _ = np.linalg.qr(rng.standard_normal((2, 2)))
-            V[:, block] = V[:, block] @ R
+        start = 0
+        for stop in range(1, len(lam) + 1):
+            if stop == len(lam) or lam[stop] - lam[start] > 1e-12 * max(abs(lam[-1]), 1.0):
+                if stop - start > 1:
+                    R, _ = np.linalg.qr(rng.standard_normal((stop - start, stop - start)))
+                    V[:, start:stop] = V[:, start:stop] @ R
+                start = stop
         return lam, V
 
     monkeypatch.setattr(aligned_mtl.np.linalg, "eigh", twisted_eigh)
@@ -145,12 +156,14 @@ def test_zero_system_and_zero_rows():
 
 
 def test_rank_tolerance():
-    G = np.diag([1.0, 1e-4])  # λ = 1, 1e-8: below the default m·ε_float32 ≈ 2.4e-7
-    assert AlignedMTL()(G).diagnostics["rank"] == 1
-    r = AlignedMTL(rank_tol=1e-10, reduction="sum")(G)
-    assert r.diagnostics["rank"] == 2
-    np.testing.assert_allclose(r.direction, [1e-4, 1e-4], rtol=1e-9)
-    assert r.diagnostics["condition_number"] == pytest.approx(1e8)
+    G = np.diag([1.0, 1e-4])  # orthogonal rows: rank 2 at any precision (the normalised Gramian is I)
+    for X in (G, G.astype(np.float32)):
+        r = AlignedMTL(reduction="sum")(X)
+        assert r.diagnostics["rank"] == 2 and r.diagnostics["converged"]
+        np.testing.assert_allclose(r.direction, [1e-4, 1e-4], rtol=1e-6)
+    assert r.diagnostics["condition_number"] == pytest.approx(1e8, rel=1e-6)
+    # rank_tol drops eigenvalues of K relative to λ_max (the official code's m·ε_float32)
+    assert AlignedMTL(rank_tol=2 * np.finfo(np.float32).eps)(G).diagnostics["rank"] == 1
 
 
 def test_permutation_equivariant_and_positive_homogeneous():

@@ -4,6 +4,7 @@ eq. (2) on G and against torchjd 0.18.0 ``ConFIG``."""
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from torchjd.aggregation import ConFIG as TorchJDConFIG
 
 import mtlsolve
+from mtlsolve.errors import ConvergenceWarning
 from mtlsolve.plugins.gramian.config import ConFIG
 
 VECTORS = {
@@ -57,7 +59,11 @@ def test_matches_transcription_including_rank_deficient_and_zero_rows():
             G = rng.standard_normal((m, n)) * rng.uniform(0.1, 10, (m, 1))
             G[rng.integers(m)] *= rng.choice([0.0, 1.0])
             for least_squares in (False, True):
-                d = ConFIG(least_squares=least_squares)(G).direction
+                with warnings.catch_warnings(record=True) as caught:  # p ⟂ range(K̄): the zero-update fallback
+                    warnings.simplefilter("always", ConvergenceWarning)
+                    r = ConFIG(least_squares=least_squares)(G)
+                d = r.direction
+                assert bool(caught) == (not r.diagnostics["converged"]) == (not d.any())
                 np.testing.assert_allclose(d, config_on_matrix(G), rtol=1e-8, atol=1e-8 * np.abs(G).max())
 
 
@@ -88,7 +94,8 @@ def test_matches_torchjd(dtype):
 
 
 def test_zero_system_homogeneity_and_permutation():
-    r = ConFIG()(np.zeros((3, 4)))
+    with pytest.warns(ConvergenceWarning, match="zero update"):
+        r = ConFIG()(np.zeros((3, 4)))
     assert np.all(r.direction == 0) and np.all(r.weights == 0)
     rng = np.random.default_rng(4)
     G = rng.standard_normal((4, 6))

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mtlsolve
+from mtlsolve.errors import ConvergenceWarning
 from mtlsolve.kernels import fairgrad as fk
 from mtlsolve.plugins.gramian.fairgrad import FairGrad
 
@@ -153,9 +154,11 @@ def test_no_solution_and_zero_rows():
     cancelling = np.vstack([H, -rng.dirichlet(np.ones(5)) @ H])  # n < m with 0 ∈ conv{g_i}
     for G in (np.array([[1.0, 2.0], [-2.0, -4.0]]), np.zeros((3, 2)), cancelling):
         for alpha in ALPHAS:
-            r = FairGrad(alpha=alpha)(G)
+            with pytest.warns(ConvergenceWarning, match="zero update"):
+                r = FairGrad(alpha=alpha)(G)
             np.testing.assert_array_equal(r.weights, 0.0)
             assert not r.diagnostics["converged"] and "w = 0" in r.diagnostics["message"]
+            assert r.diagnostics["no_solution"] and r.diagnostics["residual"] > r.diagnostics["tolerance"]
     G = well_posed(rng, 5)
     with_zero = np.insert(G, 2, 0.0, axis=0)
     for alpha in ALPHAS:

@@ -78,7 +78,7 @@ def test_after_an_adjustment_the_cosine_equals_the_target():
     for _ in range(50):
         solver = GradVac(seed=0, beta=0.7)
         solver(random_system(rng, 2, 6))  # makes non-zero targets
-        before = solver.state_dict()["targets"].copy()
+        before = solver.state_dict()["targets"].numpy()  # a CPU tensor in the state dict
         G = random_system(rng, 2, 6)
         r = solver(G)
         # m = 2: g_i^PC = g_i + c_i g_j, and d = Σ g_i^PC = Gᵀw gives c_0 = w_1 − 1, c_1 = w_0 − 1
@@ -179,7 +179,10 @@ def test_seed_reproducibility_state_round_trip_and_reset_on_new_m():
     d.load_state_dict(state)
     np.testing.assert_array_equal(tail, [d(G).direction for G in systems[3:]])
     np.testing.assert_array_equal(tail, first[3:])
-    # a different m restarts from zero targets: the first call is PCGrad again
+    # a different m needs reset(); it restarts from zero targets: the first call is PCGrad again
+    with pytest.raises(mtlsolve.InvalidSystemError):
+        c(np.array(C))
+    c.reset()
     np.testing.assert_allclose(c(np.array(C)).direction, [0.5, 1.5], atol=1e-12)
     assert c.state_dict()["m"] == 2
 

@@ -34,7 +34,7 @@ def full_rank(rng: np.random.Generator, m: int) -> np.ndarray:
 
 def with_scales(s: np.ndarray) -> IMTLHybrid:
     solver = IMTLHybrid()
-    solver.load_state_dict({"m": len(s), "s": torch.tensor(s)})
+    solver.load_state_dict({"solver": "imtl_hybrid", "m": len(s), "s": torch.tensor(s)})
     return solver
 
 

@@ -11,6 +11,7 @@ import torch
 from torchjd_reference import ClarabelNashMTLWeighting
 
 import mtlsolve
+from mtlsolve.errors import ConvergenceWarning
 from mtlsolve.plugins.gramian.nash_mtl import NashMTL
 
 O = [[1.0, 0.0], [0.0, 2.0]]
@@ -123,10 +124,12 @@ def test_state_dict_round_trip_and_reset():
     for a, b in zip((copy(X) for X in seq[3:]), expected):
         np.testing.assert_array_equal(a.weights, b.weights)
         np.testing.assert_array_equal(a.direction, b.direction)
-    solver(np.array(J1))  # m changes: the state restarts
-    assert solver.state_dict()["step"] == 1 and solver.state_dict()["m"] == 2
+    with pytest.raises(mtlsolve.InvalidSystemError):  # m changes: the state must be reset first
+        solver(np.array(J1))
     solver.reset()
     assert solver.state_dict() == {}
+    solver(np.array(J1))
+    assert solver.state_dict()["step"] == 1 and solver.state_dict()["m"] == 2
 
 
 def test_failures_keep_the_previous_alpha_or_give_zero():
@@ -135,17 +138,21 @@ def test_failures_keep_the_previous_alpha_or_give_zero():
     bad = [np.array([[1.0, 2.0], [-2.0, -4.0]]), np.array([[1.0, 2.0], [0.0, 0.0]]), np.zeros((2, 2))]
     for G in bad:
         solver = NashMTL()
-        r = solver(G)
+        with pytest.warns(ConvergenceWarning, match="zero update"):
+            r = solver(G)
         assert not r.diagnostics["converged"] and "no solution" in r.diagnostics["message"]
+        assert r.diagnostics["fallback"] == "zero update" and r.diagnostics["no_solution"]
         np.testing.assert_array_equal(r.weights, 0.0)
         np.testing.assert_array_equal(r.direction, 0.0)
         good = solver(np.array(O))
         assert good.diagnostics["converged"]
-        r = solver(G)
-        assert "kept the previous" in r.diagnostics["message"]
+        with pytest.warns(ConvergenceWarning, match="previous weights"):
+            r = solver(G)
+        assert "kept the previous" in r.diagnostics["message"] and r.diagnostics["fallback"] == "previous weights"
         np.testing.assert_array_equal(r.weights, good.weights)
     G = np.array([[1.0, 0.0, 0.0], [-0.5, 1.0, 0.0], [0.2, -0.7, 2.0]])
-    r = NashMTL(max_iter=1)(G)  # not converged in one Newton step: also a failure
+    with pytest.warns(ConvergenceWarning):
+        r = NashMTL(max_iter=1)(G)  # not converged in one Newton step: also a failure
     assert not r.diagnostics["converged"] and "iteration cap" in r.diagnostics["message"]
     np.testing.assert_array_equal(r.weights, 0.0)
 
