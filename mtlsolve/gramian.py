@@ -17,8 +17,11 @@ from mtlsolve.errors import InvalidSystemError
 
 #: A certificate accepts a scale-free residual up to this multiple of the round-off bound ρ.
 CERTIFICATE_FACTOR = 64.0
-#: ... and never asks for less than this (float64 kernels solve to about 1e-13).
+#: ... and never asks for less than this (float64 kernels solve to about 1e-13)
 CERTIFICATE_FLOOR = 1e-11
+#: ... nor accepts more than this: a residual of 1 % is no certificate, whatever the dtype (bf16's
+#: ρ alone is 1.6e-2)
+CERTIFICATE_CAP = 1e-2
 
 
 def norms(K: np.ndarray) -> np.ndarray:
@@ -69,8 +72,9 @@ def rank_threshold(m: int, roundoff: float) -> float:
 
 
 def certificate_tolerance(roundoff: float, scale: float = 1.0) -> float:
-    """The largest scale-free residual a certificate accepts for a system with round-off ρ."""
-    return max(CERTIFICATE_FACTOR * roundoff, CERTIFICATE_FLOOR) * scale
+    """The largest scale-free residual a certificate accepts for a system with round-off ρ:
+    64ρ, at least 1e-11 and at most 1e-2."""
+    return min(max(CERTIFICATE_FACTOR * roundoff, CERTIFICATE_FLOOR), CERTIFICATE_CAP) * scale
 
 
 def check_gramian(K: np.ndarray, roundoff: float) -> None:

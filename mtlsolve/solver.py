@@ -185,6 +185,9 @@ class Solver:
                 "wᵀG overflows its dtype, or the solver is faulty"
             )
         diagnostics = result.diagnostics
+        if not isinstance(diagnostics.get("converged", False), bool):  # numpy's bool_ is not `is True`
+            diagnostics = {**diagnostics, "converged": bool(diagnostics["converged"])}
+            result = attrs.evolve(result, diagnostics=diagnostics)
         residual, tolerance = diagnostics.get("residual"), diagnostics.get("tolerance")
         if diagnostics.get("converged") is True and residual is not None and tolerance is not None:
             if not residual <= tolerance:  # a claim the certificate does not back

@@ -210,7 +210,17 @@ class GradientSystem:
                     "or are so large that their squared norm overflows"
                 )
             if self._gramian is not None:  # gross errors only: a float32 accumulation's round-off passes
-                check_gramian(K, max(self.roundoff, GIVEN_GRAMIAN_SLACK))
+                try:
+                    check_gramian(K, max(self.roundoff, GIVEN_GRAMIAN_SLACK))
+                except InvalidSystemError as exc:
+                    tiny = float(_torch().finfo(self._gramian.dtype).tiny if is_torch(self._gramian)
+                                 else np.finfo(self._gramian.dtype).tiny)
+                    if (np.abs(np.diag(K)) < tiny).any() and (np.diag(K) != 0).any():
+                        raise InvalidSystemError(
+                            f"{exc}; its diagonal holds values below the normal range of {self._gramian.dtype} "
+                            "(squared norms that underflowed): pass G itself, or a float64 Gramian"
+                        ) from None
+                    raise
             K = 0.5 * (K + K.T)
             K.setflags(write=False)
             self._cache["gramian64"] = K

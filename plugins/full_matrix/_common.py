@@ -79,8 +79,10 @@ def row_norms(G: Any) -> np.ndarray:
     else:
         with np.errstate(over="ignore", under="ignore"):
             norms = np.linalg.norm(G, axis=1).astype(np.float64)
-    tiny = float(_finfo(G).tiny) if G.shape[1] else 0.0
-    redo = ~np.isfinite(norms) | (norms < 1e4 * tiny)  # 0 included: squares of a tiny row underflow
+    info = _finfo(G)
+    # a norm whose square is below tiny/ε lost digits to subnormals (0 included: the squares underflowed)
+    floor = float(np.sqrt(float(info.tiny) / float(info.eps))) if G.shape[1] else 0.0
+    redo = ~np.isfinite(norms) | (norms < floor)
     for i in np.flatnonzero(redo):
         row = to_numpy64(G[i])
         top = np.abs(row).max()

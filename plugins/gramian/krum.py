@@ -29,7 +29,8 @@ class Krum(GramianWeighting):
     score_i = Σ_{j ∈ N_i} ‖g_i − g_j‖² over the m − f − 2 rows N_i closest to g_i,
     with ‖g_i − g_j‖² = K_ii + K_jj − 2K_ij read from the Gramian; Krum returns the
     row of lowest score, Multi-Krum (``n_selected`` k > 1) the mean of the k rows of
-    lowest scores (weights 1/k; ties go to the lower task index). The paper's
+    lowest scores (weights 1/k; rows tied at the k-th place within the Gramian's round-off share its
+    weight, so the choice never depends on the task order). The paper's
     condition m ≥ 2f + 3 is checked. ``distance="euclidean"`` scores with
     unsquared distances and checks m ≥ f + 3, as torchjd 0.18.0 ``Krum``.
     ``diagnostics``: ``scores`` and ``selected``.
@@ -62,7 +63,14 @@ class Krum(GramianWeighting):
             dist = np.sqrt(dist)
         np.fill_diagonal(dist, np.inf)
         scores = np.sort(dist, axis=1)[:, : m - f - 2].sum(axis=1)
-        selected = np.argsort(scores, kind="stable")[:k]
+        # scores equal within the Gramian's round-off are ties: the tied rows at the k-th place share
+        # its weight, so the choice never depends on the order of the tasks
+        error = 8.0 * m * system.roundoff * float(diag.max(initial=0.0))
+        tie = (m - f - 2) * (np.sqrt(error) if self.distance == "euclidean" else error)
+        kth = np.sort(scores)[k - 1]
+        sure = scores < kth - tie
+        tied = np.abs(scores - kth) <= tie
         w = np.zeros(m)
-        w[selected] = 1.0 / k
-        return w, {"scores": scores, "selected": selected}
+        w[sure] = 1.0 / k
+        w[tied] = (k - sure.sum()) / (k * tied.sum())
+        return w, {"scores": scores, "selected": np.flatnonzero(w > 0), "ties": int(tied.sum())}
