@@ -41,7 +41,15 @@ Cholesky factor of the free block that grows by one row per added index and is
 refactored when one leaves; a relative ridge δ = 1e-14 on the unit diagonal
 keeps dependent free sets (duplicated gradients, n < m) well posed, and the
 final closed-form root is recomputed without it where Q_FF allows (pivots
-above 1e-10), so the ridge does not bias the answer.
+above 1e-10), so the ridge does not bias the answer. The optimality tests of the
+QPs are relative to each row's own terms (Σy + |b̃_j| + |θ|/s_j), so rows whose
+norms span many decades are priced alike.
+
+Precision: on an indefinite K (a Gramian accumulated in float32 has eigenvalues
+down to about −m·ρ) the QP for θ > 0 is unbounded along the negative directions
+and the weights blow up; such a K is first replaced by its PSD part
+(:func:`psd_repair`, on the normalised Gramian). Every solve is then certified
+(:func:`cagrad_residual`, :func:`certified_cagrad`).
 """
 
 from __future__ import annotations
@@ -86,18 +94,17 @@ def _factor(L, Q, idx, free, delta):
 
 
 @numba.njit(cache=True)
-def _nnqp(Q, q, delta, y, free, L, idx, rhs, z, max_iter):
+def _nnqp(Q, q, qmag, delta, y, free, L, idx, rhs, z, max_iter):
     """min ½yᵀ(Q + δI)y + qᵀy over y ≥ 0, from the feasible y with free set ``free`` (both
     updated in place). Returns (|F|, iterations, converged); L holds the factor of the final
-    free block, in the order ``idx[:|F|]``."""
+    free block, in the order ``idx[:|F|]``. ``qmag`` ≥ |q| are the sizes of the terms q was
+    computed from: the optimality test of row j is relative to Σy + qmag_j (Q has a unit
+    diagonal), so rows of any scale are priced alike."""
     m = Q.shape[0]
     for i in range(m):
         if not free[i]:
             y[i] = 0.0
     nf = _factor(L, Q, idx, free, delta)
-    qscale = 0.0
-    for i in range(m):
-        qscale = max(qscale, abs(q[i]))
     last = -1
     it = 0
     while it < max_iter:
@@ -132,14 +139,15 @@ def _nnqp(Q, q, delta, y, free, L, idx, rhs, z, max_iter):
         total = 0.0
         for r in range(nf):
             total += y[idx[r]]
-        tol = 1e-13 * (total + qscale)
-        best = -tol
+        best = -1e-13
         last = -1
         for j in range(m):
             if not free[j]:
                 g = q[j]
                 for r in range(nf):
                     g += Q[j, idx[r]] * y[idx[r]]
+                den = total + qmag[j]
+                g = g / den if den > 0.0 else 0.0
                 if g < best:
                     best = g
                     last = j
@@ -204,7 +212,7 @@ def _cagrad(K, c, max_iter):
     delta = RIDGE
     y = np.zeros(m)
     free = np.zeros(m, np.bool_)
-    work = np.empty((m + 5, m + 1))  # the factor L (first m rows), then work vectors
+    work = np.empty((m + 6, m + 1))  # the factor L (first m rows), then work vectors
     idx = np.empty(m, np.int64)
     # θ_0 = min_i F(e_i) ≥ θ*, attained by y = t·e_i with t = φ/√(Q_ii + δ)
     best = 0
@@ -246,7 +254,10 @@ def _cagrad(K, c, max_iter):
         _weights_of(y, s, w)
         y0 = np.zeros(m)
         free0 = np.zeros(m, np.bool_)
-        nf, it, conv0 = _nnqp(Qs, bs, delta, y0, free0, L, idx, work[m], work[m + 1], max_iter)
+        qmag = work[m + 5]
+        for i in range(m):
+            qmag[i] = abs(bs[i])
+        nf, it, conv0 = _nnqp(Qs, bs, qmag, delta, y0, free0, L, idx, work[m], work[m + 1], max_iter)
         iterations += it
         if nf > 0 and _exact_factor(L, Qs, idx, nf):
             alpha = work[m + 2]
@@ -268,6 +279,35 @@ def _cagrad(K, c, max_iter):
         nu[i] = y[i] / s[i]
     _weights_of(y, s, w)
     return w, nu, theta, iterations, converged, False
+
+
+@numba.njit(cache=True)
+def _projection(K, max_iter):
+    """ν ≥ 0 with g_0 + Gᵀν the projection of g_0 onto {d : Gd ≥ 0}: argmin_{ν ≥ 0} ½νᵀKν + bᵀν
+    (b = K1/m), solved in the Jacobi-scaled variable like the rest of the kernel."""
+    m = K.shape[0]
+    s = np.empty(m)
+    bs = np.zeros(m)
+    qmag = np.zeros(m)
+    Qs = np.empty((m, m))
+    for i in range(m):
+        s[i] = np.sqrt(K[i, i]) if K[i, i] > 0.0 else 1.0
+    for i in range(m):
+        for j in range(m):
+            bs[i] += K[i, j]
+            Qs[i, j] = K[i, j] / (s[i] * s[j])
+        if K[i, i] > 0.0:
+            Qs[i, i] = 1.0
+        bs[i] /= m * s[i]
+        qmag[i] = abs(bs[i])
+    y = np.zeros(m)
+    free = np.zeros(m, np.bool_)
+    work = np.empty((m + 2, m + 1))
+    idx = np.empty(m, np.int64)
+    _nnqp(Qs, bs, qmag, RIDGE, y, free, work[:m], idx, work[m], work[m + 1], max_iter)
+    for i in range(m):
+        y[i] /= s[i]
+    return y
 
 
 @numba.njit(cache=True)
@@ -295,10 +335,12 @@ def _dinkelbach(Qs, bs, e, phi2, delta, theta, y, free, work, idx, max_iter):
     alpha = work[m + 3]
     beta = work[m + 4]
     iterations = 0
+    qmag = work[m + 5]
     for _ in range(MAX_OUTER):
         for i in range(m):
             q[i] = bs[i] - theta * e[i]
-        nf, it, _ = _nnqp(Qs, q, delta, y, free, L, idx, rhs, z, max_iter)
+            qmag[i] = abs(bs[i]) + abs(theta) * e[i]
+        nf, it, _ = _nnqp(Qs, q, qmag, delta, y, free, L, idx, rhs, z, max_iter)
         iterations += it + 1
         if nf > 0 and _face_root(Qs, bs, e, phi2, L, idx, nf, free, rhs, alpha, beta, z, False):
             # the free set is optimal: y_F(θ*) in closed form; without the ridge where Q_FF allows
@@ -391,16 +433,13 @@ def _face_is_optimal(Qs, bs, e, th, alpha, beta, idx, nf, free, yF):
         if yF[r] < -1e-12 * ymax:
             return False
         yF[r] = max(yF[r], 0.0)
-    scale = 0.0
-    for j in range(m):
-        scale = max(scale, abs(bs[j]) + abs(th) * e[j])
-    tol = 1e-12 * (nf * ymax + scale)
     for j in range(m):
         if not free[j]:
             g = bs[j] - th * e[j]
             for r in range(nf):
                 g += Qs[j, idx[r]] * yF[r]
-            if g < -tol:
+            # relative to the size of the terms of row j (scale-free)
+            if g < -1e-12 * (nf * ymax + abs(bs[j]) + abs(th) * e[j]):
                 return False
     return True
 
@@ -411,13 +450,230 @@ def cagrad_dual(K: np.ndarray, c: float, *, max_iter: int | None = None):
     Returns (w, nu, value, iterations, converged, degenerate): ``w`` = argmin_{w ∈ Δ_m} F(w);
     ``nu`` ≥ 0 with d_raw = g_0 + Gᵀnu (= φ w/‖g_w‖ in the regular case), so the update's
     weights are 1/m + nu; ``value`` = F(w) = min_i g_i·d_raw; ``degenerate`` when the
-    optimum has g_w = 0 (module docstring).
+    optimum has g_w = 0 (module docstring); w is then the min-norm point of conv{g_i}
+    (:func:`mtlsolve.kernels.simplex_qp.min_norm_simplex`, F(w) = 0 to round-off).
+    A K that is indefinite beyond round-off (a Gramian accumulated in float32) is replaced
+    by its PSD part first (:func:`psd_repair`): on an indefinite K the dual is unbounded
+    along the negative directions.
     """
-    K = as_kernel_array(K)
+    return _dual(psd_repair(as_kernel_array(K))[0], c, max_iter)
+
+
+def _dual(K: np.ndarray, c: float, max_iter: int | None):
     m = K.shape[0]
     cap = 20 * m + 100 if max_iter is None else int(max_iter)
     w, nu, value, it, converged, degenerate = _cagrad(K, float(c), cap)
+    if degenerate:
+        from mtlsolve.kernels.simplex_qp import min_norm_simplex
+
+        w = min_norm_simplex(K)[0]
     return w, nu, float(value), int(it), bool(converged), bool(degenerate)
+
+
+def psd_repair(K: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(K, False) when D⁻¹KD⁻¹ + (δ/2)·I has a Cholesky factor (δ = RIDGE, which the kernel adds),
+    else (D·P·D, True) with P = Q·diag(max(λ, f))·Qᵀ from the eigendecomposition of the normalised
+    Gramian D⁻¹KD⁻¹ and f = 4m·ε·λ_max just above the round-off of that reconstruction: the PSD
+    part (:func:`mtlsolve.gramian.psd_part`) with a margin, so the dual is bounded. The repair
+    moves entry (i, j) by about |λ_min|·n_i·n_j: rows of any scale keep their digits."""
+    if _factorable(K, 0.5 * RIDGE):
+        return K, False
+    from mtlsolve.gramian import normalised
+
+    Kn, n = normalised(K)
+    lam, Q = np.linalg.eigh(0.5 * (Kn + Kn.T))
+    floor = 4.0 * K.shape[0] * np.finfo(np.float64).eps * max(lam[-1], 1.0)
+    P = (Q * np.maximum(lam, floor)) @ Q.T
+    return np.ascontiguousarray(P * np.outer(n, n)), True
+
+
+@numba.njit(cache=True)
+def _factorable(K, shift):
+    """Whether D⁻¹KD⁻¹ + shift·I (zero rows left zero) has a Cholesky factor."""
+    m = K.shape[0]
+    inv = np.empty(m)
+    for i in range(m):
+        inv[i] = 1.0 / np.sqrt(K[i, i]) if K[i, i] > 0.0 else 0.0
+    L = np.zeros((m, m))
+    for k in range(m):
+        for r in range(k):
+            t = K[r, k] * inv[r] * inv[k]
+            for c in range(r):
+                t -= L[k, c] * L[r, c]
+            L[k, r] = t / L[r, r]
+        d = (K[k, k] * inv[k] * inv[k] if K[k, k] > 0.0 else 0.0) + shift
+        for c in range(k):
+            d -= L[k, c] * L[k, c]
+        if not d > 0.0:
+            return False
+        L[k, k] = np.sqrt(d)
+    return True
+
+
+@numba.njit(cache=True)
+def _residual(K, c, w, nu, degenerate, rho):
+    """The certificate of :func:`cagrad_residual`."""
+    m = K.shape[0]
+    n = np.empty(m)
+    b = np.zeros(m)
+    g0sq = 0.0
+    top = 0.0
+    for i in range(m):
+        n[i] = np.sqrt(max(K[i, i], 0.0))
+        top = max(top, n[i])
+        for j in range(m):
+            b[i] += K[i, j]
+        b[i] /= m
+        g0sq += b[i] / m
+    phi = c * np.sqrt(max(g0sq, 0.0))
+    worst = 0.0
+    # w ∈ Δ, ν ≥ 0
+    total = 0.0
+    for i in range(m):
+        total += w[i]
+        worst = max(worst, -w[i])
+    worst = max(worst, abs(total - 1.0))
+    s_nu = 0.0
+    s_x = 0.0
+    s_w = 0.0
+    for i in range(m):
+        s_nu += abs(nu[i]) * n[i]
+        s_x += abs(1.0 / m + nu[i]) * n[i]
+        s_w += abs(w[i]) * n[i]
+    if s_nu > 0.0:
+        for i in range(m):
+            worst = max(worst, -nu[i] * n[i] / s_nu)
+    # products g_i·d_raw = (b + Kν)_i, their minimum θ, ‖d_raw − g_0‖² = νᵀKν and wᵀKw
+    theta = np.inf
+    nkn = 0.0
+    wkw = 0.0
+    bw = 0.0
+    for i in range(m):
+        t = 0.0
+        u = 0.0
+        for j in range(m):
+            t += K[i, j] * nu[j]
+            u += K[i, j] * w[j]
+        theta = min(theta, b[i] + t)
+        nkn += nu[i] * t
+        wkw += w[i] * u
+        bw += b[i] * w[i]
+    # the ball for every Gramian within ρ of K (νᵀKν moves by ≤ ρS_ν², φ² by ≤ c²ρS_0²):
+    # √(νᵀKν + ρS_ν²) ≤ √(φ² − c²ρS_0²) + residual·S
+    if s_nu > 0.0:
+        s_0 = 0.0
+        for i in range(m):
+            s_0 += n[i] / m
+        radius = np.sqrt(max(phi * phi - c * c * rho * s_0 * s_0, 0.0))
+        worst = max(worst, (np.sqrt(max(nkn, 0.0) + rho * s_nu * s_nu) - radius) / s_x)
+    scale = top * s_x
+    if scale > 0.0:
+        # zero duality gap: F(w) = bᵀw + φ‖g_w‖ = min_i g_i·d_raw
+        gap = abs(bw + phi * np.sqrt(max(wkw, 0.0)) - theta) / scale
+        if degenerate and s_w > 0.0:
+            # or, as the root of wᵀKw ≈ 0 is only accurate to √ε: θ* = 0 because d_raw has
+            # g_i·d_raw ≥ 0 and 0 ∈ conv{g_i} (the min-norm point w has wᵀKw ≈ 0)
+            gap = min(gap, max(-theta / scale, wkw / (s_w * s_w)))
+        worst = max(worst, gap)
+    return worst
+
+
+def cagrad_residual(K: np.ndarray, c: float, w: np.ndarray, nu: np.ndarray, degenerate: bool, roundoff: float) -> float:
+    """The scale-free certificate of a CAGrad solve (w, ν) on K, with x = 1/m + ν the weights
+    of d_raw, n_i = √K_ii, S_ν = Σν_i n_i, S = Σx_i n_i and ρ = ``roundoff``: the largest of
+
+    * w ∈ Δ and ν ≥ 0 (violations, relative);
+    * the ball ‖d_raw − g_0‖ ≤ φ for every Gramian within ρ of K (νᵀKν moves by up to ρS_ν²
+      and φ² by up to c²ρS_0², S_0 = Σn_i/m): (√(νᵀKν + ρS_ν²) − √(φ² − c²ρS_0²))/S, so a
+      d_raw that only K's round-off puts inside the ball, or a radius φ = c‖g_0‖ that K
+      cannot resolve (nearly cancelling gradients), fails;
+    * optimality: the duality gap |F(w) − min_i g_i·d_raw| / (max_i n_i · S) (weak duality makes
+      F(w) ≥ min_i g_i·d for every d of the ball, so a zero gap certifies both); in the
+      ``degenerate`` case (value 0, where √(wᵀKw) is only known to √ε) alternatively
+      max(−min_i g_i·d_raw/(max_i n_i·S), wᵀKw/(Σw_i n_i)²): d_raw has g_i·d_raw ≥ 0 and
+      0 ∈ conv{g_i}, so no d does better than 0.
+    """
+    K = as_kernel_array(K)
+    w = as_kernel_array(w)
+    nu = as_kernel_array(nu)
+    return float(_residual(K, float(c), w, nu, bool(degenerate), float(roundoff)))
+
+
+def certified_cagrad(K: np.ndarray, c: float, roundoff: float, *, max_iter: int | None = None):
+    """:func:`cagrad_dual` with its certificate (:func:`cagrad_residual`): (w, nu, value, diagnostics).
+
+    ``diagnostics``: ``iterations``, ``degenerate``, ``repaired`` (K was replaced by its PSD part),
+    ``residual`` (measured on the Gramian solved), ``tolerance`` (certificate_tolerance(ρ)),
+    ``converged``. When the residual exceeds the tolerance, t ≤ 1 is the largest factor that puts
+    g_0 + tGᵀν in the ball for every Gramian within ρ of K; the dual is solved again for the
+    radius tφ (``radius_scale``) and that answer certified against the original c (the smaller
+    radius costs the max-min value (1 − t)·φ·‖g_w‖, as dθ*/dφ = ‖g_w‖, which its duality gap
+    then shows). Where 0 ∈ conv{g_i} within the certificate tolerance (the min-norm point's
+    wᵀKw ≤ tol·(Σw_i n_i)²) the degenerate answer (value 0, d_raw the projection of g_0 onto
+    {Gd ≥ 0}) is tried next. If those fail too (a system the data's precision cannot resolve,
+    e.g. nearly opposed gradients in float32), ``converged`` is False and ``fallback`` names what is returned: d_raw = g_0 + tGᵀν
+    (t = 0, the mean gradient g_0, where the radius c‖g_0‖ itself is not resolved).
+    """
+    from mtlsolve.gramian import certificate_tolerance
+
+    K, repaired = psd_repair(as_kernel_array(K))
+    w, nu, value, iterations, _, degenerate = _dual(K, c, max_iter)
+    residual = cagrad_residual(K, c, w, nu, degenerate, roundoff)
+    tolerance = certificate_tolerance(roundoff)
+    info = {
+        "iterations": iterations,
+        "degenerate": degenerate,
+        "repaired": repaired,
+        "residual": residual,
+        "tolerance": float(tolerance),
+        "converged": bool(residual <= tolerance),
+    }
+    if not info["converged"]:
+        t = _into_ball(K, c, nu, roundoff)
+        if 0.0 < t < 1.0:
+            # the ball is not certified (the radius or ‖Gᵀν‖ carry K's round-off): solve for the
+            # largest radius tφ the data certify and certify that answer against the original c
+            w2, nu2, _, it2, _, degenerate2 = _dual(K, t * c, max_iter)
+            t2 = _into_ball(K, c, nu2, roundoff)
+            nu2 = nu2 * t2
+            residual2 = max(cagrad_residual(K, c, w2, nu2, degenerate2, roundoff), 1.0 - t2)
+            info["iterations"] += it2
+            if residual2 <= tolerance:
+                value = float((K.sum(axis=1) / K.shape[0] + K @ nu2).min())
+                info.update(radius_scale=t, degenerate=degenerate2, residual=residual2, converged=True)
+                return w2, nu2, value, info
+        # 0 ∈ conv{g_i} within the data's precision (the min-norm point is certified ≈ 0): the
+        # value θ* = 0 is then consistent with the data, and the projection of g_0 onto
+        # {Gd ≥ 0} (the degenerate answer) may be certified where the regular one is not
+        from mtlsolve.kernels.simplex_qp import certified_min_norm
+
+        w0, mn = certified_min_norm(K, roundoff)
+        n = np.sqrt(np.clip(np.diag(K), 0.0, None))
+        if mn["converged"] and w0 @ K @ w0 <= tolerance * (w0 @ n) ** 2:
+            nu0 = _projection(K, 20 * K.shape[0] + 100 if max_iter is None else int(max_iter))
+            residual0 = cagrad_residual(K, c, w0, nu0, True, roundoff)
+            if residual0 <= tolerance:
+                value = float((K.sum(axis=1) / K.shape[0] + K @ nu0).min())
+                info.update(degenerate=True, residual=residual0, converged=True)
+                return w0, nu0, value, info
+        # fallback: d_raw pulled back into the ball for every Gramian within ρ of K
+        nu = nu * t
+        value = float((K.sum(axis=1) / K.shape[0] + K @ nu).min())
+        info["fallback"] = "d_raw = g_0 + t·Gᵀν scaled into the ball (t ≤ 1; t = 0 is the mean gradient g_0)"
+        info["message"] = "CAGrad's max-min direction is not resolved by the Gramian's precision"
+    return w, nu, value, info
+
+
+def _into_ball(K: np.ndarray, c: float, nu: np.ndarray, roundoff: float) -> float:
+    """The largest t ≤ 1 with √(t²(νᵀKν + ρS_ν²)) ≤ √(φ² − c²ρS_0²): tν keeps d_raw in the ball
+    for every Gramian within ρ of K (0 when the radius is not resolved)."""
+    m = K.shape[0]
+    n = np.sqrt(np.clip(np.diag(K), 0.0, None))
+    radius2 = c**2 * (max(K.sum(), 0.0) / m**2 - roundoff * (n.sum() / m) ** 2)
+    length2 = max(float(nu @ K @ nu), 0.0) + roundoff * float(nu @ n) ** 2
+    if radius2 <= 0.0 or length2 <= 0.0:
+        return 0.0 if length2 > 0.0 else 1.0
+    return min(1.0, float(np.sqrt(radius2 / length2)))
 
 
 def cagrad_objective(K: np.ndarray, c: float, w: np.ndarray) -> float:

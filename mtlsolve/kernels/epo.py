@@ -16,6 +16,13 @@ objective value.
 
 :func:`epo_weights` builds the EPO problem of one step from K, the losses L and the
 preference r and solves it with either.
+
+Certificate (:func:`certified_simplex_lp`): at the optimal vertex the primal and dual
+solutions of the final basis are recomputed from the scaled data (Gaussian elimination
+with partial pivoting: the tableau carries the round-off of every pivot, and a degenerate
+pivot on a tiny entry amplifies it) and LP duality is checked on the original data
+(:func:`lp_residual`: feasibility of both, zero gap, each row relative to its own terms).
+An infeasible verdict is checked by the Farkas certificate of phase 1.
 """
 
 from __future__ import annotations
@@ -94,13 +101,20 @@ def _iterate(T, basis, ncols, max_iter, it):
 
 
 @numba.njit(**JIT)
-def _simplex_lp(c, A, b, max_iter):
+def _simplex_lp(c, A, b, max_iter, cmag, rowmag, feas_tol):
+    """The two-phase simplex method; returns (α, feasible, pivots, certificate residual).
+    ``cmag`` and ``rowmag`` (≥ 0) are the magnitudes of the terms c and the rows were computed
+    from: the certificate measures each residual relative to the larger of those and the
+    entries themselves, so data computed with cancellation is judged at its own precision.
+    A phase-1 optimum (the sum of the artificials, rows scaled to a unit largest entry) up to
+    ``feas_tol`` counts as feasible: pass the tolerance the data's precision allows."""
     m = c.shape[0]
     p = A.shape[0]
     R = p + 1
     N = m + p + R  # columns: α, the surplus s of each row, one artificial per row
     T = np.zeros((R + 1, N + 1))
     basis = np.empty(R, np.int64)
+    scales = np.empty(p)
     # row 0: Σα = 1
     for j in range(m):
         T[0, j] = 1.0
@@ -115,6 +129,7 @@ def _simplex_lp(c, A, b, max_iter):
             scale = max(scale, abs(A[i, j]))
         if scale == 0.0:
             scale = 1.0
+        scales[i] = scale
         sign = 1.0 if b[i] > 0.0 else -1.0
         r = i + 1
         for j in range(m):
@@ -126,6 +141,7 @@ def _simplex_lp(c, A, b, max_iter):
         else:
             T[r, m + p + r] = 1.0
             basis[r] = m + p + r
+    T0 = T[:R].copy()  # the scaled constraints, to recompute the final basic solution from
     # phase 1: minimise the sum of the basic artificials
     for i in range(R):
         if basis[i] >= m + p:
@@ -134,8 +150,14 @@ def _simplex_lp(c, A, b, max_iter):
             T[R, basis[i]] = 0.0
     it, ok = _iterate(T, basis, N, max_iter, 0)
     alpha = np.zeros(m)
-    if not ok or -T[R, N] > FEAS_TOL:
-        return alpha, False, it
+    if not ok:
+        return alpha, False, it, np.inf
+    if -T[R, N] > feas_tol:
+        # infeasible: the phase-1 multipliers u_i = T[R, m+i]/scale_i ≥ 0 are a Farkas certificate
+        u = np.empty(p)
+        for i in range(p):
+            u[i] = T[R, m + i] / scales[i]
+        return alpha, False, it, _farkas_residual(A, b, u, np.maximum(scales, rowmag))
     # drive the artificials left at zero out of the basis (a row with none to swap is redundant)
     for i in range(R):
         if basis[i] >= m + p:
@@ -170,7 +192,155 @@ def _simplex_lp(c, A, b, max_iter):
             total += v
     for j in range(m):
         alpha[j] /= total
-    return alpha, ok, it
+    # the dual solution of the final basis, read off the reduced costs (scaled back)
+    y = np.empty(p)
+    for i in range(p):
+        y[i] = T[R, m + i] * cscale / scales[i]
+    y0 = T[R, m + p] * cscale
+    if not ok:
+        return alpha, ok, it, np.inf
+    cert_scales = np.maximum(scales, rowmag)
+    cert_c = max(cscale, cmag)
+    residual = _lp_residual(c, A, b, alpha, y0, y, cert_scales, cert_c)
+    # the tableau carries the round-off of every pivot (a tiny degenerate pivot amplifies it):
+    # recompute the primal and dual solutions of the final basis from the scaled data, and keep
+    # them when their certificate is better
+    fresh = _basis_solution(T0, basis, m, p, c, cscale, scales)
+    if fresh[0]:
+        fresh_residual = _lp_residual(c, A, b, fresh[1], fresh[2], fresh[3], cert_scales, cert_c)
+        if fresh_residual < residual:
+            return fresh[1], ok, it, fresh_residual
+    return alpha, ok, it, residual
+
+
+@numba.njit(**JIT)
+def _gauss_solve(M, rhs):
+    """(ok, x) with M x = rhs by Gaussian elimination with partial pivoting (M and rhs are
+    overwritten); ok is False for a zero pivot or a non-finite x (the caller compares the
+    certificates, so an inaccurate x from a nearly singular M is rejected there)."""
+    n = M.shape[0]
+    for k in range(n):
+        piv = k
+        for i in range(k, n):
+            if abs(M[i, k]) > abs(M[piv, k]):
+                piv = i
+        if M[piv, k] == 0.0:
+            return False, rhs
+        if piv != k:
+            for j in range(n):
+                M[k, j], M[piv, j] = M[piv, j], M[k, j]
+            rhs[k], rhs[piv] = rhs[piv], rhs[k]
+        for i in range(k + 1, n):
+            f = M[i, k] / M[k, k]
+            if f != 0.0:
+                for j in range(k, n):
+                    M[i, j] -= f * M[k, j]
+                rhs[i] -= f * rhs[k]
+    for i in range(n - 1, -1, -1):
+        t = rhs[i]
+        for j in range(i + 1, n):
+            t -= M[i, j] * rhs[j]
+        rhs[i] = t / M[i, i]
+    return bool(np.isfinite(rhs).all()), rhs
+
+
+@numba.njit(**JIT)
+def _basis_solution(T0, basis, m, p, c, cscale, scales):
+    """(ok, α, y_0, y) of the basis ``basis`` solved afresh from the scaled constraint rows T0:
+    B x_B = rhs and Bᵀπ = (costs of the basic columns), by LU with partial pivoting."""
+    R = T0.shape[0]
+    N = T0.shape[1] - 1
+    B = np.empty((R, R))
+    cost = np.zeros(R)
+    for k in range(R):
+        for i in range(R):
+            B[i, k] = T0[i, basis[k]]
+        if basis[k] < m:
+            cost[k] = -c[basis[k]] / cscale
+    alpha = np.zeros(m)
+    y = np.zeros(p)
+    ok, x = _gauss_solve(B.copy(), T0[:, N].copy())
+    if not ok:
+        return False, alpha, 0.0, y
+    ok, pi = _gauss_solve(B.T.copy(), cost)
+    if not ok:
+        return False, alpha, 0.0, y
+    total = 0.0
+    for k in range(R):
+        if basis[k] < m:
+            v = max(x[k], 0.0)
+            alpha[basis[k]] = v
+            total += v
+    if not total > 0.0:
+        return False, alpha, 0.0, y
+    for j in range(m):
+        alpha[j] /= total
+    # reduced cost of column j: cost_j − πᵀT0[:, j]; the surplus of row i has cost 0, the
+    # artificial of row 0 (the column e_0) too
+    for i in range(p):
+        red = 0.0
+        for r in range(R):
+            red -= pi[r] * T0[r, m + i]
+        y[i] = red * cscale / scales[i]
+    return True, alpha, -pi[0] * cscale, y
+
+
+@numba.njit(**JIT)
+def _lp_residual(c, A, b, alpha, y0, y, scales, cscale):
+    """The optimality certificate of α for max cᵀα over α ∈ Δ, Aα ≥ b, with the dual
+    min y_0 − bᵀy s.t. y ≥ 0, c + Aᵀy ≤ y_0·1 (:func:`lp_residual`)."""
+    m = c.shape[0]
+    p = A.shape[0]
+    total = 0.0
+    worst = 0.0
+    for j in range(m):
+        total += alpha[j]
+        worst = max(worst, -alpha[j])
+    worst = max(worst, abs(total - 1.0))
+    dscale = cscale
+    for i in range(p):
+        dscale += abs(y[i]) * scales[i]
+        worst = max(worst, -y[i] * scales[i] / cscale)
+        r = -b[i]
+        for j in range(m):
+            r += A[i, j] * alpha[j]
+        worst = max(worst, -r / scales[i])
+    gap = y0
+    for i in range(p):
+        gap -= b[i] * y[i]
+    for j in range(m):
+        gap -= c[j] * alpha[j]
+        s = y0 - c[j]
+        for i in range(p):
+            s -= y[i] * A[i, j]
+        worst = max(worst, -s / dscale)
+    return max(worst, abs(gap) / dscale)
+
+
+@numba.njit(**JIT)
+def _farkas_residual(A, b, u, scales):
+    """The certificate of infeasibility of {α ∈ Δ : Aα ≥ b}: u ≥ 0 with max_j (Aᵀu)_j < bᵀu (then
+    uᵀAα ≤ max_j (Aᵀu)_j < uᵀb for every α ∈ Δ). Returns max(0, max_j (Aᵀu)_j − bᵀu) and the
+    negative entries of u, relative to Σ|u_i|·scale_i (inf when u = 0)."""
+    m = A.shape[1]
+    p = A.shape[0]
+    size = 0.0
+    worst = 0.0
+    bu = 0.0
+    for i in range(p):
+        size += abs(u[i]) * scales[i]
+        bu += b[i] * u[i]
+    if size == 0.0:
+        return np.inf
+    for i in range(p):
+        worst = max(worst, -u[i] * scales[i] / size)
+    top = -np.inf
+    for j in range(m):
+        t = 0.0
+        for i in range(p):
+            t += A[i, j] * u[i]
+        top = max(top, t)
+    return max(worst, (top - bu) / size)
 
 
 def default_max_iter(m: int, p: int) -> int:
@@ -183,12 +353,52 @@ def simplex_lp(c: np.ndarray, A: np.ndarray, b: np.ndarray, *, max_iter: int | N
 
     Returns (α, feasible, pivots); α is zero when ``feasible`` is False.
     """
+    alpha, ok, it, _ = certified_simplex_lp(c, A, b, max_iter=max_iter)
+    return alpha, ok, it
+
+
+def certified_simplex_lp(
+    c: np.ndarray,
+    A: np.ndarray,
+    b: np.ndarray,
+    *,
+    max_iter: int | None = None,
+    cmag: float = 0.0,
+    rowmag: np.ndarray | None = None,
+    feas_tol: float = FEAS_TOL,
+):
+    """:func:`simplex_lp` with its certificate: (α, feasible, pivots, residual).
+
+    Feasible: the residual of LP duality at α and the dual solution of the final basis
+    (:func:`lp_residual`). Infeasible: that of the Farkas certificate read off phase 1
+    (u ≥ 0 with max_j (Aᵀu)_j < bᵀu), so the verdict "no α exists" is checked too; inf
+    when the pivot cap was hit. Rows are measured relative to max(|b_i|, max_j |A_ij|,
+    ``rowmag``_i) and the costs to max(max_j |c_j|, ``cmag``) (pass the magnitudes of the terms
+    that data was summed from when it was computed with cancellation): the residual is scale-free.
+    ``feas_tol``: the scaled row violation up to which the LP counts as feasible.
+    """
     c = np.ascontiguousarray(c, dtype=np.float64)
     A = np.ascontiguousarray(A, dtype=np.float64).reshape(-1, c.shape[0])
     b = np.ascontiguousarray(b, dtype=np.float64).reshape(-1)
     cap = default_max_iter(*A.shape[::-1]) if max_iter is None else max_iter
-    alpha, ok, it = _simplex_lp(c, A, b, cap)
-    return alpha, bool(ok), int(it)
+    rowmag = np.zeros(A.shape[0]) if rowmag is None else np.ascontiguousarray(rowmag, dtype=np.float64)
+    alpha, ok, it, residual = _simplex_lp(c, A, b, cap, float(cmag), rowmag, float(feas_tol))
+    return alpha, bool(ok), int(it), float(residual)
+
+
+def lp_residual(c: np.ndarray, A: np.ndarray, b: np.ndarray, alpha: np.ndarray, y0: float, y: np.ndarray) -> float:
+    """The scale-free optimality residual of (α; y_0, y) for max cᵀα over α ∈ Δ, Aα ≥ b: the
+    largest of α ∉ Δ, primal violations (b_i − A_iα)/s_i, dual violations −y_i s_i/‖c‖_∞ and
+    −(y_0 − c_j − (Aᵀy)_j)/D, and the duality gap |y_0 − bᵀy − cᵀα|/D, with s_i =
+    max(|b_i|, ‖A_i‖_∞) and D = ‖c‖_∞ + Σ|y_i|s_i. Zero exactly at a primal–dual optimal pair."""
+    c = np.ascontiguousarray(c, dtype=np.float64)
+    A = np.ascontiguousarray(A, dtype=np.float64).reshape(-1, c.shape[0])
+    b = np.ascontiguousarray(b, dtype=np.float64).reshape(-1)
+    scales = np.maximum(np.abs(A).max(axis=1, initial=0.0), np.abs(b))
+    scales[scales == 0] = 1.0
+    cscale = float(np.abs(c).max(initial=0.0)) or 1.0
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    return float(_lp_residual(c, A, b, np.ascontiguousarray(alpha, dtype=np.float64), float(y0), y, scales, cscale))
 
 
 # ------------------------------------------------------------ cvxpy reference
@@ -288,8 +498,9 @@ def epo_problem(K: np.ndarray, losses: np.ndarray, r: np.ndarray, eps: float):
 
 
 @numba.njit(**JIT)
-def _epo(K, losses, r, eps, max_iter):
-    """:func:`epo_problem` and its LP in one compiled call: (α, balance?, μ, relaxed, feasible, pivots)."""
+def _epo(K, losses, r, eps, max_iter, feas_tol):
+    """:func:`epo_problem` and its LP in one compiled call: (α, balance?, μ, relaxed, feasible, pivots,
+    residual of the LP certificates)."""
     m = K.shape[0]
     top = 0.0
     for i in range(m):
@@ -306,9 +517,13 @@ def _epo(K, losses, r, eps, max_iter):
         for i in range(m):
             a[i] = r[i] * (np.log(max(m * rl[i] / total, LOG_FLOOR)) - mu)
     Ka = np.zeros(m)
+    Ka_mag = np.zeros(m)  # Σ_j |Kn_ij a_j|: the size of the terms (Ka)_i cancels from
+    rowsum = np.zeros(m)  # Σ_j |Kn_ij|, that of (Kn 1)_i
     for i in range(m):
         for j in range(m):
             Ka[i] += Kn[i, j] * a[j]
+            Ka_mag[i] += abs(Kn[i, j] * a[j])
+            rowsum[i] += abs(Kn[i, j])
     if mu > eps:
         rlmax = rl.max()
         J = Ka > 0.0
@@ -317,8 +532,9 @@ def _epo(K, losses, r, eps, max_iter):
             rows = ~J | (rl == rlmax)
         A = Kn[rows]
         b = np.where(rl == rlmax, 0.0, Ka)[rows] if J.any() else np.zeros(m)
-        alpha, ok, it = _simplex_lp(Ka, A, b, max_iter)
-        return alpha, True, mu, False, ok, it
+        rowmag = Ka_mag[rows] if J.any() else np.zeros(m)
+        alpha, ok, it, residual = _simplex_lp(Ka, A, b, max_iter, Ka_mag.max(), rowmag, feas_tol)
+        return alpha, True, mu, False, ok, it, residual
     c = np.zeros(m)
     A = np.empty((m + 1, m))
     b = np.zeros(m + 1)
@@ -328,26 +544,50 @@ def _epo(K, losses, r, eps, max_iter):
             A[i, j] = Kn[i, j]
         A[m, i] = Ka[i]
     b[m] = min(Ka.max(), 0.0)
-    alpha, ok, it = _simplex_lp(c, A, b, max_iter)
+    rowmag = np.zeros(m + 1)
+    rowmag[m] = Ka_mag.max()
+    alpha, ok, it, residual = _simplex_lp(c, A, b, max_iter, rowsum.max(), rowmag, feas_tol)
     if ok:
-        return alpha, False, mu, False, ok, it
-    alpha, ok, it2 = _simplex_lp(c, A[:m].copy(), b[:m].copy(), max_iter)
-    return alpha, False, mu, True, ok, it + it2
+        return alpha, False, mu, False, ok, it, residual
+    # the restricted LP's infeasibility (its Farkas residual) and the relaxed LP are both certified
+    alpha, ok, it2, relaxed = _simplex_lp(
+        c, A[:m].copy(), b[:m].copy(), max_iter, rowsum.max(), rowmag[:m].copy(), feas_tol
+    )
+    return alpha, False, mu, True, ok, it + it2, max(residual, relaxed)
 
 
-def epo_weights(K: np.ndarray, losses: np.ndarray, r: np.ndarray, eps: float = 1e-4, *, reference: bool = False):
+def epo_weights(
+    K: np.ndarray,
+    losses: np.ndarray,
+    r: np.ndarray,
+    eps: float = 1e-4,
+    *,
+    reference: bool = False,
+    roundoff: float = 0.0,
+):
     """EPO's α (on the simplex) for Gramian K, losses L ≥ 0 and preference r > 0.
 
     When the restricted descent LP is infeasible the relaxed one is solved (Kα ≥ 0 is
-    always feasible in exact arithmetic: the MGDA min-norm point satisfies it); if round-off
-    makes that infeasible too, the MGDA weights are returned. The fast path is one numba
-    call; ``reference=True`` builds the LPs with :func:`epo_problem` (numpy) and solves them
-    with cvxpy. Returns (α, diagnostics: ``mu``, ``mode``, ``relaxed``, ``fallback``,
-    ``pivots``).
+    always feasible in exact arithmetic: the MGDA min-norm point satisfies it). The fast
+    path is one numba call; ``reference=True`` builds the LPs with :func:`epo_problem`
+    (numpy) and solves them with cvxpy. Returns (α, diagnostics: ``mu``, ``mode``,
+    ``relaxed``, ``pivots``, and on the fast path the certificate: ``residual`` (LP duality
+    at α and the final basis's dual solution, plus the Farkas certificate of the restricted
+    LP's infeasibility when ``relaxed``; :func:`certified_simplex_lp`), ``tolerance``
+    (certificate_tolerance of ``roundoff``, the round-off bound ρ of K) and ``converged``).
+    When the LP is found infeasible (only round-off can make the relaxed descent LP so; the
+    balance LP can be) or the certificate fails, ``converged`` is False and ``fallback``
+    names what is returned: the MGDA min-norm weights, or the uncertified LP vertex. A K that is
+    indefinite beyond round-off (accumulated in float32) is replaced by its PSD part first
+    (:func:`mtlsolve.kernels.cagrad.psd_repair`), and the LPs count as feasible within the
+    certificate tolerance.
     """
+    from mtlsolve.gramian import certificate_tolerance
+
     K = np.ascontiguousarray(K, dtype=np.float64)
     losses = np.ascontiguousarray(losses, dtype=np.float64)
     r = np.ascontiguousarray(r, dtype=np.float64)
+    residual = None
     if reference:
         mode, mu, c, A, b, A_rel, b_rel = epo_problem(K, losses, r, eps)
         alpha, ok = reference_simplex_lp(c, A, b)
@@ -356,14 +596,31 @@ def epo_weights(K: np.ndarray, losses: np.ndarray, r: np.ndarray, eps: float = 1
             alpha, ok = reference_simplex_lp(c, A_rel, b_rel)
         pivots = 0
     else:
+        from mtlsolve.kernels.cagrad import psd_repair
+
         if not K.flags.writeable:
             K = K.copy()  # one compiled signature (numba types read-only arrays separately)
+        # an indefinite K (accumulated in float32) can make Kα ≥ 0 infeasible: use its PSD part
+        K = psd_repair(K)[0]
         m = K.shape[0]
-        alpha, balance, mu, relaxed, ok, pivots = _epo(K, losses, r, float(eps), default_max_iter(m, m + 1))
+        # the LP counts as feasible within the data's precision (a float32 Gramian is only PSD to ρ)
+        feas_tol = max(FEAS_TOL, certificate_tolerance(roundoff))
+        alpha, balance, mu, relaxed, ok, pivots, residual = _epo(
+            K, losses, r, float(eps), default_max_iter(m, m + 1), float(feas_tol)
+        )
         mode = "balance" if balance else "descent"
-    info = {"mu": float(mu), "mode": mode, "relaxed": bool(relaxed), "fallback": not ok, "pivots": int(pivots)}
+    info = {"mu": float(mu), "mode": mode, "relaxed": bool(relaxed), "pivots": int(pivots)}
+    if residual is not None:
+        tolerance = certificate_tolerance(roundoff)
+        info.update(residual=float(residual), tolerance=float(tolerance), converged=bool(ok and residual <= tolerance))
+        if not info["converged"]:
+            info["fallback"] = "MGDA min-norm weights" if not ok else "none: the uncertified LP vertex is returned"
     if not ok:
         from mtlsolve.kernels.simplex_qp import min_norm_simplex
 
         alpha = min_norm_simplex(K)[0]
+        info["fallback"] = "MGDA min-norm weights"
+        if residual is not None:
+            # the LP has no solution to certify; its Farkas certificate of infeasibility is kept
+            info.update(residual=float("inf"), infeasibility_residual=float(residual))
     return alpha, info

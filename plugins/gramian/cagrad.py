@@ -25,6 +25,17 @@ class CAGrad(GramianWeighting):
     the ball has g_i·d ≥ 0 for all i; the optimal dual point then has g_w = 0, unless c = 1)
     the maximiser is not unique and d_raw is the one nearest g_0, the projection of g_0 onto
     {d : g_i·d ≥ 0 ∀i}, with ‖d_raw − g_0‖ ≤ c‖g_0‖ (``diagnostics["degenerate"]``).
+
+    Certificate (:func:`mtlsolve.kernels.cagrad.cagrad_residual`, on K in float64, or on its
+    PSD part when K, accumulated in float32, is indefinite beyond round-off: ``repaired``):
+    d_raw lies in the ball for every Gramian within the round-off bound ρ of K, and the
+    duality gap between min_i g_i·d_raw and the dual value F(w) vanishes, both relative to
+    max_i‖g_i‖·Σ_i x_i‖g_i‖ (x the weights of d_raw). ``residual``, ``tolerance`` (from ρ),
+    ``converged``. A ball the round-off leaves uncertain is met by solving again for the
+    largest radius the data certify (``radius_scale``), certified against c; when that fails
+    too (a system whose max-min direction the data's precision cannot resolve, e.g. nearly
+    opposed float32 gradients) the fallback scales d_raw − g_0 back into the ball, down to
+    g_0 itself when the radius is not resolved (``fallback``), with a ConvergenceWarning.
     """
 
     name: ClassVar[str] = "cagrad"
@@ -41,15 +52,10 @@ class CAGrad(GramianWeighting):
     def weights_from_gramian(
         self, gramian: np.ndarray, system: GradientSystem
     ) -> tuple[np.ndarray, Mapping[str, Any]]:
-        from mtlsolve.kernels.cagrad import cagrad_dual
+        from mtlsolve.kernels.cagrad import certified_cagrad
 
         m = gramian.shape[0]
-        _, nu, value, iterations, converged, degenerate = cagrad_dual(gramian, self.c)
+        _, nu, value, info = certified_cagrad(gramian, self.c, system.roundoff)
         w = (1.0 / m + nu) / (1.0, 1.0 + self.c**2, 1.0 + self.c)[self.rescale]
-        diagnostics = {
-            "iterations": iterations,
-            "converged": converged,
-            "degenerate": degenerate,
-            "min_product": value,  # min_i g_i·d_raw, the value of CAGrad's max-min problem
-        }
-        return reduce_weights(w, self.reduction), diagnostics
+        # min_product: min_i g_i·d_raw, the value of CAGrad's max-min problem
+        return reduce_weights(w, self.reduction), {**info, "min_product": value}

@@ -28,6 +28,14 @@ class MGDA(GramianWeighting):
     (:func:`mtlsolve.kernels.simplex_qp.min_norm_simplex`), so d satisfies
     d·g_i ≥ ‖d‖² for every i, with equality where w_i > 0 (for "none").
     ``reduction="sum"`` multiplies the weights by m (nash-mtl's scale).
+
+    Certificate (:func:`mtlsolve.kernels.simplex_qp.certified_min_norm`, on the Gramian solved,
+    in float64): w ∈ Δ_m and those KKT conditions, each row's violation divided by
+    ‖g_i‖ν + ν² with ν = Σ_j w_j‖g_j‖ (the round-off that row carries; scale-free, so it
+    holds for row norms over any number of decades). ``diagnostics``: ``iterations``,
+    ``residual``, ``tolerance`` (from the system's round-off bound ρ), ``converged``. When
+    not certified the cvxpy reference is solved and the weights with the smaller residual
+    are returned (``fallback`` names it, with a ConvergenceWarning).
     """
 
     name: ClassVar[str] = "mgda"
@@ -50,15 +58,15 @@ class MGDA(GramianWeighting):
     def weights_from_gramian(
         self, gramian: np.ndarray, system: GradientSystem
     ) -> tuple[np.ndarray, Mapping[str, Any]]:
-        from mtlsolve.kernels.simplex_qp import min_norm_simplex
+        from mtlsolve.kernels.simplex_qp import certified_min_norm
 
         scale = self._inverse_norms(gramian, system)
         if scale is not None:
             gramian = gramian * np.outer(scale, scale)
-        w, iterations, converged = min_norm_simplex(gramian)
+        w, diagnostics = certified_min_norm(gramian, system.roundoff)
         if scale is not None:
             w = w * scale
-        return reduce_weights(w, self.reduction), {"iterations": int(iterations), "converged": bool(converged)}
+        return reduce_weights(w, self.reduction), diagnostics
 
     def _inverse_norms(self, gramian: np.ndarray, system: GradientSystem) -> np.ndarray | None:
         """1/n_i, or None for no normalisation."""

@@ -21,6 +21,11 @@ def _non_negative(_instance: Any, attribute: attrs.Attribute, value: float) -> N
         raise ValueError(f"{attribute.name} must be a non-negative number, got {value!r}")
 
 
+def simplex_residual(x: np.ndarray) -> float:
+    """max(|Σx − 1|, max_i −x_i): how far x is from the probability simplex."""
+    return float(max(abs(x.sum() - 1.0), -x.min(initial=0.0)))
+
+
 @attrs.define(kw_only=True, eq=False)
 class MoDo(GramianWeighting):
     """MoDo, Chen, Fernando, Ying, Chen, "Three-Way Trade-Off in Multi-Objective Learning",
@@ -32,6 +37,11 @@ class MoDo(GramianWeighting):
     one projected step λ ← Π_Δ(λ − γ(G₁G₂ᵀλ + ρλ)) from λ₀ = 1/m and returns the stacked
     weights (0, 0, λ), i.e. d = G₃ᵀλ. ``gamma=0.1`` gives the torchjd 0.18.0 defaults
     (LibMTL: 1e-3). The state holds λ; ``diagnostics["lambda"]`` is λ.
+
+    The method is one projected step per call by definition (Algorithm 1): no inner problem is
+    solved to a tolerance, so ``converged`` does not apply and is not reported. What holds is
+    λ ∈ Δ_m (the Euclidean projection is exact); ``diagnostics["simplex_residual"]`` is
+    max(|Σλ − 1|, max_i −λ_i).
     """
 
     name: ClassVar[str] = "modo"
@@ -42,6 +52,7 @@ class MoDo(GramianWeighting):
     stateful: ClassVar[bool] = True
     batches: ClassVar[int] = 3
     paper: ClassVar[str] = "Chen, Fernando, Ying, Chen — NeurIPS 2023 (JMLR 2024) — arXiv 2305.20057"
+    state_schema: ClassVar[Mapping[str, Any]] = {"lambda": ("m",)}
 
     gamma: float = attrs.field(default=1e-3, converter=float, validator=_positive)
     rho: float = attrs.field(default=0.1, converter=float, validator=_non_negative)
@@ -59,4 +70,4 @@ class MoDo(GramianWeighting):
         state["lambda"] = lam
         w = np.zeros(3 * m)
         w[2 * m :] = lam
-        return w, {"lambda": lam.copy()}
+        return w, {"lambda": lam.copy(), "simplex_residual": simplex_residual(lam)}

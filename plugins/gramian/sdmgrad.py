@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Mapping
 import attrs
 import numpy as np
 
-from mtlsolve.plugins.gramian.modo import _non_negative, _positive
+from mtlsolve.plugins.gramian.modo import _non_negative, _positive, simplex_residual
 from mtlsolve.solver import GramianWeighting
 from mtlsolve.system import GradientSystem
 
@@ -32,7 +32,8 @@ class SDMGrad(GramianWeighting):
     [G_ξ; G_ξ′; G_ζ], 3m of them, MoDo's layout too). LibMTL lists its batches as (ζ, ξ, ξ′);
     they are independent draws, so only replaying a LibMTL step needs the order: pass its
     batches 2, 3, 1. C = G_ξG_ξ′ᵀ (the cross block of the Gramian) is divided
-    by (mean_i √max(C_ii, 0))² (§6.1; left as is when that is 0), then ``n_iter`` steps of
+    by (mean_i √max(C_ii, 0))² (§6.1; where every C_ii ≤ 0, by (mean_i √(‖g_i^ξ‖‖g_i^ξ′‖))², so
+    the step stays positively homogeneous; left as is when that is 0 too), then ``n_iter`` steps of
     SGD (lr ``lr``, heavy-ball ``momentum``, buffer reset every call) on the gradient
     Cw + λ·C1/m, each projected onto Δ_m, start from the previous w (w₀ = 1/m). The stacked
     weights are (0, 0, (w + λ/m)/(1 + λ)), i.e. d = (G_ζᵀw + λ·g_{0,ζ})/(1 + λ); λ = 0 gives
@@ -43,6 +44,11 @@ class SDMGrad(GramianWeighting):
     (the projection folds them back), so a float32 and a float64 Gramian of the same
     gradients can end at different w: on random 3-batch systems about 3 % differ by more
     than 1e-4 relative (a property of the reference method, not of the kernel).
+
+    The inner loop is a fixed number of projected SGD steps by definition (Algorithm 1), not
+    a solve to a tolerance, so ``converged`` does not apply and is not reported. What holds is
+    w ∈ Δ_m (each step ends with an exact projection); ``diagnostics["simplex_residual"]`` is
+    max(|Σw − 1|, max_i −w_i).
     """
 
     name: ClassVar[str] = "sdmgrad"
@@ -52,6 +58,7 @@ class SDMGrad(GramianWeighting):
     stateful: ClassVar[bool] = True
     batches: ClassVar[int] = 3
     paper: ClassVar[str] = "Xiao, Ban, Ji — NeurIPS 2023 — arXiv 2305.18409"
+    state_schema: ClassVar[Mapping[str, Any]] = {"w": ("m",)}
 
     lambda_: float = attrs.field(default=0.3, converter=float, validator=_non_negative)
     n_iter: int = attrs.field(default=20, validator=_positive_int)
@@ -67,6 +74,9 @@ class SDMGrad(GramianWeighting):
         state = self._state_for(m)
         cross = gramian[:m, m : 2 * m]
         scale = float(np.sqrt(np.clip(np.diag(cross), 0.0, None)).mean())
+        if not scale > 0:  # every g_i^ξ·g_i^ξ′ ≤ 0: the geometric mean of the two batches' norms
+            norms = np.sqrt(np.clip(np.diag(gramian), 0.0, None))
+            scale = float(np.sqrt(norms[:m] * norms[m : 2 * m]).mean())
         if scale > 0:
             cross = cross / scale**2
         w = projected_sgd(
@@ -80,4 +90,4 @@ class SDMGrad(GramianWeighting):
         state["w"] = w
         out = np.zeros(3 * m)
         out[2 * m :] = (w + self.lambda_ / m) / (1.0 + self.lambda_)
-        return out, {"w": w.copy()}
+        return out, {"w": w.copy(), "simplex_residual": simplex_residual(w)}

@@ -40,7 +40,13 @@ def _pick(extra: Any, field: tuple[float, ...] | None, m: int, what: str, defaul
     value = extra if extra is not None else field
     if value is None:
         return np.full(m, default)
-    vector = to_numpy64(value).ravel()
+    try:
+        vector = to_numpy64(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidSystemError(f"{what} must be a vector of numbers ({exc})") from None
+    if vector.ndim > 1:
+        raise InvalidSystemError(f"{what} must be a vector (one number per task), got an array of shape {vector.shape}")
+    vector = vector.ravel()
     if vector.shape != (m,):
         raise InvalidSystemError(f"{what} has {vector.size} entries for {m} tasks")
     if not np.isfinite(vector).all():
@@ -52,7 +58,10 @@ def optional_vector(value: Any) -> tuple[float, ...] | None:
     """None, or a non-empty tuple of finite floats (the field converter)."""
     if value is None:
         return None
-    vector = tuple(float(v) for v in to_numpy64(value).ravel())
+    array = to_numpy64(value)
+    if array.ndim > 1:
+        raise ValueError(f"expected a vector (one number per task), got an array of shape {array.shape}")
+    vector = tuple(float(v) for v in array.ravel())
     if not vector or not np.isfinite(vector).all():
         raise ValueError(f"expected a non-empty sequence of finite numbers, got {value!r}")
     return vector

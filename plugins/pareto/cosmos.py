@@ -41,6 +41,7 @@ class COSMOS(Weighting):
     properties: ClassVar[frozenset[str]] = frozenset({"positive_homogeneous", "linear"})
     randomized: ClassVar[bool] = True
     paper: ClassVar[str] = "Ruchte & Grabocka — ICDM 2021 — arXiv 2103.13392"
+    state_schema: ClassVar[Mapping[str, Any]] = {"rng": None, "pending": ("m",)}
 
     penalty: float = attrs.field(converter=float, validator=non_negative)
     preference: tuple[float, ...] | None = attrs.field(default=None, converter=optional_vector)

@@ -29,8 +29,13 @@ class EPO(Weighting):
     ``system.extras["preference"]`` first) is the paper's r, i.e. the target is
     L ∝ 1/r (LibMOON passes r = 1/pref). The losses must be ≥ 0.
     ``diagnostics``: ``mu``, ``mode`` ("balance"/"descent"), ``relaxed`` (the restricted
-    descent LP was infeasible), ``fallback`` (MGDA weights after a numerically infeasible
-    LP), ``pivots``.
+    descent LP was infeasible), ``pivots``, and the LP certificate
+    (:func:`mtlsolve.kernels.epo.certified_simplex_lp`: primal and dual feasibility and a zero
+    duality gap at α and the final basis's dual solution, rows relative to their largest
+    coefficient; plus the Farkas certificate of the restricted LP's infeasibility when
+    ``relaxed``): ``residual``, ``tolerance`` (from the system's round-off bound ρ),
+    ``converged``. An LP found infeasible (possible in "balance" mode) or not certified gives
+    ``converged`` False and a ``fallback``: the MGDA min-norm weights, or the uncertified vertex.
     """
 
     name: ClassVar[str] = "epo"
@@ -50,4 +55,4 @@ class EPO(Weighting):
         losses = system.losses64
         if (losses < 0).any():
             raise InvalidSystemError(f"epo needs non-negative losses, got {losses.tolist()}")
-        return epo_weights(system.gramian64, losses, r, self.eps)
+        return epo_weights(system.gramian64, losses, r, self.eps, roundoff=system.roundoff)

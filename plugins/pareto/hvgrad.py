@@ -112,6 +112,8 @@ class HVGrad(Weighting):
     is fixed at the first call to max_k L^{(k)} + 0.1·|max_k L^{(k)}| per task (1.1 × the
     largest initial loss, problems.md §5) and kept as state. Models outside the reference
     box get zero weight. ``diagnostics``: ``reference``, ``hypervolume`` (of the population).
+    The weights are the exact hypervolume gradient (a closed form, no inner problem solved to a
+    tolerance), so ``converged`` does not apply and is not reported.
     """
 
     name: ClassVar[str] = "hvgrad"
@@ -120,6 +122,7 @@ class HVGrad(Weighting):
     needs: ClassVar[frozenset[Need]] = frozenset({Need.LOSSES})
     stateful: ClassVar[bool] = True
     paper: ClassVar[str] = "Deist, Grewal, Dankers, Alderliesten, Bosman — EMO 2023 — arXiv 2102.04523"
+    state_schema: ClassVar[Mapping[str, Any]] = {"reference": ("m",)}
 
     index: int = attrs.field(default=0, converter=int, validator=attrs.validators.ge(0))
     reference: tuple[float, ...] | None = attrs.field(default=None, converter=optional_vector)

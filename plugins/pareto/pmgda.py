@@ -49,14 +49,22 @@ def correction_problem(K: np.ndarray, jhf: np.ndarray, sigma: float):
 
 
 def solve_correction(B: np.ndarray, norms: np.ndarray, sigma: float) -> tuple[np.ndarray, bool]:
+    """μ of :func:`correction_problem` and whether the LP was feasible (see :func:`certified_correction`)."""
+    mu, ok, _ = certified_correction(B, norms, sigma)
+    return mu, ok
+
+
+def certified_correction(B: np.ndarray, norms: np.ndarray, sigma: float) -> tuple[np.ndarray, bool, float]:
     """μ of :func:`correction_problem` by the simplex-method kernel of
     :func:`mtlsolve.kernels.epo.simplex_lp`, which maximises over a simplex with rows Aα ≥ b.
 
     The free variable t is removed by a Charnes–Cooper change of variables: with
     lo = min B[:m], s = max B[:m] − lo (or 1), t = lo + s·y, y ≥ 0, and β = (μ, y)/(1 + y) ∈ Δ_{m+2},
     the constraints are homogeneous: ((B[:m] − lo)/s)β_μ − β_y ≥ 0, (B_m − σñ_m)β_μ ≥ 0, and
-    y = β_y/(1 − β_y) grows with β_y, so the LP is max β_y. Returns (μ, feasible)."""
-    from mtlsolve.kernels.epo import simplex_lp
+    y = β_y/(1 − β_y) grows with β_y, so the LP is max β_y. Returns (μ, feasible, residual): the
+    LP-duality certificate of that LP (:func:`mtlsolve.kernels.epo.certified_simplex_lp`; its
+    rows measured relative to the terms they were computed from)."""
+    from mtlsolve.kernels.epo import certified_simplex_lp
 
     m = B.shape[0] - 1
     tasks = B[:m]
@@ -67,12 +75,14 @@ def solve_correction(B: np.ndarray, norms: np.ndarray, sigma: float) -> tuple[np
     A[:m, : m + 1] = (tasks - lo) / span
     A[:m, m + 1] = -1.0
     A[m, : m + 1] = B[m] - sigma * norms[m]
+    rowmag = np.append((np.abs(tasks).max(axis=1) + abs(lo)) / span, np.abs(B[m]).max() + sigma * norms[m])
     c = np.zeros(m + 2)
     c[m + 1] = 1.0
-    beta, ok, _ = simplex_lp(c, A, np.zeros(m + 1))
+    beta, ok, _, residual = certified_simplex_lp(c, A, np.zeros(m + 1), rowmag=rowmag)
     mu = beta[: m + 1]
     total = mu.sum()
-    return (mu / total if ok and total > 0 else np.zeros(m + 1)), bool(ok and total > 0)
+    feasible = bool(ok and total > 0)
+    return (mu / total if feasible else np.zeros(m + 1)), feasible, residual
 
 
 @_cvx.cached
@@ -109,27 +119,51 @@ def reference_correction(B: np.ndarray, norms: np.ndarray, sigma: float) -> tupl
 
 
 def pmgda_weights(
-    K: np.ndarray, losses: np.ndarray, preference: np.ndarray, sigma: float, h_tol: float, *, reference: bool = False
+    K: np.ndarray,
+    losses: np.ndarray,
+    preference: np.ndarray,
+    sigma: float,
+    h_tol: float,
+    *,
+    reference: bool = False,
+    roundoff: float = 0.0,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """PMGDA's weights for one step: the MGDA min-norm weights while h(L) < h_tol, else the
     correction LP's μ mapped back to the task gradients (eq. 18):
     w_i = μ_i/‖g_i‖ + (μ_m/‖∇h‖)·∂h/∂L_i, so that d = Gᵀw = Σ μ_i g̃_i/ñ_i.
-    ``reference=True`` solves the LP with cvxpy. A (numerically) infeasible LP falls back to
-    μ = e_m, a pure descent on h."""
-    from mtlsolve.kernels.simplex_qp import min_norm_simplex
+    ``reference=True`` solves the LP with cvxpy (no certificate). Certificate (``residual``,
+    ``tolerance`` = certificate_tolerance(``roundoff``), ``converged``): the min-norm KKT
+    residual (:func:`mtlsolve.kernels.simplex_qp.certified_min_norm`) or the LP-duality
+    residual (:func:`certified_correction`). The LP is feasible in exact arithmetic (μ = e_m);
+    one found infeasible falls back to μ = e_m, a pure descent on h (``fallback``)."""
+    from mtlsolve.gramian import certificate_tolerance
+    from mtlsolve.kernels.simplex_qp import certified_min_norm
 
     m = K.shape[0]
     h, jhf = ray_distance(losses, preference)
-    info: dict[str, Any] = {"h": h, "mode": "mgda", "fallback": False}
+    info: dict[str, Any] = {"h": h, "mode": "mgda"}
     if h < h_tol or m == 1:
-        return min_norm_simplex(K)[0], info
+        w, certificate = certified_min_norm(K, roundoff)
+        return w, {**info, **certificate}
     B, norms = correction_problem(K, jhf, sigma)
-    mu, ok = (reference_correction if reference else solve_correction)(B, norms, sigma)
+    if reference:
+        mu, ok = reference_correction(B, norms, sigma)
+        residual = None
+    else:
+        mu, ok, residual = certified_correction(B, norms, sigma)
+    info["mode"] = "correction"
+    if residual is not None:
+        tolerance = certificate_tolerance(roundoff)
+        info.update(residual=residual, tolerance=float(tolerance), converged=bool(ok and residual <= tolerance))
+        if not info["converged"]:
+            info["fallback"] = "none: the uncertified LP vertex is returned"
     if not ok:
         mu = np.zeros(m + 1)
         mu[m] = 1.0
+        info.update(fallback="μ = e_m: a pure descent on h", converged=False)
+        if residual is not None:
+            info["residual"] = float("inf")  # the LP has no solution to certify
     scaled = np.divide(mu, norms, out=np.zeros_like(mu), where=norms > 0)
-    info.update(mode="correction", fallback=not ok)
     return scaled[:m] + scaled[m] * jhf, info
 
 
@@ -146,7 +180,9 @@ class PMGDA(Weighting):
     λ > 0 (``preference``, ``system.extras["preference"]`` first, default uniform) is the
     direction of the target: L ∥ λ (not 1/λ as in EPO). Defaults σ = 0.1, h_tol = 1e-2
     (LibMOON ``PMGDASolver``). LibMOON divides by ‖g̃_i‖ + 1e-4; here by ‖g̃_i‖, with zero
-    vectors left out. ``diagnostics``: ``h``, ``mode`` ("mgda"/"correction"), ``fallback``.
+    vectors left out. ``diagnostics``: ``h``, ``mode`` ("mgda"/"correction"), and the
+    certificate of the inner problem solved (:func:`pmgda_weights`): ``residual``,
+    ``tolerance``, ``converged``, ``fallback`` when not certified.
     """
 
     name: ClassVar[str] = "pmgda"
@@ -160,4 +196,4 @@ class PMGDA(Weighting):
 
     def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         pref, _ = preference_and_ideal(system, self.preference, None, self.name, strictly_positive=True)
-        return pmgda_weights(system.gramian64, system.losses64, pref, self.sigma, self.h_tol)
+        return pmgda_weights(system.gramian64, system.losses64, pref, self.sigma, self.h_tol, roundoff=system.roundoff)

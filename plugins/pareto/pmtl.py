@@ -85,7 +85,9 @@ class ParetoMTL(Weighting):
     given (LibMOON runs a fixed fifth of the epochs); phase 2 follows for good (the phase is
     state). ``normalize=True`` rescales the weights to Σ|w_i| = m, as the authors' training
     loop; the default leaves the min-norm weights (LibMOON). ``diagnostics``: ``phase``,
-    ``active`` (the violated constraints j), ``feasible``.
+    ``active`` (the violated constraints j), ``feasible``, and the min-norm certificate
+    (:func:`mtlsolve.kernels.simplex_qp.certified_min_norm`: KKT residual on E K Eᵀ with row
+    scales |E|·‖g‖, ``residual``, ``tolerance``, ``converged``, ``fallback`` when not certified).
     """
 
     name: ClassVar[str] = "pmtl"
@@ -94,6 +96,7 @@ class ParetoMTL(Weighting):
     needs: ClassVar[frozenset[Need]] = frozenset({Need.GRAMIAN, Need.LOSSES})
     stateful: ClassVar[bool] = True
     paper: ClassVar[str] = "Lin, Zhen, Li, Zhang, Kwong — NeurIPS 2019 — arXiv 1912.12854"
+    state_schema: ClassVar[Mapping[str, Any]] = {"phase": (), "warmup_steps": ()}
 
     index: int = attrs.field(default=0, converter=int, validator=attrs.validators.ge(0))
     preferences: tuple[tuple[float, ...], ...] | None = attrs.field(default=None, converter=_optional_matrix)
@@ -115,7 +118,7 @@ class ParetoMTL(Weighting):
         return U
 
     def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
-        from mtlsolve.kernels.simplex_qp import min_norm_simplex
+        from mtlsolve.kernels.simplex_qp import certified_min_norm
 
         m = system.m
         U = self.preference_set(m)
@@ -131,16 +134,12 @@ class ParetoMTL(Weighting):
             else:
                 state["warmup_steps"] = done + 1
         E = D[active] if phase == 1 else np.vstack([np.eye(m), D[active]])
-        beta, iterations, converged = min_norm_simplex(E @ K @ E.T)
+        # the round-off of E K Eᵀ scales with |E|·n, not with the (possibly cancelling) norms of E G
+        norms = np.sqrt(np.clip(np.diag(K), 0.0, None))
+        beta, info = certified_min_norm(E @ K @ E.T, system.roundoff, scales=np.abs(E) @ norms)
         w = beta @ E
         if self.normalize:
             total = np.abs(w).sum()
             if total > 0:
                 w = w * (m / total)
-        return w, {
-            "phase": phase,
-            "active": active.tolist(),
-            "feasible": active.size == 0,
-            "iterations": int(iterations),
-            "converged": bool(converged),
-        }
+        return w, {"phase": phase, "active": active.tolist(), "feasible": active.size == 0, **info}

@@ -20,7 +20,9 @@ from mtlsolve.plugins.gramian.mgda import MGDA
 @attrs.define(kw_only=True, eq=False)
 class MGDAUB(MGDA):
     """MGDA-UB, Sener & Koltun, NeurIPS 2018, arXiv 1810.04650, §3.3: ``mgda`` on the feature
-    gradients (an upper bound of the multi-objective loss), one encoder backward per step."""
+    gradients (an upper bound of the multi-objective loss), one encoder backward per step.
+    Its certificate is MGDA's (the scale-free KKT residual of the min-norm point, here of the
+    feature gradients' Gramian, with the round-off bound of those gradients)."""
 
     name: ClassVar[str] = "mgda_ub"
     aliases: ClassVar[Mapping[str, Mapping[str, Any]]] = {}  # MGDA-UB, MGDAUB normalise to the name
@@ -31,7 +33,9 @@ class MGDAUB(MGDA):
 @attrs.define(kw_only=True, eq=False)
 class AlignedMTLUB(AlignedMTL):
     """Aligned-MTL-UB, Senushkin et al., CVPR 2023, arXiv 2305.19000, §4.3: ``aligned_mtl`` on
-    the feature gradients, one encoder backward per step."""
+    the feature gradients, one encoder backward per step. Rank decision (at the round-off of the
+    feature gradients' own dtype), accurate eigenpairs and the BKB = s·I_r certificate are
+    ``aligned_mtl``'s."""
 
     name: ClassVar[str] = "aligned_mtl_ub"
     aliases: ClassVar[Mapping[str, Mapping[str, Any]]] = {"amtlub": {}}

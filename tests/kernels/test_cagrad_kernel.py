@@ -258,3 +258,118 @@ def test_compiled_once_and_reference_built_once():
     builds = cg._reference_problem.cache_info().misses
     cg.reference_cagrad_dual(np.eye(5), C)
     assert cg._reference_problem.cache_info().misses == builds
+
+
+# ------------------------------------------------------------------ certificate
+from hard_systems import FAMILIES, gramian_of, hard_matrix  # noqa: E402
+
+from mtlsolve.gramian import certificate_tolerance  # noqa: E402
+
+#: the reported float32 system: its float32 Gramian has an eigenvalue −3e-8 (weights ~1e7 before)
+REPORTED32 = np.array([[1.132, -0.645], [-1.770, 0.214], [0.914, 1.572]], dtype=np.float32)
+
+
+def ball_excess(G: np.ndarray, c: float, nu: np.ndarray) -> float:
+    """(‖d_raw − g_0‖ − c‖g_0‖)/S on the float64 rows, S = Σ(1/m + ν_i)‖g_i‖."""
+    m = len(G)
+    S = (1.0 / m + nu) @ np.linalg.norm(G, axis=1)
+    return (np.linalg.norm(nu @ G) - c * np.linalg.norm(G.mean(axis=0))) / S if S > 0 else 0.0
+
+
+def test_reported_float32_system():
+    """The float32 Gramian of the reported system is indefinite: it is repaired, the weights stay
+    O(1) (they were ~1e7), d_raw lies in the ball and the step is certified (0 ∈ conv{g_i} here,
+    so the value is 0 and d_raw the projection of g_0 onto {Gd ≥ 0} = {0})."""
+    G, K, rho = gramian_of(REPORTED32.astype(np.float64), np.float32)
+    assert np.linalg.eigvalsh(K)[0] < 0
+    w, nu, value, info = cg.certified_cagrad(K, 2.0, rho)
+    assert info["repaired"] and info["converged"] and info["degenerate"] and value == 0.0
+    assert np.abs(nu).max() < 10 and ball_excess(G, 2.0, nu) <= 0
+    assert np.linalg.norm(G.mean(axis=0) + nu @ G) <= 1e-6 * np.linalg.norm(G, axis=1).max()
+
+
+def test_psd_repair_is_small_and_scale_free():
+    """float32 Gramians of dependent, near-opposed and mixed-scale rows: the repair returns a
+    matrix the kernel can factor (D⁻¹KD⁻¹ ⪰ 0) that moves entry (i, j) by at most m·ρ·n_i·n_j;
+    float64 Gramians of independent rows are left as they are."""
+    rng = np.random.default_rng(41)
+    repaired = 0
+    for family in ("rank_deficient", "opposed", "mixed_scales", "hull_zero"):
+        for m in (3, 8, 20):
+            for _ in range(4):
+                _, K, rho = gramian_of(hard_matrix(family, m, int(rng.integers(1, m + 3)), rng), np.float32)
+                Kr, changed = cg.psd_repair(K)
+                repaired += changed
+                n = np.sqrt(np.diag(K))
+                inv = np.divide(1.0, n, out=np.zeros_like(n), where=n > 0)
+                assert cg._factorable(Kr, 0.5 * cg.RIDGE)
+                assert (np.abs(Kr - K) <= (m * rho + 1e-12) * np.outer(n, n)).all()
+                assert np.linalg.eigvalsh(Kr * np.outer(inv, inv))[0] > -cg.RIDGE
+    assert repaired > 5
+    G = rng.standard_normal((6, 9))
+    assert cg.psd_repair(G @ G.T)[1] is False
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_certified_on_hard_families(family, dtype):
+    """Every family, m = 2…20, several c, float64 and float32 inputs: finite ν; a certified step
+    has d_raw in the ball on the float64 input (within the tolerance, relative to S) and the
+    max-min value of the cvxpy reference (relative to max‖g_i‖·S); an uncertified one (a system
+    the input's precision cannot resolve) falls back to a d_raw inside the ball."""
+    rng = np.random.default_rng([FAMILIES.index(family), np.dtype(dtype).itemsize])
+    certified = total = 0
+    for m in (2, 3, 5, 8, 20):
+        for c in (0.1, 0.4, 1.0, 2.0, 5.0):
+            if m == 20 and c in (0.1, 1.0):
+                continue
+            G, K, rho = gramian_of(hard_matrix(family, m, int(rng.integers(1, 2 * m + 2)), rng), dtype)
+            w, nu, value, info = cg.certified_cagrad(K, c, rho)
+            tol = info["tolerance"]
+            assert np.isfinite(nu).all() and (nu >= 0).all() and np.isfinite(value)
+            total += 1
+            excess = ball_excess(G, c, nu)
+            if not info["converged"]:
+                assert info["residual"] > tol and "ball" in info["fallback"] and excess <= 4 * tol
+                continue
+            certified += 1
+            assert info["residual"] <= tol and excess <= 4 * tol, (m, c, excess)
+            if m <= 5:
+                # the value near 0 ∈ conv{g_i} moves by ~√ρ over the Gramians within ρ of K (θ* ~ φ‖g_w‖)
+                S = (1.0 / m + nu) @ np.sqrt(np.diag(K))
+                _, f_ref = cg.reference_cagrad_dual(K, c)
+                d = G.mean(axis=0) + nu @ G
+                slack = (1e-6 + np.sqrt(tol)) * np.sqrt(np.diag(K)).max() * S
+                assert (G @ d).min() >= f_ref - slack
+    # float64 systems the data resolve are certified (the near-opposed and κ = 1e12 ones may not be)
+    if dtype == np.float64 and family in ("gaussian", "mixed_scales", "rank_deficient", "hull_zero", "zero_rows"):
+        assert certified == total
+
+
+def test_certificate_detects_wrong_answers():
+    """ν pushed 1 % out of the ball, or a dual point w off the optimum, fail the certificate."""
+    rng = np.random.default_rng(43)
+    for _ in range(20):
+        G = rng.standard_normal((5, 8))
+        K = G @ G.T
+        w, nu, _, info = cg.certified_cagrad(K, 0.5, 1e-15)
+        assert info["converged"] and not info["degenerate"]
+        assert cg.cagrad_residual(K, 0.5, w, nu, False, 1e-15) <= 1e-13
+        assert cg.cagrad_residual(K, 0.5, w, 1.01 * nu, False, 1e-15) > 1e-4
+        other = rng.dirichlet(np.ones(5))
+        if abs(cg.cagrad_objective(K, 0.5, other) - cg.cagrad_objective(K, 0.5, w)) > 1e-3 * np.diag(K).max():
+            assert cg.cagrad_residual(K, 0.5, other, nu, False, 1e-15) > 1e-5
+
+
+def test_mixed_row_scales_match_the_reference():
+    """Rows of norms over 1e-16…1e3: the kernel's optimality tests are relative to each row, so its
+    dual value is no worse than cvxpy's (it returned a vertex 7× worse when they were global)."""
+    rng = np.random.default_rng(47)
+    for _ in range(25):
+        m = int(rng.integers(3, 12))
+        G = rng.standard_normal((m, int(rng.integers(2, m + 2)))) * 10.0 ** rng.uniform(-16, 3, (m, 1))
+        K = G @ G.T
+        w, nu, value, info = cg.certified_cagrad(K, 0.4, 1e-15)
+        _, f_ref = cg.reference_cagrad_dual(K, 0.4)
+        assert info["converged"]
+        assert cg.cagrad_objective(K, 0.4, w) <= f_ref + 1e-9 * abs(f_ref) + 1e-14 * np.diag(K).max()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.optimize
@@ -189,3 +191,83 @@ def test_registry_names():
     assert mtlsolve.get("log_cagrad").loss_transform == "log"
     solver = mtlsolve.from_config({"name": "cagrad", "c": 0.5, "rescale": 0, "reduction": "sum"})
     assert (solver.c, solver.rescale, solver.reduction) == (0.5, 0, "sum")
+
+
+# ------------------------------------------------------------------ certificate
+from mtlsolve.errors import ConvergenceWarning  # noqa: E402
+
+REPORTED32 = np.array([[1.132, -0.645], [-1.770, 0.214], [0.914, 1.572]], dtype=np.float32)
+
+
+def in_ball(G: np.ndarray, r: mtlsolve.Result, c: float, tol: float) -> bool:
+    """‖d − g_0‖ ≤ c‖g_0‖ + tol·S on the float64 rows (d = d_raw from the returned weights, rescale 0)."""
+    G = np.asarray(G, dtype=np.float64)
+    x = np.asarray(r.weights, dtype=np.float64)
+    g0 = G.mean(axis=0)
+    return np.linalg.norm(x @ G - g0) <= c * np.linalg.norm(g0) + tol * (np.abs(x) @ np.linalg.norm(G, axis=1))
+
+
+def test_reported_float32_system():
+    """c = 2, rescale 0 on the reported float32 system: weights O(1) (they were ~1e7, with d
+    outside the ball and converged=True), d_raw in the ball, certified."""
+    for X in (REPORTED32, torch.from_numpy(REPORTED32)):
+        r = raw(X, c=2.0)
+        assert r.diagnostics["converged"] and r.diagnostics["repaired"]
+        assert np.abs(np.asarray(r.weights)).max() < 10
+        assert in_ball(REPORTED32, r, 2.0, r.diagnostics["tolerance"])
+
+
+def test_float32_families_are_finite_and_honest():
+    """float32 systems, m = 2…20 (random, nearly opposed pairs, n < m, κ(K) = 1e12), c ∈ {0.4, 2, 5}:
+    finite weights (m = 20 gave NaN/Inf before); a certified step has d_raw in the ball on the
+    float64 input, an uncertified one warned and fell back to a d_raw inside the ball."""
+    rng = np.random.default_rng(51)
+    for k in range(60):
+        m = int(rng.integers(2, 21))
+        n = int(rng.integers(1, m)) if k % 4 == 2 and m > 1 else m + int(rng.integers(0, m))
+        G = rng.standard_normal((m, n))
+        if k % 4 == 1:
+            G[1] = -G[0] + 10.0 ** rng.uniform(-7, -1) * rng.standard_normal(n)
+        if k % 4 == 3:
+            U = np.linalg.qr(rng.standard_normal((m, m)))[0]
+            V = np.linalg.qr(rng.standard_normal((max(n, m), m)))[0]
+            G = (U * 1e-6 ** np.linspace(0, 1, m)) @ V.T
+        X = G.astype(np.float32)
+        c = float(rng.choice([0.4, 2.0, 5.0]))
+        solver = CAGrad(c=c, rescale=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            r = solver(X)
+        assert np.isfinite(r.weights).all() and np.isfinite(r.direction).all()
+        converged = r.diagnostics["converged"]
+        assert converged == (r.diagnostics["residual"] <= r.diagnostics["tolerance"])
+        assert converged or (caught and "ball" in r.diagnostics["fallback"])
+        assert in_ball(X, r, c, 4 * r.diagnostics["tolerance"])
+
+
+def test_unresolved_system_warns():
+    """Two nearly opposed float32 gradients (0 just outside their hull): the max-min direction
+    needs ‖Gᵀν‖ = c‖g_0‖ with ν ~ ‖g_i‖/‖g_0‖, below the float32 Gramian's resolution; the step
+    warns, names its fallback and stays inside the ball."""
+    X = np.array([[0.41163054, 1.0425134, -0.12853466], [-0.41160333, -1.0427285, 0.12826788]], dtype=np.float32)
+    with pytest.warns(ConvergenceWarning, match="ball"):
+        r = raw(X, c=0.4)
+    assert not r.diagnostics["converged"] and in_ball(X, r, 0.4, 0.0)
+
+
+def test_float32_agrees_with_float64_on_well_conditioned_systems():
+    """κ(K) ≤ 1e3, rows of norm ~1: float32 and float64 d_raw agree within 64ρ₃₂·κ·S."""
+    rng = np.random.default_rng(57)
+    u = float(np.finfo(np.float32).eps)
+    for m, n in ((2, 3), (3, 8), (5, 20), (8, 50)):
+        for c in (0.4, 2.0):
+            U = np.linalg.qr(rng.standard_normal((m, m)))[0]
+            V = np.linalg.qr(rng.standard_normal((n, m)))[0]
+            G = (U * 10.0 ** -rng.uniform(0, 1.5, m)) @ V.T
+            G /= np.linalg.norm(G, axis=1, keepdims=True) / rng.uniform(0.5, 2.0, (m, 1))
+            kappa = np.linalg.cond(G @ G.T)
+            tol = 64 * (2 * u + 2 * np.sqrt(n) * u) * kappa + 4 * m * u
+            a, b = raw(G, c=c), raw(G.astype(np.float32), c=c)
+            assert a.diagnostics["converged"] and b.diagnostics["converged"]
+            S = np.abs(a.weights) @ np.linalg.norm(G, axis=1)
+            np.testing.assert_allclose(b.direction, a.direction, atol=tol * S)

@@ -146,3 +146,21 @@ def test_convex_companion(pref, expected, eps):
     assert low - 1e-6 <= f[0] <= high + 1e-6
     half_width = max(high - expected[0], expected[0] - low)
     np.testing.assert_allclose(f, expected, atol=half_width + 1e-5)  # catalogue values have 5 decimals
+
+
+def test_certificate_on_mixed_scales_and_float32():
+    """Both modes report the LP certificate, certified for row norms over six decades and for
+    float32 inputs (whose Gramian is repaired to its PSD part when indefinite)."""
+    rng = np.random.default_rng(91)
+    modes = set()
+    for k in range(40):
+        m = int(rng.integers(2, 7))
+        G = rng.standard_normal((m, m + int(rng.integers(-1, 3)))) * 10.0 ** rng.uniform(-3, 3, (m, 1))
+        r = rng.uniform(0.2, 2.0, m)
+        L = (1.0 / r) * (rng.uniform(0.999, 1.001, m) if k % 2 else rng.uniform(0.3, 3.0, m))
+        for X in (G, G.astype(np.float32)):
+            out = EPO(preference=r)(X, losses=L)
+            d = out.diagnostics
+            assert d["converged"] and d["residual"] <= d["tolerance"], d
+            modes.add(d["mode"])
+    assert modes == {"balance", "descent"}

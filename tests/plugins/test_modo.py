@@ -118,3 +118,13 @@ def test_one_batch_is_a_clear_error():
 def test_invalid_hyperparameters(kwargs):
     with pytest.raises(ValueError):
         MoDo(**kwargs)
+
+
+def test_no_convergence_claim_but_simplex_residual():
+    """One projected step by definition: no ``converged`` is reported (nothing is solved to a
+    tolerance); λ ∈ Δ holds and is reported as ``simplex_residual``."""
+    rng = np.random.default_rng(5)
+    G = rng.standard_normal((9, 6))
+    for X in (G, G.astype(np.float32)):
+        d = MoDo()(X).diagnostics
+        assert "converged" not in d and d["simplex_residual"] <= 1e-15

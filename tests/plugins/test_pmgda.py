@@ -146,3 +146,38 @@ def test_convex_companion_ends_on_the_ray(pref, start):
     # the front point on the ray: f = c·pref with √c·Σ√pref_i = 1
     target = np.array(pref) / np.sqrt(pref).sum() ** 2
     np.testing.assert_allclose(f, target, atol=2 * solver.h_tol)
+
+
+# ------------------------------------------------------------------ certificate
+def test_certificate_in_both_modes():
+    """The MGDA mode reports the min-norm KKT certificate, the correction mode the LP-duality one;
+    both certified on float64 and float32 systems with row norms over six decades."""
+    rng = np.random.default_rng(71)
+    modes = set()
+    for k in range(40):
+        m = int(rng.integers(2, 7))
+        G = rng.standard_normal((m, m + 3)) * 10.0 ** rng.uniform(-3, 3, (m, 1))
+        pref = rng.uniform(0.2, 2.0, m)
+        L = pref * rng.uniform(0.5, 2.0) * (1 + (0.0 if k % 3 == 0 else 0.5) * rng.standard_normal(m) ** 2)
+        for X in (G, G.astype(np.float32)):
+            r = PMGDA(preference=pref)(X, losses=L)
+            d = r.diagnostics
+            assert d["converged"] and d["residual"] <= d["tolerance"], d
+            modes.add(d["mode"])
+    assert modes == {"mgda", "correction"}
+
+
+def test_correction_lp_certificate_and_infeasible_fallback(monkeypatch):
+    """certified_correction's residual is at round-off; an LP found infeasible falls back to
+    μ = e_m (a pure descent on h) and says so."""
+    rng = np.random.default_rng(73)
+    G = rng.standard_normal((3, 5))
+    L, pref = np.array([1.0, 2.0, 0.5]), np.ones(3)
+    h, jhf = pmgda.ray_distance(L, pref)
+    B, norms = pmgda.correction_problem(G @ G.T, jhf, 0.1)
+    mu, ok, residual = pmgda.certified_correction(B, norms, 0.1)
+    assert ok and residual <= 1e-12
+    monkeypatch.setattr(pmgda, "certified_correction", lambda B, norms, sigma: (np.zeros(4), False, 0.0))
+    w, info = pmgda.pmgda_weights(G @ G.T, L, pref, 0.1, 1e-2)
+    assert not info["converged"] and "descent on h" in info["fallback"]
+    np.testing.assert_allclose(w @ G, jhf @ G / np.linalg.norm(jhf @ G))
