@@ -176,7 +176,7 @@ class Solver:
         if not isinstance(result, Result):
             raise SolverError(f"{self.name}.solve() returned {type(result).__name__}, not a mtlsolve.Result")
         w = None if result.weights is None else _numpy64(result.weights)
-        if w is not None and not np.isfinite(w).all():
+        if w is not None and not np.isfinite(w.sum()) and not np.isfinite(w).all():
             raise NonFiniteError(f"{self.name} produced non-finite weights {w.tolist()}")
         d = result.direction
         if d is not None and not (w is not None and system.direction_surely_finite(w)) and not _all_finite(d):

@@ -189,7 +189,7 @@ class GradientSystem:
         if self._gramian is not None:
             return self._gramian
         if "gramian" not in self._cache:
-            self._cache["gramian"] = _gramian_of(self.matrix)
+            self._cache["gramian"], self._cache["host"] = _gramian_of(self.matrix)
         return self._cache["gramian"]
 
     @property
@@ -200,7 +200,8 @@ class GradientSystem:
         a GPU it is the one device-to-host copy of a step.
         """
         if "gramian64" not in self._cache:
-            K = to_numpy64(self.gramian)
+            K = self._cache.get("host")  # the float64 host copy _gramian_of made
+            K = to_numpy64(self.gramian) if K is None else K
             if not np.isfinite(K).all():
                 # a non-finite g_i makes K_ii non-finite; a bad off-diagonal alone can only come from a given K
                 diagonal = ~np.isfinite(np.diag(K))
@@ -323,8 +324,8 @@ def dtype_eps(x: Any) -> float:
     return float(np.finfo(x.dtype).eps)
 
 
-def _gramian_of(G: Any) -> Any:
-    """G Gᵀ on G's device, accumulated in float32 at least (half-precision G).
+def _gramian_of(G: Any) -> tuple[Any, np.ndarray]:
+    """(G Gᵀ on G's device, accumulated in float32 at least (half-precision G); its float64 host copy).
 
     A squared row norm below the accumulation dtype's normal range loses its digits to
     subnormals (float32 ‖g‖ ≲ 1e-19), and above it overflows (‖g‖ ≳ 2e19): then, and only
@@ -341,28 +342,31 @@ def _gramian_of(G: Any) -> Any:
     else:
         with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # handled below
             K = G @ G.T
-    diagonal = to_numpy64(K.diagonal())
+    host = to_numpy64(K)
+    diagonal = np.diag(host)
     info = _torch().finfo(G.dtype) if torch_input else np.finfo(G.dtype)
     floor = float(info.tiny) / float(info.eps)
     if ((diagonal >= floor) & np.isfinite(diagonal)).all():
-        return K
+        return K, host
     # a zero row is exact; a tiny or overflowing one needs scaling; NaN/Inf stay for gramian64 to report
     if torch_input:
         s = to_numpy64(G.abs().amax(dim=1)) if G.shape[1] else np.zeros(G.shape[0])
     else:
         s = np.abs(G).max(axis=1).astype(np.float64) if G.shape[1] else np.zeros(G.shape[0])
     if not np.isfinite(s).all():
-        return K
+        return K, host
     ok = (diagonal >= floor) & np.isfinite(diagonal)
     if (ok | (s == 0)).all():
-        return K
+        return K, host
     inv = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
     if torch_input:
         torch = _torch()
         Gs = G.to(torch.float64) * torch.as_tensor(inv, dtype=torch.float64, device=G.device)[:, None]
-        return (Gs @ Gs.T) * torch.as_tensor(np.outer(s, s), dtype=torch.float64, device=G.device)
+        K = (Gs @ Gs.T) * torch.as_tensor(np.outer(s, s), dtype=torch.float64, device=G.device)
+        return K, to_numpy64(K)
     Gs = G.astype(np.float64) * inv[:, None]
-    return (Gs @ Gs.T) * np.outer(s, s)
+    K = (Gs @ Gs.T) * np.outer(s, s)
+    return K, K.copy()
 
 
 def _as_float_array(x: Any, what: str, ndim: int) -> Any:
