@@ -62,14 +62,17 @@ class Krum(GramianWeighting):
         if self.distance == "euclidean":
             dist = np.sqrt(dist)
         np.fill_diagonal(dist, np.inf)
-        scores = np.sort(dist, axis=1)[:, : m - f - 2].sum(axis=1)
+        nearest = np.argsort(dist, axis=1, kind="stable")[:, : m - f - 2]
+        scores = np.take_along_axis(dist, nearest, axis=1).sum(axis=1)
         # scores equal within the Gramian's round-off are ties: the tied rows at the k-th place share
-        # its weight, so the choice never depends on the order of the tasks
-        error = 8.0 * m * system.roundoff * float(diag.max(initial=0.0))
-        tie = (m - f - 2) * (np.sqrt(error) if self.distance == "euclidean" else error)
-        kth = np.sort(scores)[k - 1]
-        sure = scores < kth - tie
-        tied = np.abs(scores - kth) <= tie
+        # its weight, so the choice never depends on the order of the tasks. |δ‖g_i − g_j‖²| ≤
+        # 4ρ(n_i + n_j)² (and the square root of that for unsquared distances)
+        norms = np.sqrt(np.clip(diag, 0.0, None))
+        pair = 4.0 * system.roundoff * (norms[:, None] + norms[nearest]) ** 2
+        error = (np.sqrt(pair) if self.distance == "euclidean" else pair).sum(axis=1)
+        kth = np.argsort(scores, kind="stable")[k - 1]
+        sure = scores < scores[kth] - error - error[kth]
+        tied = ~sure & (np.abs(scores - scores[kth]) <= error + error[kth])
         w = np.zeros(m)
         w[sure] = 1.0 / k
         w[tied] = (k - sure.sum()) / (k * tied.sum())

@@ -393,5 +393,10 @@ def test_closed_forms_with_tiny_zero_and_huge_rows(name):
         r64 = mtlsolve.get(name, **kwargs)(X.astype(np.float64))
         d32 = np.asarray(r32.direction, dtype=np.float64)
         assert np.isfinite(d32).all()
+        if name == "krum" and r32.diagnostics["ties"] > 1:
+            # scores equal within float32's round-off: the tied rows share the weight, and float64
+            # (which can tell them apart) picks one of them
+            assert set(r64.diagnostics["selected"].tolist()) <= set(r32.diagnostics["selected"].tolist())
+            continue
         scale = np.abs(np.asarray(r64.weights)) @ np.linalg.norm(X.astype(np.float64), axis=1)
         np.testing.assert_allclose(d32, r64.direction, rtol=1e-4, atol=1e-4 * scale)
