@@ -24,7 +24,10 @@ JIT = {"cache": True}
 
 @numba.njit(**JIT)
 def _project(v, out):
+    # Π_Δ(v) = Π_Δ(v − c·1): shifted by max v, the top entries keep their exact differences however
+    # large v is (no cancellation of v_i − θ at |v| ≫ 1)
     m = v.shape[0]
+    v = v - v.max()
     u = np.sort(v)[::-1]
     css = 0.0
     theta = 0.0
