@@ -12,20 +12,12 @@ from mtlsolve.errors import InvalidSystemError
 from mtlsolve.gramian import certificate_tolerance, normalised, rank_threshold
 from mtlsolve.solver import REDUCTIONS, GramianWeighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import vector_converter
 
 SCALE_MODES = ("min", "median", "rmse")
 
 
-def _optional_weights(value: Any) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    array = np.asarray(value, dtype=np.float64)
-    if array.ndim > 1:
-        raise ValueError(f"task_weights must be a vector (one number per task), got an array of shape {array.shape}")
-    weights = tuple(float(v) for v in array.ravel())
-    if not weights or not np.isfinite(weights).all():
-        raise ValueError(f"task_weights must be a non-empty sequence of finite numbers, got {value!r}")
-    return weights
+_TASK_WEIGHTS = vector_converter("task_weights")
 
 
 def _optional_non_negative(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -127,7 +119,7 @@ class AlignedMTL(GramianWeighting):
 
     scale_mode: str = attrs.field(default="min", validator=attrs.validators.in_(SCALE_MODES))
     reduction: str = attrs.field(default="mean", validator=attrs.validators.in_(REDUCTIONS))
-    task_weights: tuple[float, ...] | None = attrs.field(default=None, converter=_optional_weights)
+    task_weights: tuple[float, ...] | None = attrs.field(default=None, converter=_TASK_WEIGHTS)
     rank_tol: float | None = attrs.field(default=None, validator=_optional_non_negative)
 
     def weights_from_gramian(

@@ -12,17 +12,9 @@ from mtlsolve.errors import InvalidSystemError
 from mtlsolve.gramian import certificate_tolerance, normalised, rank_threshold
 from mtlsolve.solver import GramianWeighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import vector_converter
 
-def _optional_preference(value: Any) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    array = np.asarray(value, dtype=np.float64)
-    if array.ndim > 1:
-        raise ValueError(f"preference must be a vector (one number per task), got an array of shape {array.shape}")
-    pref = tuple(float(v) for v in array.ravel())
-    if not pref or not np.isfinite(pref).all():
-        raise ValueError(f"preference must be a non-empty sequence of finite numbers, got {value!r}")
-    return pref
+_PREFERENCE = vector_converter("preference")
 
 
 def _optional_non_negative(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -61,7 +53,7 @@ class ConFIG(GramianWeighting):
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "positive_homogeneous"})
     paper: ClassVar[str] = "Liu, Chu, Thuerey — ICLR 2025 — arXiv 2408.11104"
 
-    preference: tuple[float, ...] | None = attrs.field(default=None, converter=_optional_preference)
+    preference: tuple[float, ...] | None = attrs.field(default=None, converter=_PREFERENCE)
     least_squares: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     rank_tol: float | None = attrs.field(default=None, validator=_optional_non_negative)
 

@@ -11,18 +11,10 @@ from mtlsolve.errors import InvalidSystemError
 from mtlsolve.gramian import certificate_tolerance, psd_part, rank_threshold
 from mtlsolve.solver import REDUCTIONS, GramianWeighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import vector_converter
 
 
-def _optional_pref(value: Any) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    array = np.asarray(value, dtype=np.float64)
-    if array.ndim > 1:
-        raise ValueError(f"pref must be a vector (one number per task), got an array of shape {array.shape}")
-    pref = tuple(float(v) for v in array.ravel())
-    if not pref or not np.isfinite(pref).all() or min(pref) < 0:
-        raise ValueError(f"pref must be a non-empty vector of finite non-negative numbers, got {value!r}")
-    return pref
+_optional_pref = vector_converter("pref", non_negative=True)
 
 
 @attrs.define(kw_only=True, eq=False)

@@ -7,8 +7,10 @@ from typing import Any
 import attrs
 import numpy as np
 
+
 from mtlsolve._array import is_torch
 from mtlsolve.errors import InvalidSystemError, StateError
+from mtlsolve.validation import vector_converter
 
 
 def finite(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -35,24 +37,6 @@ def optional_seed(instance: Any, attribute: attrs.Attribute, value: Any) -> None
     """None or a non-negative integer (what ``numpy.random.PCG64`` accepts)."""
     if value is not None:
         non_negative_int(instance, attribute, value)
-
-
-def vector_converter(what: str) -> Any:
-    """A field converter to None or a non-empty tuple of finite floats; a 2-D (or deeper) array is
-    refused rather than flattened, naming the hyperparameter ``what``."""
-
-    def convert(value: Any) -> tuple[float, ...] | None:
-        if value is None:
-            return None
-        array = np.asarray(value, dtype=np.float64)
-        if array.ndim > 1:
-            raise ValueError(f"{what} must be a vector (one number per task), got an array of shape {array.shape}")
-        vector = tuple(float(v) for v in array.ravel())
-        if not vector or not np.isfinite(vector).all():
-            raise ValueError(f"{what} must be a non-empty sequence of finite numbers, got {value!r}")
-        return vector
-
-    return convert
 
 
 #: the converter of a vector hyperparameter whose name the error message need not give

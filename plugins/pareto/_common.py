@@ -9,6 +9,7 @@ import numpy as np
 from mtlsolve._array import to_numpy64
 from mtlsolve.errors import InvalidSystemError
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import vector_converter
 
 
 def preference_and_ideal(
@@ -54,14 +55,5 @@ def _pick(extra: Any, field: tuple[float, ...] | None, m: int, what: str, defaul
     return vector
 
 
-def optional_vector(value: Any) -> tuple[float, ...] | None:
-    """None, or a non-empty tuple of finite floats (the field converter)."""
-    if value is None:
-        return None
-    array = to_numpy64(value)
-    if array.ndim > 1:
-        raise ValueError(f"expected a vector (one number per task), got an array of shape {array.shape}")
-    vector = tuple(float(v) for v in array.ravel())
-    if not vector or not np.isfinite(vector).all():
-        raise ValueError(f"expected a non-empty sequence of finite numbers, got {value!r}")
-    return vector
+#: None, or a non-empty tuple of finite floats (the field converter)
+optional_vector = vector_converter("the vector")
