@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import functools
 import weakref
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,7 +39,7 @@ class _Call:
 
     __slots__ = ("owner", "module", "x", "version")
 
-    def __init__(self, owner: "LinearFactors", module: nn.Linear, x: torch.Tensor) -> None:
+    def __init__(self, owner: LinearFactors, module: nn.Linear, x: torch.Tensor) -> None:
         self.owner, self.module, self.x, self.version = owner, module, x.detach(), x._version
 
 
@@ -178,6 +179,34 @@ def plan(factors: LinearFactors, census: _grads.Census, shared_ids: set[int], m:
     return layers
 
 
+class _Router:
+    """Hands each δ block and tapped-leaf block of a per-task backward to its consumer, with the index of its first task.
+
+    In a batched pass a block reaches its consumer through the vmap rule of
+    :class:`~mtlsolve.adapters._grads._Tap` (all m tasks, ``start`` 0); in
+    the loop each backward delivers task ``start``'s row at once.
+    """
+
+    def __init__(self, layers: Sequence[Layer], batched: bool) -> None:
+        self.by_call = {id(call): layer for layer in layers for call in layer.calls}
+        self.batched = batched
+        self.start = 0
+
+    def deliver(self, grad: torch.Tensor, consume: Callable[[torch.Tensor], None]) -> torch.Tensor | None:
+        if self.batched:
+            return _grads._Tap.apply(grad, consume)
+        consume(grad.unsqueeze(0))
+        return None
+
+    def to_layer(self, call: _Call, grad: torch.Tensor) -> None:
+        layer = self.by_call.get(id(call))
+        if layer is not None:
+            self.deliver(grad, lambda block: layer.store(call, block, self.start))
+
+    def to_leaf(self, consume: Callable[[torch.Tensor, int], None]) -> Callable[[torch.Tensor], None]:
+        return lambda block: consume(block, self.start)
+
+
 def per_task(
     losses: torch.Tensor,
     scale: float,
@@ -199,46 +228,54 @@ def per_task(
     the loop takes it from the per-task passes; a batched pass would give
     each head m rows, most of them zero, so the heads get one plain backward.
     """
-    m = losses.shape[0]
     inputs = [factors.anchor, *tapped]
-    by_call = {id(call): layer for layer in layers for call in layer.calls}
-    start = 0
-
-    def deliver(grad: torch.Tensor, consume: Callable[[torch.Tensor], None]) -> torch.Tensor | None:
-        if batched:
-            return _grads._Tap.apply(grad, consume)
-        consume(grad.unsqueeze(0))
-        return None
-
-    def to_layer(call: _Call, grad: torch.Tensor) -> None:
-        layer = by_call.get(id(call))
-        if layer is not None:
-            deliver(grad, lambda block: layer.store(call, block, start))
-
+    router = _Router(layers, batched)
     handles = [
-        t.register_hook(functools.partial(deliver, consume=lambda block, c=c: c(block, start)))
-        for t, c in zip(tapped, consumers)
+        t.register_hook(functools.partial(router.deliver, consume=router.to_leaf(c))) for t, c in zip(tapped, consumers)
     ]
-    factors.sink = to_layer
+    factors.sink = router.to_layer
     try:
         if batched:
-            out = list(torch.autograd.grad(losses.sum() * scale, heads, retain_graph=True, allow_unused=True)) if heads else []
-            rows = torch.eye(m, dtype=losses.dtype, device=losses.device) * scale
-            torch.func.vmap(
-                lambda v: torch.autograd.grad(losses, inputs, v, retain_graph=retain_graph, materialize_grads=True)
-            )(rows)
-            return out
-        out = [None] * len(heads)
-        seed = torch.full((), scale, dtype=losses.dtype, device=losses.device)
-        for start, task in enumerate(_grads.task_outputs(losses)):
-            keep = retain_graph or start + 1 < m
-            grads = torch.autograd.grad(task, [*inputs, *heads], seed, retain_graph=keep, allow_unused=True)
-            for j, g in enumerate(grads[len(inputs) :]):
-                if g is not None:
-                    out[j] = g if out[j] is None else out[j] + g
-        return out
+            return _batched_pass(losses, scale, inputs, heads, retain_graph)
+        return _looped_passes(losses, scale, inputs, heads, router, retain_graph)
     finally:
         factors.sink = None
         factors.activations = 0
         for h in handles:
             h.remove()
+
+
+def _batched_pass(
+    losses: torch.Tensor, scale: float, inputs: list[torch.Tensor], heads: Sequence[torch.Tensor], retain_graph: bool
+) -> list[torch.Tensor | None]:
+    """One plain backward for the heads, then one vmapped backward over the m tasks for ``inputs``."""
+    out = []
+    if heads:
+        out = list(torch.autograd.grad(losses.sum() * scale, heads, retain_graph=True, allow_unused=True))
+    rows = torch.eye(losses.shape[0], dtype=losses.dtype, device=losses.device) * scale
+    torch.func.vmap(
+        lambda v: torch.autograd.grad(losses, inputs, v, retain_graph=retain_graph, materialize_grads=True)
+    )(rows)
+    return out
+
+
+def _looped_passes(
+    losses: torch.Tensor,
+    scale: float,
+    inputs: list[torch.Tensor],
+    heads: Sequence[torch.Tensor],
+    router: _Router,
+    retain_graph: bool,
+) -> list[torch.Tensor | None]:
+    """One backward per task for ``inputs`` and the heads; the heads' gradients summed over the tasks."""
+    m = losses.shape[0]
+    out: list[torch.Tensor | None] = [None] * len(heads)
+    seed = torch.full((), scale, dtype=losses.dtype, device=losses.device)
+    for start, task in enumerate(_grads.task_outputs(losses)):
+        router.start = start
+        keep = retain_graph or start + 1 < m
+        grads = torch.autograd.grad(task, [*inputs, *heads], seed, retain_graph=keep, allow_unused=True)
+        for j, g in enumerate(grads[len(inputs) :]):
+            if g is not None:
+                out[j] = g if out[j] is None else out[j] + g
+    return out

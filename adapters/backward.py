@@ -6,26 +6,16 @@
 ...     adapter.step(optimizer, closure=lambda: task_losses(model(x), y))
 
 The solver's declared needs pick the path (:attr:`MultiTaskBackward.path`):
-
-``"losses"``
-    solvers that read losses or nothing (loss weightings): one backward of
-    ``solver.objective(losses)``; no per-task gradients. Every parameter,
-    task-specific ones included, gets the gradient of that objective, and
-    learnable solver parameters (UW's s) get theirs.
-``"gramian"``
-    Gramian weightings; G is never held. The ``nn.Linear`` layers of the
-    shared module that see at most d_in + 1 rows are never differentiated
-    per task: their Gramian blocks and their share of Gᵀw come from the
-    layer inputs X and output gradients δ_i (see :mod:`._layers`), which
-    costs less than forming their per-task gradients. The other shared
-    parameters' gradient blocks are folded into K = G Gᵀ, and kept to write
-    Gᵀw when they hold at most a quarter of the shared parameters, else one
-    more backward of Σ w_i L_i writes it. With gradient accumulation or
-    ``distributed``: one batched backward folds each parameter block into
-    K and drops it, and one backward of Σ w_i L_i writes Gᵀw.
-``"matrix"``
-    solvers that read G: G (m x n, ``matrix_dtype``) is filled block by block
-    by one batched backward and the solver's direction is written.
+``"losses"`` for solvers that read losses or nothing (one backward of
+``solver.objective(losses)``, no per-task gradients), ``"gramian"`` for
+Gramian weightings (G is never held), ``"matrix"`` for solvers that read G.
+The path, the gradients the solver sees and the accumulation/distribution
+settings then pick one engine of :mod:`mtlsolve.adapters.engines`, once:
+the engine computes the step (per-task gradients, the solver's system, the
+update), and :class:`MultiTaskBackward` is the pipeline every engine shares
+(GradScaler scaling and skipping, gradient accumulation, cross-rank
+reduction, clipping, diagnostics, and writing ``.grad`` last so that a
+failing step changes nothing).
 
 On the gradient paths every parameter outside ``shared`` that the losses
 reach (heads, task-specific layers) gets the plain gradient of its own tasks'
@@ -55,23 +45,35 @@ the batches of their tasks' gradients.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import warnings
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import attrs
 import numpy as np
 import torch
 
-from mtlsolve._array import to_numpy64
+from mtlsolve.adapters import _grads, engines
+from mtlsolve.adapters.engines import Batch, Staged
 from mtlsolve.errors import InvalidSystemError, NonFiniteError, SolverError
-from mtlsolve.solver import Need, Solver, Weighting
+from mtlsolve.solver import GRADIENTS, Need, Solver, Weighting
 from mtlsolve.system import GradientSystem
 
-from mtlsolve.adapters import _grads, _layers
-
 PATHS = ("losses", "gramian", "matrix")
-GRADS = ("shared", "representation", "last_shared")
+GRADS = GRADIENTS
+#: the gradients read from one forward pass's graph, which accumulation would need kept alive
+_ONE_GRAPH = {
+    "last_shared": "grads='last_shared' applies the weights to each micro-batch's losses; "
+    "accumulation_steps > 1 would need every micro-batch's graph kept alive",
+    "representation": "representation mode combines the feature gradients of one forward pass; "
+    "accumulation_steps > 1 would need every micro-batch's encoder graph kept alive",
+}
+#: the folders whose frames a warning skips to point at the user's call
+_OWN_FOLDERS = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(engines.__file__)))
 
 
 @attrs.frozen(kw_only=True)
@@ -221,6 +223,23 @@ def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
     return all(bool(torch.stack(torch._foreach_norm(ts, math.inf)).isfinite().all()) for ts in by_device.values())
 
 
+def _flat_layout(tensors: Sequence[torch.Tensor]) -> tuple[list[tuple[int, int]], int]:
+    """The (offset, size) of each tensor in their concatenated flattening, and its length."""
+    layout, offset = [], 0
+    for t in tensors:
+        layout.append((offset, t.numel()))
+        offset += t.numel()
+    return layout, offset
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning issued by this function's caller at the first frame outside the adapter."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) in _OWN_FOLDERS:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _resolve(solver: Any) -> Solver:
     if isinstance(solver, Solver):
         return solver
@@ -277,7 +296,8 @@ class MultiTaskBackward:
         how per-task gradients are taken: one vmapped backward for all tasks
         (True) or one backward per task (False). None decides: on the gramian
         path with one micro-batch, by speed and memory (see
-        :meth:`_batched_by_default`; on CPU usually the loop, measured faster
+        :meth:`GramianEngine.batched_by_default <mtlsolve.adapters.engines.GramianEngine.batched_by_default>`;
+        on CPU usually the loop, measured faster
         there); on the other paths the batched engine. A batched engine that
         fails (a backward vmap cannot batch) falls back to the loop once and
         for good.
@@ -321,40 +341,16 @@ class MultiTaskBackward:
         if not isinstance(shared, (torch.nn.Module, torch.Tensor)):
             shared = list(shared)  # a generator is read twice below
         self.shared = _collect(shared)
-        required = self.solver.grads
-        grads = grads or required or "shared"
-        if grads not in GRADS:
-            raise ValueError(f"grads must be one of {GRADS}, got {grads!r}")
-        if required is not None and grads != required:
-            raise ValueError(f"{self.solver.name} is defined on {required} gradients, got grads={grads!r}")
-        self.grads = grads
+        #: the solver's training-loop record (:class:`mtlsolve.Capabilities`), read once: the
+        #: gradients, the path and every step follow it
+        self.capabilities = self.solver.capabilities
+        self.grads = self._choose_grads(grads)
         self.path = self._choose_path(path)
         if max_norm is not None and not (max_norm > 0 and math.isfinite(max_norm)):
             raise ValueError(f"max_norm must be a positive number, got {max_norm!r}")
         self.max_norm = max_norm
         self.scaler = scaler
-        if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
-            raise ValueError(f"accumulation_steps must be a positive integer, got {accumulation_steps!r}")
-        if self.solver.batches > 1 and grads == "representation":
-            raise ValueError(
-                f"{self.solver.name} reads {self.solver.batches} batches a step; representation mode reads one"
-            )
-        if accumulation_steps > 1 and self.solver.post_step and self.solver.post_step_losses:
-            raise SolverError(
-                f"{self.solver.name} updates itself from the losses before and after each step; "
-                "gradient accumulation is not supported with it"
-            )
-        if accumulation_steps > 1 and grads == "last_shared" and self.path != "losses":
-            raise ValueError(
-                "grads='last_shared' applies the weights to each micro-batch's losses; "
-                "accumulation_steps > 1 would need every micro-batch's graph kept alive"
-            )
-        if accumulation_steps > 1 and grads == "representation" and self.path != "losses":
-            raise ValueError(
-                "representation mode combines the feature gradients of one forward pass; "
-                "accumulation_steps > 1 would need every micro-batch's encoder graph kept alive"
-            )
-        self.accumulation_steps = accumulation_steps
+        self.accumulation_steps = self._check_accumulation(accumulation_steps)
         if batched not in (None, True, False):
             raise ValueError(f"batched must be None, True or False, got {batched!r}")
         self._batched = batched
@@ -367,29 +363,37 @@ class MultiTaskBackward:
             self._reducer = Reducer(None if distributed is True else distributed)
         self._shared_ids = {id(p) for p in self.shared}
         #: the shared parameters whose per-task gradients the solver sees
-        self._tapped = last_shared_block(shared) if grads == "last_shared" else self.shared
-        self._factors = None
-        if self.path == "gramian" and grads == "shared" and accumulation_steps == 1 and self._reducer is None:
-            self._factors = _layers.install(self, shared)
-        self._layout: list[tuple[int, int]] = []
-        offset = 0
-        for p in self._tapped:
-            self._layout.append((offset, p.numel()))
-            offset += p.numel()
-        self._width = offset
+        self._tapped = last_shared_block(shared) if self.grads == "last_shared" else self.shared
+        #: (offset, size) of each tapped tensor in a flattened per-task gradient of ``_width`` entries
+        self._layout, self._width = _flat_layout(self._tapped)
         self.n = sum(p.numel() for p in self.shared)
+        #: the engine, chosen once from the configuration (see :mod:`mtlsolve.adapters.engines`)
+        self._engine = engines.choose(self)(self, shared)
         self._micro = 0
         self._steps = 0
         self._pending = False
         self._matrix: torch.Tensor | None = None
         self._losses: torch.Tensor | None = None
         self._m: int | None = None  # tasks of the last step
-        self._skip = False  # a micro-batch of this cycle was skipped (loss path with a GradScaler)
+        self._skip = False  # a micro-batch of this cycle was skipped (a GradScaler found Inf/NaN)
         self._solver_saved: tuple | None = None  # the solver's state and parameter grads while a backward runs
 
     # --------------------------------------------------------------- set-up
+    def _choose_grads(self, grads: str | None) -> str:
+        required = self.capabilities.grads
+        grads = grads or required or "shared"
+        if grads not in GRADS:
+            raise ValueError(f"grads must be one of {GRADS}, got {grads!r}")
+        if required is not None and grads != required:
+            raise ValueError(f"{self.solver.name} is defined on {required} gradients, got grads={grads!r}")
+        if self.capabilities.batches > 1 and grads == "representation":
+            raise ValueError(
+                f"{self.solver.name} reads {self.capabilities.batches} batches a step; representation mode reads one"
+            )
+        return grads
+
     def _choose_path(self, path: str | None) -> str:
-        needs = self.solver.requirements()
+        needs = self.capabilities.needs
         natural = "matrix" if Need.MATRIX in needs else "gramian" if Need.GRAMIAN in needs else "losses"
         if path is None:
             return natural
@@ -400,6 +404,20 @@ class MultiTaskBackward:
         if path == "gramian" and not isinstance(self.solver, Weighting):
             raise ValueError(f"the gramian path needs a weighting; {self.solver.name} is not one")
         return path
+
+    def _check_accumulation(self, steps: int) -> int:
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"accumulation_steps must be a positive integer, got {steps!r}")
+        if steps == 1:
+            return steps
+        if self.capabilities.post_step and self.capabilities.post_step_losses:
+            raise SolverError(
+                f"{self.solver.name} updates itself from the losses before and after each step; "
+                "gradient accumulation is not supported with it"
+            )
+        if self.path != "losses" and self.grads in _ONE_GRAPH:
+            raise ValueError(_ONE_GRAPH[self.grads])
+        return steps
 
     def __repr__(self) -> str:
         return (
@@ -470,20 +488,26 @@ class MultiTaskBackward:
                 opt.step()
         self._pending = False
         self._steps += 1
-        if self.solver.post_step and not self.solver.post_step_losses:
-            self.solver.after_step(None)  # e.g. GradNorm's renormalisation: no losses needed
-        elif self.solver.post_step:
-            if closure is None:
-                raise SolverError(f"{self.solver.name} needs closure=... returning the losses after the step")
-            with torch.no_grad():
-                new = _loss_vector(closure()).detach()
-            if self._reducer is not None:
-                new = self._reducer.mean(new)
-            self.solver.after_step(new)
+        self._after_step(closure)
         if zero_grad:
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
         return True
+
+    def _after_step(self, closure: Callable[[], Any] | None) -> None:
+        """The solver's post-step hook, with the losses ``closure`` recomputes when it reads them."""
+        if not self.capabilities.post_step:
+            return
+        if not self.capabilities.post_step_losses:
+            self.solver.after_step(None)  # e.g. GradNorm's renormalisation: no losses needed
+            return
+        if closure is None:
+            raise SolverError(f"{self.solver.name} needs closure=... returning the losses after the step")
+        with torch.no_grad():
+            new = _loss_vector(closure()).detach()
+        if self._reducer is not None:
+            new = self._reducer.mean(new)
+        self.solver.after_step(new)
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -553,16 +577,9 @@ class MultiTaskBackward:
         into b·m entries.
         """
         losses = self._stacked(losses)
-        m = losses.shape[0]
-        tasks = m // self.solver.batches
-        if self._m is not None and tasks != self._m and self._fixed_tasks:
-            raise InvalidSystemError(
-                f"{self.solver.name} keeps state for the {self._m} tasks this adapter has seen and got {tasks} "
-                "losses; call reset() (or build a new adapter) to change the number of tasks"
-            )
+        tasks = self._check_tasks(losses)
         last = self._micro + 1 == self.accumulation_steps
-        if self._micro > 0 and self._losses.shape[0] != m:
-            raise InvalidSystemError(f"micro-batches disagree on the number of tasks: {self._losses.shape[0]} and {m}")
+        batch = Batch(losses=losses, features=features, last=last, retain_graph=retain_graph)
         # what a failing call puts back; .grad and self._matrix are only written once the step succeeded
         saved = (self._losses, self._skip, self._batched)
         if last or self.path == "losses":  # the solver runs: its state, and the .grad some solvers write (GradNorm)
@@ -571,18 +588,7 @@ class MultiTaskBackward:
         if self._micro == 0:
             self._losses, self._skip = None, False
         try:
-            if self.path == "losses":  # Σ w_i L_i: nothing autocast would change
-                diagnostics = self._loss_path(losses, last, retain_graph)
-            else:
-                with torch.autocast(losses.device.type, enabled=False):
-                    if self.grads == "representation":
-                        if features is None:
-                            raise InvalidSystemError("representation mode needs backward(losses, features=H)")
-                        diagnostics = self._representation_path(losses, features, retain_graph)
-                    elif self._factors is not None:
-                        diagnostics = self._factored_path(losses, retain_graph)
-                    else:
-                        diagnostics = self._gradient_path(losses, last, retain_graph)
+            diagnostics = self._run(batch)
         except BaseException:
             self._losses, self._skip, self._batched = saved
             self._rewind_solver()
@@ -598,355 +604,62 @@ class MultiTaskBackward:
             self.callback(diagnostics)
         return diagnostics
 
-    # the three paths --------------------------------------------------------
-    def _loss_path(self, losses: torch.Tensor, last: bool, retain_graph: bool) -> StepDiagnostics | None:
-        k = self.accumulation_steps
-        local = losses
-        if self._reducer is not None:
-            # the global value with the local gradient: the solver sees the same losses on every rank
-            losses = local + (self._reducer.mean(local) - local.detach())
-        self._add_losses(losses)
-        L = to_numpy64(losses)  # global on every rank, so every rank takes the same branch
-        skip = not np.isfinite(L).all()
-        if skip:
-            self._skip_or_raise(f"the task losses {L.tolist()} hold NaN or Inf")
-        else:
-            weights = None
-            if type(self.solver).objective is Solver.objective:
-                # Σ w_i L_i with w detached: the weights are the solver's, no autograd call needed
-                # the solver runs on the host copy of the losses (read for the diagnostics anyway)
-                weights = to_numpy64(self.solver(losses=L).weights)
-                objective = (torch.as_tensor(weights, dtype=losses.dtype).to(losses.device) * losses).sum()
-            else:  # learnable parameters: the effective weights are ∂objective/∂L
-                objective = self.solver.objective(losses)
-                if last:
-                    (w,) = torch.autograd.grad(objective, local, retain_graph=True, allow_unused=True)
-                    weights = None if w is None else to_numpy64(w)
-            total = objective / k if k > 1 else objective
-            if self._scaling:
-                total = self.scaler.scale(total)
-            # taken, checked, then written: a failure leaves .grad as it was
-            leaves = list(_grads.reachable_leaves([total]).values())
-            if not leaves:
-                raise InvalidSystemError("the losses reach no tensor that requires grad")
-            grads = torch.autograd.grad(total, leaves, retain_graph=retain_graph, allow_unused=True)
-            writes = [(p, g) for p, g in zip(leaves, grads) if g is not None]
-            skip = self._scaling and not self._finite([g for _, g in writes])
-        if skip:  # GradScaler's skip: the solver as it was, NaN in the model's .grad
+    def _check_tasks(self, losses: torch.Tensor) -> int:
+        """The number of tasks m of this call, checked against the solver's state and the cycle's micro-batches."""
+        m = losses.shape[0]
+        tasks = m // self.capabilities.batches
+        if self._m is not None and tasks != self._m and self._fixed_tasks:
+            raise InvalidSystemError(
+                f"{self.solver.name} keeps state for the {self._m} tasks this adapter has seen and got {tasks} "
+                "losses; call reset() (or build a new adapter) to change the number of tasks"
+            )
+        if self._micro > 0 and self._losses.shape[0] != m:
+            raise InvalidSystemError(f"micro-batches disagree on the number of tasks: {self._losses.shape[0]} and {m}")
+        return tasks
+
+    # the pipeline every engine shares --------------------------------------
+    def _run(self, batch: Batch) -> StepDiagnostics | None:
+        """The engine computes the step, then it is written: first ``.grad``, then the diagnostics and clipping."""
+        if self._engine.autocast:
+            context: Any = contextlib.nullcontext()
+        else:  # per-task gradients in the parameters' dtypes
+            context = torch.autocast(batch.losses.device.type, enabled=False)
+        with context:
+            staged = self._engine.compute(self, batch)
+            self._write(staged, batch.last)
+            return self._diagnostics(staged) if batch.last else None
+
+    def _write(self, staged: Staged, last: bool) -> None:
+        """Commit a staged step, or mark a step a GradScaler skips: the solver as it was, NaN in the model's ``.grad``."""
+        if staged.poison is not None:
             self._rewind_solver()
             self._skip = True
-            self._poison(self._model_params(local))
-        else:
-            own = {id(p) for p in self.solver.parameters()}
-            model_params = [p for p in leaves if id(p) not in own] if last else []
-            self._commit(writes, reduce=model_params)
-        if not last:
-            return None
-        if self._skip:
-            return StepDiagnostics(path="losses", kind=self.grads, losses=to_numpy64(self._losses), skipped=True)
-        clip = self._clip()
-        return StepDiagnostics(
-            path="losses", kind=self.grads, losses=to_numpy64(self._losses), weights=weights, clip_factor=clip
-        )
-
-    def _gradient_path(self, losses: torch.Tensor, last: bool, retain_graph: bool) -> StepDiagnostics | None:
-        k = self.accumulation_steps
-        m = losses.shape[0]
-        reach = _grads.reachable_leaves([losses])
-        used = [(p, span) for p, span in zip(self._tapped, self._layout) if id(p) in reach]
-        heads = self._heads(reach)
-        scale = self._scale
-        scaled = self.scaler.scale(losses) if self._scaling else losses
-        hold = self.path == "matrix" or k > 1
-        ref = self.shared[0]
-        if hold and self._matrix is not None and self._matrix.shape[0] != m:
-            raise InvalidSystemError(f"the accumulated gradients have {self._matrix.shape[0]} tasks, not {m}")
-        # this micro-batch's share of the mean gradients; added to self._matrix once the call has succeeded
-        fresh = torch.zeros(m, self._width, dtype=self.matrix_dtype or ref.dtype, device=ref.device) if hold else None
-        gramian = None if hold else torch.zeros(m, m, dtype=torch.float64, device=ref.device)
-        head_sums: dict[int, torch.Tensor] = {}
-
-        def into_matrix(offset: int, size: int) -> _grads.Consumer:
-            def consume(block: torch.Tensor) -> None:
-                # blocks arrive in the scaler's units: store this micro-batch's share of the unscaled mean
-                fresh[:, offset : offset + size].add_(block.reshape(m, size), alpha=1.0 / (k * scale))
-
-            return consume
-
-        def into_gramian(block: torch.Tensor) -> None:
-            flat = block.reshape(m, -1)
-            if self._reducer is not None:
-                flat = self._reducer.mean(flat)
-            if flat.dtype != torch.float64:
-                flat = flat.float()
-            gramian.add_((flat @ flat.T).to(torch.float64))
-
-        def reset() -> None:
-            head_sums.clear()
-            (gramian if gramian is not None else fresh).zero_()
-
-        consumers = [into_matrix(*span) if hold else into_gramian for _, span in used]
-        consumers += [self._head_consumer(h, head_sums) for h in heads]
-        tapped = [p for p, _ in used] + heads
-        weighted = not hold or self.grads == "last_shared"  # the update is one backward of Σ w_i L_i
-        _, engine = self._per_task(scaled, [], tapped, consumers, retain_graph=retain_graph or weighted, reset=reset)
-        writes = [(h, head_sums[id(h)] / (k * self.solver.batches)) for h in heads if id(h) in head_sums]
-        self._add_losses(losses)
-        if not last:  # checked here, so that a bad micro-batch cannot spoil the cycle
-            self._commit(writes, also=[losses, fresh])
-            self._matrix = fresh if self._matrix is None else self._matrix.add_(fresh)
-            return None
-
-        L = self._losses if self._reducer is None else self._reducer.mean_(self._losses)
-        if hold:
-            G = fresh if self._matrix is None else fresh.add_(self._matrix)
-            if self._reducer is not None:
-                self._reducer.mean_(G)
-            system = GradientSystem(G, losses=L.to(G.dtype))
-        else:
-            system = GradientSystem(
-                gramian=to_numpy64(gramian) / scale**2, losses=to_numpy64(L), roundoff=self._roundoff(self._width)
-            )
-        K = self._gramian_or_skip(system)
-        if K is None:
             self._matrix = None
-            self._poison(self.shared + heads)
-            return StepDiagnostics(path=self.path, kind=self.grads, losses=to_numpy64(L), skipped=True, engine=engine)
-        result = self.solver(system)
-        weights = None if result.weights is None else to_numpy64(result.weights)
-        reduce = heads
-        if not weighted:
-            d = result.direction
-            if d is None:
-                d = torch.as_tensor(weights, dtype=G.dtype, device=G.device) @ G
-            d = d * scale if scale != 1.0 else d
-            writes += [(p, d[offset : offset + size]) for p, (offset, size) in used]
-            norm = float(torch.linalg.vector_norm(d)) / scale
-        else:
-            if weights is None:
-                raise SolverError(f"{self.solver.name} returned no weights on the gramian path")
-            c = torch.as_tensor(weights * scale, dtype=losses.dtype, device=losses.device)
-            if self.grads == "last_shared":
-                params = [p for p in self.shared if id(p) in reach]
-            else:
-                params = [p for p, _ in used]
-            update = torch.autograd.grad((c * losses).sum(), params, retain_graph=retain_graph)
-            writes += list(zip(params, update))
-            reduce = params + heads
-            norm = float(np.sqrt(max(weights @ K @ weights, 0.0)))
-        self._commit(writes, reduce=reduce)
-        if self.grads == "last_shared":  # the update of every shared parameter, as written (and averaged)
-            norms = torch.stack([torch.linalg.vector_norm(g) for g in update])
-            norm = float(torch.linalg.vector_norm(norms)) / scale
-        self._matrix = None
-        clip = self._clip()
-        return StepDiagnostics(
-            path=self.path,
-            kind=self.grads,
-            losses=to_numpy64(L),
-            weights=weights,
-            gramian=K,
-            update_norm=norm,
-            clip_factor=clip,
-            engine=engine,
-            solver=dict(result.diagnostics),
-        )
+            self._poison(staged.poison)
+            return
+        self._commit(staged.writes, also=staged.check, reduce=staged.reduce)
+        if staged.matrix is not None:  # a micro-batch's share of the mean per-task gradients
+            self._matrix = staged.matrix if self._matrix is None else self._matrix.add_(staged.matrix)
+        elif last:
+            self._matrix = None
 
-    def _factored_path(self, losses: torch.Tensor, retain_graph: bool) -> StepDiagnostics:
-        """The gramian path on one batch without per-task gradients of Linear layers (see :mod:`._layers`).
-
-        Factored Linear layers contribute their Gramian blocks and update from
-        (X, δ); the other shared parameters are tapped leaves whose gradient
-        blocks are folded into K and, when they hold at most a quarter of the
-        shared parameters, kept to write their update (else one backward of
-        Σ w_i L_i restricted to them writes it). Heads get the gradient of
-        their own tasks' losses from one backward of ΣL_i that stops at them.
-        """
-        m = losses.shape[0]
-        graph = _grads.census([losses])
-        layers = _layers.plan(self._factors, graph, self._shared_ids, m)
-        factored = {id(p) for layer in layers for p in layer.params}
-        tapped = [p for p in self.shared if id(p) in graph.leaves and id(p) not in factored]
-        heads = self._heads(graph.leaves)
-        scale = self._scale
-        if self._scaling:
-            self.scaler.scale(losses)  # starts the scaler's bookkeeping, as scaling the loss would
-        tapped_numel = sum(p.numel() for p in tapped)
-        hold = 4 * tapped_numel <= self.n
-        ref = self.shared[0]
-        batched = self._batched
-        if batched is None:
-            batched = self._batched_by_default(ref.device, tapped_numel, hold)
-
-        def attempt(batched: bool, retain: bool) -> tuple[torch.Tensor, dict[int, torch.Tensor], list]:
-            K = torch.zeros(m, m, dtype=torch.float64, device=ref.device)
-            blocks: dict[int, torch.Tensor] = {}
-
-            def fold(block: torch.Tensor, start: int) -> None:
-                flat = block.reshape(m, -1)
-                flat = flat if flat.dtype == torch.float64 else flat.float()
-                K.add_((flat @ flat.T).to(torch.float64))
-
-            def keeper(p: torch.Tensor) -> Callable[[torch.Tensor, int], None]:
-                # zeros: the loop delivers no row for a task whose loss does not reach p
-                buf = torch.zeros(m, p.numel(), dtype=torch.promote_types(p.dtype, torch.float32), device=p.device)
-                blocks[id(p)] = buf
-
-                def keep(block: torch.Tensor, start: int) -> None:
-                    buf[start : start + block.shape[0]] = block.reshape(block.shape[0], -1)
-
-                return keep
-
-            # the loop delivers one row at a time: rows are kept until K can be formed
-            consumers = [keeper(p) if hold or not batched else fold for p in tapped]
-            for layer in layers:
-                layer.delta.zero_()
-            head_grads = _layers.per_task(
-                losses, scale, self._factors, layers, tapped, consumers, heads, batched=batched, retain_graph=retain
-            )
-            return K, blocks, head_grads
-
-        second = bool(tapped) and not hold  # the tapped leaves' update needs the graph again
-        if batched and self._batched is None:
-            try:
-                K, blocks, head_grads = attempt(True, True)
-            except Exception as exc:  # a backward that vmap cannot batch
-                self._give_up_batching(exc, stacklevel=4)
-                batched = False
-                K, blocks, head_grads = attempt(False, retain_graph or second)
-        else:
-            K, blocks, head_grads = attempt(batched, retain_graph or second)
-        writes = [(h, g / self.solver.batches) for h, g in zip(heads, head_grads) if g is not None]
-        for layer in layers:
-            K += layer.gramian().to(torch.float64)
-        for buf in blocks.values():
-            K += (buf @ buf.T).to(torch.float64)
-        self._add_losses(losses)
-        L = to_numpy64(self._losses)
-        system = GradientSystem(gramian=to_numpy64(K) / scale**2, losses=L, roundoff=self._roundoff(self._width))
-        engine = "batched" if batched else "loop"
-        K = self._gramian_or_skip(system)
-        if K is None:
-            self._poison(self.shared + heads)
-            return StepDiagnostics(path=self.path, kind=self.grads, losses=L, skipped=True, engine=engine)
-        result = self.solver(system)
-        if result.weights is None:
-            raise SolverError(f"{self.solver.name} returned no weights on the gramian path")
-        weights = to_numpy64(result.weights)
-        w = torch.as_tensor(weights, device=ref.device)
-        for layer in layers:
-            writes += list(zip(layer.params, layer.update(w)))
-        if hold:
-            writes += [(p, w.to(blocks[id(p)].dtype) @ blocks[id(p)]) for p in tapped]
-        elif tapped:
-            c = torch.as_tensor(weights * scale, dtype=losses.dtype, device=losses.device)
-            writes += list(zip(tapped, torch.autograd.grad((c * losses).sum(), tapped, retain_graph=retain_graph)))
-        self._commit(writes)
-        clip = self._clip()
-        return StepDiagnostics(
-            path=self.path,
-            kind=self.grads,
-            losses=L,
-            weights=weights,
-            gramian=K,
-            update_norm=float(np.sqrt(max(weights @ K @ weights, 0.0))),
-            clip_factor=clip,
-            engine=engine,
-            solver=dict(result.diagnostics),
-        )
-
-    def _batched_by_default(self, device: torch.device, tapped_numel: int, hold: bool) -> bool:
-        """The factored path's engine when ``batched=None``.
-
-        A batched pass holds about m x A activation gradients (A: the outputs
-        of the shared Linear/conv layers in the forward pass). When the tapped
-        blocks are kept anyway (``hold``), the loop costs no more memory and
-        is the faster engine on CPU (``asv_benchmarks/compare_adapters.py``);
-        elsewhere the batched one is used unless m x A exceeds the m x n of G.
-        Otherwise the loop must keep m x ``tapped_numel`` rows until K can be
-        formed, and the engine holding less is used.
-        """
-        activations = self._factors.activations
-        if hold:
-            return device.type != "cpu" and activations <= self.n
-        return activations <= tapped_numel
-
-    def _representation_path(self, losses: torch.Tensor, H: torch.Tensor, retain_graph: bool) -> StepDiagnostics:
-        if not H.requires_grad:
-            raise InvalidSystemError("features must be the tensor the losses were computed from (requires grad)")
-        m = losses.shape[0]
-        heads = self._heads(_grads.reachable_leaves([losses], stop=[H]))
-        own = {id(p) for p in self.solver.parameters()}
-        encoder = [t for key, t in _grads.reachable_leaves([H]).items() if key not in own]
-        scale = self._scale
-        scaled = self.scaler.scale(losses) if self._scaling else losses
-        head_sums: dict[int, torch.Tensor] = {}
-        consumers = [self._head_consumer(h, head_sums) for h in heads]
-        (Z,), engine = self._per_task(scaled, [H], heads, consumers, retain_graph=retain_graph, reset=head_sums.clear)
-        writes = [(h, head_sums[id(h)]) for h in heads if id(h) in head_sums]
-        dtype = self.matrix_dtype or torch.promote_types(H.dtype, torch.float32)
-        Z = Z.reshape(m, -1).to(dtype) / scale
-        L = losses.detach().to(torch.float64)
-        feats = H.detach().reshape(-1).to(dtype)
-        gathered = False
-        if self._reducer is not None:
-            L = self._reducer.mean_(L)
-            if self.path == "matrix":
-                R = self._reducer.world_size
-                system = GradientSystem(
-                    self._reducer.gather_columns(Z) / R,
-                    losses=L.to(dtype),
-                    kind="representation",
-                    extras={"features": self._reducer.gather_columns(feats[None])[0]},
-                )
-                gathered = True
-            else:
-                K = (Z @ Z.T).to(torch.float64)
-                K = self._reducer.mean_(K) / self._reducer.world_size
-                system = GradientSystem(
-                    gramian=to_numpy64(K),
-                    losses=to_numpy64(L),
-                    kind="representation",
-                    roundoff=self._roundoff(Z.shape[1] * self._reducer.world_size, Z.dtype),
-                )
-        else:
-            system = GradientSystem(Z, losses=L.to(dtype), kind="representation", extras={"features": feats})
-        K = self._gramian_or_skip(system)
-        if K is None:
-            self._poison(encoder + heads)
+    def _diagnostics(self, staged: Staged) -> StepDiagnostics:
+        """The last micro-batch's :class:`StepDiagnostics`; clips the written update first."""
+        if self._skip:
             return StepDiagnostics(
-                path=self.path, kind="representation", losses=to_numpy64(L), skipped=True, engine=engine
+                path=self.path, kind=self.grads, losses=staged.losses, skipped=True, engine=staged.engine
             )
-        result = self.solver(system)
-        weights = None if result.weights is None else to_numpy64(result.weights)
-        if gathered:
-            size, rank = Z.shape[1], self._reducer.rank
-            zhat = result.direction[rank * size : (rank + 1) * size] * self._reducer.world_size
-            norm = float(torch.linalg.vector_norm(result.direction))
-        elif result.direction is not None:
-            zhat = result.direction
-            norm = float(torch.linalg.vector_norm(zhat))
-        else:
-            zhat = torch.as_tensor(weights, dtype=Z.dtype, device=Z.device) @ Z
-            norm = float(np.sqrt(max(weights @ K @ weights, 0.0)))
-        if encoder:
-            update = torch.autograd.grad(
-                H, encoder, (zhat * scale).reshape(H.shape).to(H.dtype), retain_graph=retain_graph, allow_unused=True
-            )
-            writes += [(p, g) for p, g in zip(encoder, update) if g is not None]
-        self._add_losses(L)
-        self._commit(writes, reduce=encoder + heads)
-        clip = self._clip()
+        norm = staged.update_norm() if callable(staged.update_norm) else staged.update_norm
         return StepDiagnostics(
             path=self.path,
-            kind="representation",
-            losses=to_numpy64(L),
-            weights=weights,
-            gramian=K,
+            kind=self.grads,
+            losses=staged.losses,
+            weights=staged.weights,
+            gramian=staged.gramian,
             update_norm=norm,
-            clip_factor=clip,
-            engine=engine,
-            solver=dict(result.diagnostics),
+            clip_factor=self._clip(),
+            engine=staged.engine,
+            solver=dict(staged.solver),
         )
 
     # helpers ----------------------------------------------------------------
@@ -960,7 +673,7 @@ class MultiTaskBackward:
 
     def _stacked(self, losses: Any) -> torch.Tensor:
         """The loss vector; for a solver reading b > 1 batches, the b batches' vectors concatenated."""
-        b = self.solver.batches
+        b = self.capabilities.batches
         if b == 1:
             return _loss_vector(losses)
         if isinstance(losses, torch.Tensor) and losses.ndim == 2:
@@ -989,13 +702,6 @@ class MultiTaskBackward:
         own = {id(p) for p in self.solver.parameters()}
         return [t for key, t in reach.items() if key not in own]
 
-    @staticmethod
-    def _head_consumer(head: torch.Tensor, sums: dict[int, torch.Tensor]) -> _grads.Consumer:
-        def consume(block: torch.Tensor) -> None:
-            sums[id(head)] = block.sum(0)
-
-        return consume
-
     def _roundoff(self, n: int, dtype: torch.dtype | None = None) -> float:
         """ρ of a Gramian accumulated here from per-task gradients of n coordinates: their own
         rounding plus float32 (or float64) products (mtlsolve.gramian's precision model)."""
@@ -1022,19 +728,19 @@ class MultiTaskBackward:
         try:
             out = _grads.batched(losses, direct, tapped, consumers, retain_graph=True)
         except Exception as exc:  # a backward that vmap cannot batch
-            self._give_up_batching(exc, stacklevel=5)
+            self._give_up_batching(exc)
             reset()
             return _grads.loop(losses, direct, tapped, consumers, retain_graph=retain_graph), "loop"
         self._batched = True
         return out, "batched"
 
-    def _give_up_batching(self, exc: Exception, stacklevel: int) -> None:
-        """Warns that the batched engine failed (at the user's call, ``stacklevel`` frames up); the loop runs from now on."""
+    def _give_up_batching(self, exc: Exception) -> None:
+        """Warns (at the user's call) that the batched per-task backward failed; the loop runs from now on."""
         warnings.warn(
             f"batched per-task gradients failed ({type(exc).__name__}: {exc}); "
             "using one backward pass per task from now on",
             RuntimeWarning,
-            stacklevel=stacklevel,
+            stacklevel=_caller_level(),
         )
         self._batched = False
 
@@ -1092,7 +798,7 @@ class MultiTaskBackward:
     @property
     def _fixed_tasks(self) -> bool:
         """Whether the solver's state ties it to one number of tasks."""
-        return bool(self.solver.stateful or self.solver.parameters())
+        return bool(self.capabilities.stateful or self.solver.parameters())
 
     @staticmethod
     def _poison(params: Sequence[torch.Tensor]) -> None:

@@ -251,7 +251,7 @@ TOY_SOLVERS = ["ls", "mgda", "upgrad", "pcgrad", "cagrad", "nash_mtl", "imtl_g",
 
 class ToyFront:
     """Distance to the toy landscape's Pareto front after Adam from the five published starts
-    (problems.md §1; front: x₂ = −8.3552, |x₁| ≤ 7). Shortened run: 2,000 steps at lr 0.05 instead
+    (docs/problems.md#toy-landscape; front: x₂ = −8.3552, |x₁| ≤ 7). Shortened run: 2,000 steps at lr 0.05 instead
     of the published 35,000 at 0.001, so the figure tracks regressions, not the paper's table."""
 
     params = (TOY_SOLVERS,)

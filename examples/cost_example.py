@@ -1,4 +1,4 @@
-"""COST (continual optimisation with symmetry teleportation) on the two-task check of seed-methods.md §2.7.
+"""COST (continual optimisation with symmetry teleportation) on a two-task CPU check (docs/methods.md#cost).
 
     python examples/cost_example.py                  # 1000 batches a run, three runs, under a minute on one core
     python examples/cost_example.py --steps 2000 --lora-lr 1e-3
@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from mtlsolve.adapters.strategies import from_config
+import mtlsolve
 
 SCALE = torch.tensor([1.0, 5.0])
 
@@ -55,13 +55,14 @@ def train(args, teleports: bool, htr: bool = True):
     net = TwoHeadNet()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     config = {
-        "strategy": "cost", "base": "ls", "lora_rank": 2, "tele_rounds": 1, "start_step": 300,
+        "name": "cost", "base": "ls", "lora_rank": 2, "tele_rounds": 1, "start_step": 300,
         "max_teleports_per_epoch": 1 if teleports else 0, "max_norm": None, "lora_lr": args.lora_lr,
         "monitor": True, "htr": htr, "seed": args.seed,
     }
     teleport_set = [(X[i : i + 64], Y[i : i + 64]) for i in range(0, 512, 64)]
-    cost = from_config(config, model=net, optimizer=opt, shared=net.trunk, loss_fn=task_losses,
-                       teleport_loader=teleport_set)
+    settings = mtlsolve.strategy_from_config(config)  # validated plain values; no model needed yet
+    cost = settings.build(model=net, optimizer=opt, shared=net.trunk, loss_fn=task_losses,
+                          teleport_loader=teleport_set)
     gen = torch.Generator().manual_seed(args.seed + 1)
     for step in range(args.steps):
         idx = torch.randint(0, len(X), (32,), generator=gen)

@@ -1,4 +1,4 @@
-"""MTGD-reconstructed on the two-task conflicting regression of seed-methods.md §4.7.
+"""MTGD-reconstructed on the two-task conflicting regression (docs/problems.md#conflicting-regression).
 
     python examples/mtgd_example.py                  # 3 seeds x 600 steps, a few minutes on one core
     python examples/mtgd_example.py --steps 300 --seeds 1

@@ -1,4 +1,4 @@
-"""STGU (selective task group updates) on the six-task two-cluster problem of seed-methods.md §3.7.
+"""STGU (selective task group updates) on the six-task two-cluster problem (docs/problems.md#two-cluster-regression).
 
     python examples/stgu_example.py                 # 3000 batches, about half a minute on one CPU core
     python examples/stgu_example.py --iters 1000
@@ -97,7 +97,7 @@ def run_joint(iters: int, repeats: list[int] | None = None, seed: int = 0) -> fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=3000, help="batches (default 3000, as in §3.7)")
+    parser.add_argument("--iters", type=int, default=3000, help="batches (default 3000, docs/problems.md#two-cluster-regression)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)  # a tiny model: one thread is fastest

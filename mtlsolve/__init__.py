@@ -22,13 +22,15 @@ from mtlsolve.errors import (
 )
 from mtlsolve.hookspecs import hookimpl
 from mtlsolve import registry  # the module; it mirrors the process-wide Registry
-from mtlsolve.registry import available, from_config, get
-from mtlsolve.solver import FAMILIES, PROPERTIES, GramianWeighting, Need, Result, Solver, Weighting
+from mtlsolve.registry import available, available_strategies, from_config, get, get_strategy, strategy_from_config
+from mtlsolve.solver import FAMILIES, PROPERTIES, Capabilities, GramianWeighting, Need, Result, Solver, Weighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.strategy import StrategySettings
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Capabilities",
     "ConvergenceWarning",
     "FAMILIES",
     "PROPERTIES",
@@ -45,12 +47,16 @@ __all__ = [
     "Solver",
     "SolverError",
     "StateError",
+    "StrategySettings",
     "UnknownSolverError",
     "Weighting",
     "available",
+    "available_strategies",
     "from_config",
     "get",
+    "get_strategy",
     "hookimpl",
     "registry",
+    "strategy_from_config",
 ]
 

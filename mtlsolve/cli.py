@@ -38,10 +38,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  paper:        {cls.paper or '-'}")
     print(f"  summary:      {doc or '-'}")
     print(f"  aliases:      {', '.join(cls.aliases) or '-'}")
-    print(f"  needs:        {', '.join(sorted(n.value for n in cls.needs)) or '-'}")
-    flags = [f for f, on in (("stateful", cls.stateful), ("randomized", cls.randomized)) if on]
+    declared = cls.capabilities
+    print(f"  needs:        {', '.join(sorted(n.value for n in declared.needs)) or '-'}")
+    flags = [f for f in ("stateful", "randomized", "learnable", "post_step") if getattr(declared, f)]
     print(f"  behaviour:    {', '.join(flags) or 'stateless, deterministic'}")
-    if cls.stateful or cls.randomized:
+    print(f"  training:     grads {declared.grads or 'any'}, batches {declared.batches}, shards {declared.shards}")
+    if declared.stateful or declared.randomized:
         print(f"  state:        {', '.join(sorted(cls.state_schema)) or '(no schema declared)'}")
     print(f"  distribution: {entry.distribution}")
     print("  defaults:")

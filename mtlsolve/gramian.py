@@ -11,6 +11,8 @@ certificates compare a scale-free residual with :func:`certificate_tolerance`.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from mtlsolve.errors import InvalidSystemError
@@ -44,12 +46,43 @@ def cosines(K: np.ndarray) -> np.ndarray:
 def psd_part(K: np.ndarray) -> np.ndarray:
     """A positive semidefinite repair of K that respects every row's scale: D·P(D⁻¹KD⁻¹)·D, with
     P the nearest PSD matrix in Frobenius norm (negative eigenvalues set to 0). Repairing K
-    itself would move the rows of small gradients by the round-off of the large ones."""
+    itself would move the rows of small gradients by the round-off of the large ones. K itself
+    when D⁻¹KD⁻¹ has a Cholesky factor (positive definite: nothing to repair)."""
+    if _normalised_factorable()(np.ascontiguousarray(K, dtype=np.float64), 0.0):  # positive definite
+        return K
     Kn, n = normalised(K)
     lam, Q = np.linalg.eigh(Kn)
     if lam[0] >= 0:
         return K
     return ((Q * np.clip(lam, 0.0, None)) @ Q.T) * np.outer(n, n)
+
+
+@functools.cache
+def _normalised_factorable():
+    """:func:`mtlsolve.kernels._dense.normalised_factorable`, imported (with numba) on first use."""
+    from mtlsolve.kernels._dense import normalised_factorable
+
+    return normalised_factorable
+
+
+def psd_repair(K: np.ndarray, ridge: float) -> tuple[np.ndarray, bool]:
+    """K made safe for a kernel that adds ``ridge`` to the unit diagonal of D⁻¹KD⁻¹ and needs a
+    convex problem (on an indefinite K, e.g. a Gramian accumulated in float32, a QP is unbounded
+    along the negative directions).
+
+    (K, False) when D⁻¹KD⁻¹ + (ridge/2)·I has a Cholesky factor, else (D·P·D, True) with
+    P = Q·diag(max(λ, f))·Qᵀ from the eigendecomposition of D⁻¹KD⁻¹ and f = 4m·ε·max(λ_max, 1)
+    just above the round-off of that reconstruction: :func:`psd_part` with a margin. The
+    repair moves entry (i, j) by about |λ_min|·n_i·n_j, so rows of any scale keep their digits.
+    """
+    if _normalised_factorable()(K, 0.5 * ridge):
+        return K, False
+    m = K.shape[0]
+    Kn, n = normalised(K)
+    lam, Q = np.linalg.eigh(0.5 * (Kn + Kn.T))
+    floor = 4.0 * m * np.finfo(np.float64).eps * max(lam[-1], 1.0)
+    P = (Q * np.maximum(lam, floor)) @ Q.T
+    return np.ascontiguousarray(P * np.outer(n, n)), True
 
 
 def condition_number(K: np.ndarray) -> float:

@@ -8,6 +8,12 @@ group. It implements the hooks below with ``@mtlsolve.hookimpl``::
     @hookimpl
     def register_solvers(register):
         register(MySolver)
+
+    @hookimpl
+    def register_strategies(register):
+        register(MyStrategySettings)
+
+A plugin may implement either hook or both.
 """
 
 from __future__ import annotations
@@ -27,4 +33,14 @@ def register_solvers(register):
 
     The class supplies its canonical ``name``, its ``aliases`` (each alias may
     preset keyword arguments) and the rest of its metadata.
+    """
+
+
+@hookspec
+def register_strategies(register):
+    """Register training strategies by calling ``register(SettingsClass)`` once for each.
+
+    The class is a :class:`mtlsolve.strategy.StrategySettings` subclass: its fields are the
+    strategy's settings, and it supplies the canonical ``name``, the ``aliases`` and the
+    ``runtime`` class (or its ``"module:Class"`` path, imported only when a strategy is built).
     """

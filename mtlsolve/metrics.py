@@ -1,4 +1,4 @@
-"""Multi-task metrics: Δm% and hypervolume (problems.md §4 and §5)."""
+"""Multi-task metrics: Δm% and hypervolume (docs/problems.md#delta-m, docs/problems.md#hypervolume)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Built-in benchmark problems, generated in code (problems.md §1–§3, and the MultiDigits /
+"""Built-in benchmark problems, generated in code (docs/problems.md: the toy landscape, the Fonseca problems,
+linear regression, the strategy checks, and the MultiDigits /
 MultiMNIST constructions of `mtlsolve bench`).
 
 Each objective takes a torch tensor of decision variables with any leading
@@ -20,7 +21,7 @@ TOY_SCALES = {"none": (1.0, 1.0), "nash": (0.1, 1.0), "samsung": (0.5, 0.5)}
 
 
 def toy(x, scale: str = "none"):
-    """The two-task toy landscape of CAGrad / Nash-MTL / FAMO (problems.md §1); x has shape (..., 2)."""
+    """The two-task toy landscape of CAGrad / Nash-MTL / FAMO (docs/problems.md#toy-landscape); x has shape (..., 2)."""
     import torch
 
     s1, s2 = TOY_SCALES[scale]
@@ -36,7 +37,7 @@ def toy(x, scale: str = "none"):
 
 
 def fonseca(x):
-    """Fonseca–Fleming (VLMOP2, problems.md §2): non-convex front; x has shape (..., n)."""
+    """Fonseca–Fleming (VLMOP2, docs/problems.md#fonseca-problems): non-convex front; x has shape (..., n)."""
     import torch
 
     c = 1.0 / math.sqrt(x.shape[-1])
@@ -44,7 +45,7 @@ def fonseca(x):
 
 
 def fonseca_convex(x):
-    """The convex companion of Fonseca–Fleming (problems.md §2): front √f1 + √f2 = 1."""
+    """The convex companion of Fonseca–Fleming (docs/problems.md#fonseca-problems): front √f1 + √f2 = 1."""
     c = 1.0 / math.sqrt(x.shape[-1])
     import torch
 
@@ -52,7 +53,7 @@ def fonseca_convex(x):
 
 
 def linear_regression_data(tasks: int = 100, samples: int = 1000, features: int = 20, seed: int = 0):
-    """The many-task linear regression of FAMO's demo (problems.md §3): X (samples x features), Y (samples x tasks)."""
+    """The many-task linear regression of FAMO's demo (docs/problems.md#linear-regression): X (samples x features), Y (samples x tasks)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
@@ -60,7 +61,7 @@ def linear_regression_data(tasks: int = 100, samples: int = 1000, features: int 
 
 
 def two_cluster_regression(samples: int = 4096, features: int = 16, noise: float = 0.1, seed: int = 0):
-    """STGU's six-task check (seed-methods.md §3.7): X (samples x features), Y (samples x 6).
+    """STGU's six-task check (docs/problems.md#two-cluster-regression): X (samples x features), Y (samples x 6).
 
     Tasks 1–3 are noisy copies of f(x) = tanh(Wx)·u, tasks 4–6 noisy copies of −f(x) + h(x) with
     h(x) = tanh(Vx)·v: two clusters of three tasks that conflict with each other. W, u, V, v and the
@@ -80,7 +81,7 @@ def two_cluster_regression(samples: int = 4096, features: int = 16, noise: float
 
 
 def conflicting_regression(samples: int = 2048, features: int = 10, noise: float = 0.5, seed: int = 0):
-    """MTGD's two-task check (seed-methods.md §4.7): X (samples x features), Y (samples x 2).
+    """MTGD's two-task check (docs/problems.md#conflicting-regression): X (samples x features), Y (samples x 2).
 
     y₁ = tanh(Wx)·u and y₂ = −tanh(W x̃)·u, where x̃ is x with Gaussian noise (std ``noise``) on the
     first half of the features: y₂ ≈ −y₁. A model with one output fitted to both targets faces a real

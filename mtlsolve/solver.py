@@ -14,7 +14,14 @@ import attrs
 import numpy as np
 
 from mtlsolve._array import combine, is_torch, like
-from mtlsolve.errors import ConvergenceWarning, InvalidSystemError, NonFiniteError, SolverError, StateError
+from mtlsolve.errors import (
+    ConvergenceWarning,
+    InvalidConfigError,
+    InvalidSystemError,
+    NonFiniteError,
+    SolverError,
+    StateError,
+)
 from mtlsolve.system import GradientSystem, as_system
 
 
@@ -49,6 +56,133 @@ FAMILIES: Mapping[str, str] = MappingProxyType(
         "PA": "Pareto",
     }
 )
+
+#: the gradients a solver may be defined on (:attr:`Capabilities.grads`)
+GRADIENTS = ("shared", "representation", "last_shared")
+#: what a sharded engine gathers from the parameter shards before a solve, least to most
+#: (:attr:`Capabilities.shards`)
+SHARDS = ("none", "losses", "gramian", "matrix")
+#: the class attributes a solver declares its training-loop capabilities with
+#: (:meth:`Capabilities.declared_by` reads them; ``learnable`` comes from ``parameter_state``)
+DECLARATIONS = ("needs", "grads", "batches", "stateful", "randomized", "post_step", "post_step_losses", "shards")
+
+
+def shards_for(needs: frozenset[Need]) -> str:
+    """The least a sharded engine must gather for a solver reading ``needs``: "matrix" when it
+    reads G, else "gramian" when it reads K, else "losses" when it reads the losses, else "none"."""
+    for need, shards in ((Need.MATRIX, "matrix"), (Need.GRAMIAN, "gramian"), (Need.LOSSES, "losses")):
+        if need in needs:
+            return shards
+    return "none"
+
+
+def _frozen_needs(value: Any) -> frozenset:
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        value = [value]  # a lone Need (a str subclass) or a stray value, refused by the validator
+    return frozenset(value)
+
+
+def _valid_needs(_instance: Any, _attribute: attrs.Attribute, value: frozenset) -> None:
+    bad = sorted(repr(n) for n in value if not isinstance(n, Need))
+    if bad:
+        raise InvalidConfigError(f"needs must be mtlsolve.Need values, got {', '.join(bad)}")
+
+
+def _one_of(choices: tuple) -> Any:
+    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in choices:
+            raise InvalidConfigError(f"{attribute.name} must be one of {choices}, got {value!r}")
+
+    return check
+
+
+def _flag(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise InvalidConfigError(f"{attribute.name} must be True or False, got {value!r}")
+
+
+def _batch_count(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        raise InvalidConfigError(f"{attribute.name} must be a positive integer, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Capabilities:
+    """What a solver declares to the training loop, in one record: what it reads, which
+    gradients, how many batches a step, whether it keeps state, draws random numbers or owns
+    learnable parameters, its post-step hook, and what a sharded engine gathers for it.
+
+    ``SolverClass.capabilities`` builds it from the class attributes (:data:`DECLARATIONS`,
+    documented on :class:`Solver`); ``solver.capabilities`` is the instance's, whose ``needs``
+    are :meth:`Solver.requirements` (hyperparameters may add to what the class reads) and which
+    a wrapper takes whole from its base (``attrs.evolve(self.base.capabilities, ...)``). The
+    adapters read only this record.
+
+    ``shards`` says what an engine that splits the shared parameters into shards G = [G_1 … G_S]
+    gathers before the solve: "matrix" the full rows of G; "gramian" only the partial Gramians
+    G_s G_sᵀ, summed into K, each shard then applying d_s = G_sᵀw; "losses" only the loss vector
+    (the update is one backward of Σ w_i L_i); "none" nothing. By default the least that
+    ``needs`` allows (:func:`shards_for`); a declaration gathering less than that is refused.
+    Invalid values raise :class:`~mtlsolve.errors.InvalidConfigError`.
+    """
+
+    #: what the solver reads from the system
+    needs: frozenset = attrs.field(default=frozenset(), converter=_frozen_needs, validator=_valid_needs)
+    #: the gradients the method is defined on (one of GRADIENTS), None when any kind will do
+    grads: str | None = attrs.field(default=None, validator=_one_of((None, *GRADIENTS)))
+    #: independent mini-batches one step reads (MoDo, SDMGrad: 3)
+    batches: int = attrs.field(default=1, validator=_batch_count)
+    #: the output depends on previous calls
+    stateful: bool = attrs.field(default=False, validator=_flag)
+    #: the output depends on a random generator (seeded by ``seed``)
+    randomized: bool = attrs.field(default=False, validator=_flag)
+    #: the solver owns learnable torch parameters (:meth:`Solver.parameters`) an optimiser steps
+    learnable: bool = attrs.field(default=False, validator=_flag)
+    #: the training loop calls :meth:`Solver.after_step` after every optimiser step
+    post_step: bool = attrs.field(default=False, validator=_flag)
+    #: :meth:`Solver.after_step` reads the losses recomputed after the step (else it gets None)
+    post_step_losses: bool = attrs.field(default=True, validator=_flag)
+    #: what a sharded engine gathers (one of SHARDS); by default the least ``needs`` allows
+    shards: str = attrs.field(
+        default=attrs.Factory(lambda self: shards_for(self.needs), takes_self=True), validator=_one_of(SHARDS)
+    )
+
+    def __attrs_post_init__(self) -> None:
+        least = shards_for(self.needs)
+        if SHARDS.index(self.shards) < SHARDS.index(least):
+            needs = sorted(n.value for n in self.needs)
+            raise InvalidConfigError(
+                f"shards={self.shards!r} gathers too little for a solver reading {needs}: at least {least!r}"
+            )
+        if self.batches > 1 and self.grads == "representation":
+            raise InvalidConfigError(
+                f"a solver reading {self.batches} batches a step cannot be defined on representation "
+                "gradients, which come from one batch"
+            )
+
+    @classmethod
+    def declared_by(cls, solver: Any) -> Capabilities:
+        """The record of a solver class's declarations (:data:`DECLARATIONS`, with ``learnable``
+        when ``parameter_state`` names a key), or of an instance's, whose ``needs`` are its
+        ``requirements()``. ``shards = None``, and on a class a declaration that is a property
+        (decided per instance, as GradNorm's ``grads``), take the record's default."""
+        values = {name: getattr(solver, name) for name in DECLARATIONS}
+        if not isinstance(solver, type):
+            values["needs"] = solver.requirements()
+        if values["shards"] is None:
+            del values["shards"]
+        values = {name: value for name, value in values.items() if not isinstance(value, property)}
+        return cls(**values, learnable=bool(solver.parameter_state))
+
+
+class _CapabilitiesOf:
+    """``SolverClass.capabilities``: the record of the class's declarations;
+    ``solver.capabilities``: the instance's, from :meth:`Solver.instance_capabilities`."""
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Capabilities:
+        if instance is None:
+            return Capabilities.declared_by(owner)
+        return instance.instance_capabilities()
 
 
 @attrs.frozen(kw_only=True)
@@ -112,6 +246,13 @@ class Solver:
     #: keys of ``_state`` that hold learnable ``torch.nn.Parameter`` objects (see :meth:`parameters`):
     #: saved as plain tensors, loaded into the existing parameter so an optimiser keeps it
     parameter_state: ClassVar[frozenset[str]] = frozenset()
+    #: what a sharded engine gathers for the solver (a key of SHARDS); None: the least ``needs``
+    #: allows (:func:`shards_for`)
+    shards: ClassVar[str | None] = None
+    #: the training-loop declarations above, with ``post_step`` and ``post_step_losses``, as one
+    #: :class:`Capabilities` record: on the class, the class's; on an instance, the instance's
+    #: (:meth:`instance_capabilities`). Adapters read this record, not the attributes.
+    capabilities = _CapabilitiesOf()
 
     _state: dict = attrs.field(init=False, factory=dict, repr=False)
 
@@ -152,6 +293,12 @@ class Solver:
         """What this instance reads (may add to the class's ``needs``, e.g. losses for a loss transform)."""
         return self.needs
 
+    def instance_capabilities(self) -> Capabilities:
+        """This instance's :class:`Capabilities` (what ``solver.capabilities`` returns): the class's
+        declarations with the needs of :meth:`requirements`. A solver wrapping another overrides it
+        to take its base's record whole, ``attrs.evolve(self.base.capabilities, ...)``."""
+        return Capabilities.declared_by(self)
+
     def check(self, system: GradientSystem) -> None:
         """Raise a clear error if ``system`` lacks what this solver reads."""
         if system.m % self.batches:
@@ -175,9 +322,13 @@ class Solver:
         """The output guard every solver's result passes, built-in or third-party."""
         if not isinstance(result, Result):
             raise SolverError(f"{self.name}.solve() returned {type(result).__name__}, not a mtlsolve.Result")
-        w = None if result.weights is None else _numpy64(result.weights)
-        if w is not None and not np.isfinite(w.sum()) and not np.isfinite(w).all():
-            raise NonFiniteError(f"{self.name} produced non-finite weights {w.tolist()}")
+        noted = system._cache.get("weights64")  # Weighting.solve's float64 weights, checked finite there
+        if noted is not None and noted[0] is result.weights:
+            w = noted[1]
+        else:
+            w = None if result.weights is None else _numpy64(result.weights)
+            if w is not None and not np.isfinite(w.sum()) and not np.isfinite(w).all():
+                raise NonFiniteError(f"{self.name} produced non-finite weights {w.tolist()}")
         d = result.direction
         if d is not None and not (w is not None and system.direction_surely_finite(w)) and not _all_finite(d):
             raise NonFiniteError(
@@ -290,8 +441,10 @@ class Solver:
 
     def _snapshot(self) -> dict[str, Any]:
         """A copy of the state to restore on error (learnable parameters keep their identity)."""
+        if not self._state:
+            return {}
         memo = {id(p): p for p in self.parameters()}
-        return copy.deepcopy(self._state, memo)
+        return {key: _copied(value, memo) for key, value in self._state.items()}
 
     def _checked_state(self, state: Any) -> dict[str, Any]:
         if not isinstance(state, Mapping):
@@ -348,6 +501,7 @@ class Weighting(Solver):
             raise NonFiniteError(f"{self.name} produced non-finite weights {w.tolist()}")
         weights = like(w, system.reference)
         direction = combine(weights, system.matrix) if system.has_matrix else None
+        system._cache["weights64"] = (weights, w)
         return Result(direction=direction, weights=weights, diagnostics=diagnostics)
 
 
@@ -364,6 +518,17 @@ def _lock_of(solver: Solver) -> Any:
         if lock is None:
             lock = _LOCKS[solver] = threading.RLock()
         return lock
+
+
+def _copied(value: Any, memo: dict[int, Any]) -> Any:
+    """A deep copy of one state entry; numbers, strings, numpy arrays and lists of floats take the short way."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if type(value) is np.ndarray:
+        return value.copy()
+    if type(value) is list and all(type(v) is float for v in value):
+        return list(value)
+    return copy.deepcopy(value, memo)
 
 
 def _numpy64(x: Any) -> np.ndarray:
@@ -464,7 +629,7 @@ class GramianWeighting(Weighting):
     Subclasses implement :meth:`weights_from_gramian` on a float64 numpy K.
     ``loss_transform="log"`` uses ∇log L_i = g_i/L_i in place of g_i: the
     Gramian becomes D K D with D = diag(1/L) and the weights are mapped back
-    to the raw gradients (catalogue §1, "Loss transform").
+    to the raw gradients (docs/methods.md#loss-transform).
     """
 
     family: ClassVar[str] = "GW"
@@ -494,5 +659,5 @@ class GramianWeighting(Weighting):
 
 
 def reduce_weights(w: np.ndarray, reduction: str) -> np.ndarray:
-    """Mean-scale weights ``w`` scaled by m when ``reduction == "sum"`` (catalogue §1, "Weight scale")."""
+    """Mean-scale weights ``w`` scaled by m when ``reduction == "sum"`` (docs/methods.md#weight-scale)."""
     return w * len(w) if reduction == "sum" else w

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -169,12 +170,16 @@ class GradientSystem:
         dtype. Losses-only systems: 2·u of the losses' dtype."""
         if self._roundoff is not None:
             return self._roundoff
-        if self._matrix is not None:
-            u = dtype_eps(self._matrix)
-            return 2.0 * u + 2.0 * np.sqrt(self._matrix.shape[1]) * min(u, np.finfo(np.float32).eps)
-        if self._gramian is not None:
-            return 2.0 * (1 + self._m) * dtype_eps(self._gramian)
-        return 2.0 * self.eps
+        if "roundoff" not in self._cache:
+            if self._matrix is not None:
+                u = dtype_eps(self._matrix)
+                rho = 2.0 * u + 2.0 * math.sqrt(self._matrix.shape[1]) * min(u, _FLOAT32_EPS)
+            elif self._gramian is not None:
+                rho = 2.0 * (1 + self._m) * dtype_eps(self._gramian)
+            else:
+                rho = 2.0 * self.eps
+            self._cache["roundoff"] = rho
+        return self._cache["roundoff"]
 
     @property
     def matrix(self) -> Any:
@@ -200,8 +205,9 @@ class GradientSystem:
         a GPU it is the one device-to-host copy of a step.
         """
         if "gramian64" not in self._cache:
+            gramian = self.gramian
             K = self._cache.get("host")  # the float64 host copy _gramian_of made
-            K = to_numpy64(self.gramian) if K is None else K
+            K = to_numpy64(gramian) if K is None else K
             if not np.isfinite(K).all():
                 # a non-finite g_i makes K_ii non-finite; a bad off-diagonal alone can only come from a given K
                 diagonal = ~np.isfinite(np.diag(K))
@@ -233,7 +239,7 @@ class GradientSystem:
         is below the largest value of G's dtype."""
         if self._gramian is not None or self._matrix is None or "gramian64" not in self._cache:
             return False
-        norms = np.sqrt(np.diag(self._cache["gramian64"]))
+        norms = np.sqrt(self._cache["gramian64"].diagonal())
         dtype = self._matrix.dtype
         largest = _torch().finfo(dtype).max if is_torch(self._matrix) else np.finfo(dtype).max
         return bool(np.abs(weights) @ norms < 0.5 * largest)
@@ -319,9 +325,14 @@ def as_system(
 
 def dtype_eps(x: Any) -> float:
     """The machine epsilon of an array's or tensor's (floating) dtype."""
-    if is_torch(x):
-        return float(_torch().finfo(x.dtype).eps)
-    return float(np.finfo(x.dtype).eps)
+    eps = _EPS.get(x.dtype)
+    if eps is None:
+        eps = _EPS[x.dtype] = float(_torch().finfo(x.dtype).eps if is_torch(x) else np.finfo(x.dtype).eps)
+    return eps
+
+
+_EPS: dict[Any, float] = {}  # by dtype (numpy's and torch's dtypes are distinct keys)
+_FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
 def _gramian_of(G: Any) -> tuple[Any, np.ndarray]:
@@ -333,20 +344,23 @@ def _gramian_of(G: Any) -> tuple[Any, np.ndarray]:
     float64, so scale-invariant solvers see the right geometry at any gradient scale.
     """
     torch_input = is_torch(G)
-    if torch_input and G.dtype in (_torch().float16, _torch().bfloat16):
-        G = G.float()
-    elif not torch_input and G.dtype == np.float16:
-        G = G.astype(np.float32)
     if torch_input:
+        torch = _torch()
+        if G.dtype == torch.float16 or G.dtype == torch.bfloat16:
+            G = G.float()
         K = G @ G.T
+        host = K.detach().cpu().numpy().astype(np.float64)
+        info = torch.finfo(G.dtype)
     else:
+        if G.dtype == np.float16:
+            G = G.astype(np.float32)
         with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # handled below
             K = G @ G.T
-    host = to_numpy64(K)
-    diagonal = np.diag(host)
-    info = _torch().finfo(G.dtype) if torch_input else np.finfo(G.dtype)
+        host = np.array(K, dtype=np.float64)
+        info = np.finfo(G.dtype)
+    diagonal = host.diagonal()
     floor = float(info.tiny) / float(info.eps)
-    if ((diagonal >= floor) & np.isfinite(diagonal)).all():
+    if diagonal.min() >= floor and diagonal.max() < np.inf:  # the common case; NaN fails both
         return K, host
     # a zero row is exact; a tiny or overflowing one needs scaling; NaN/Inf stay for gramian64 to report
     if torch_input:

@@ -77,7 +77,7 @@ def test_tiny_run_writes_tables_json_and_pngs(tiny_run, capsys):
     for row in digits["rows"]:
         accs = [row["acc_task1"]["mean"], row["acc_task2"]["mean"]]
         assert all(0 <= a <= 1 for a in accs)
-        # Δm% = (100/2) Σ_k −(acc_k − base_k)/base_k (problems.md §4, accuracy is higher-is-better)
+        # Δm% = (100/2) Σ_k −(acc_k − base_k)/base_k (docs/problems.md#delta-m, accuracy is higher-is-better)
         expected = 50 * sum(-(a - b) / b for a, b in zip(accs, digits["baseline"]))
         assert row["delta_m"]["mean"] == pytest.approx(expected)
         assert row["ms_per_step"]["mean"] > 0

@@ -136,6 +136,6 @@ def test_mtgd_example(output):
     out = output
     width = dict(re.findall(r"^(alpha=\S+)\s+[\d.]+ \([\d.]+\)\s+[\d.]+\s+([\d.]+)$", out, re.M))
     assert {"alpha=0", "alpha=0.95*max_alpha=96.3"} <= set(width), out
-    # transfer near its bound collapses the front (seed-methods.md §4.7)
+    # transfer near its bound collapses the front (docs/problems.md#conflicting-regression)
     assert float(width["alpha=0.95*max_alpha=96.3"]) < 0.5 * float(width["alpha=0"]), out
     assert re.search(r"^pmtl \(alpha=0\)\s+[\d.]+", out, re.M), out  # the Pareto baseline ran

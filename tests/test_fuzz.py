@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import robustness as rb
+from mtlsolve.testing import robustness as rb
 from test_conformance import CLASSES, SOLVERS
 from test_robustness import (
     COMPARATIVE,

@@ -1,4 +1,4 @@
-"""Δm% and hypervolume against problems.md §2, §4 and §5, inclusion–exclusion and Monte Carlo."""
+"""Δm% and hypervolume against the values of docs/problems.md (Fonseca problems, Δm%, hypervolume), inclusion–exclusion and Monte Carlo."""
 
 import itertools
 

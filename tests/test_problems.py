@@ -1,4 +1,4 @@
-"""The built-in problems against the computed values of problems.md §1–§3, and the MultiDigits and
+"""The built-in problems against the computed values of docs/problems.md (toy landscape, Fonseca problems, linear regression), and the MultiDigits and
 MultiMNIST generators against their construction."""
 
 import math

@@ -16,7 +16,8 @@ import textwrap
 import threading
 import time
 import uuid
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np

@@ -1,6 +1,6 @@
 """Robustness of every registered solver on hard systems, at tolerances derived from the input dtype.
 
-Systems come from :mod:`robustness` (seeded numpy generators: κ(K) up to 1e12, row scales over
+Systems come from :mod:`mtlsolve.testing.robustness` (seeded numpy generators: κ(K) up to 1e12, row scales over
 1e-20…1e3, dependent rows, near-opposed pairs, 0 near the convex hull, zero rows) in float64,
 float32, float16 (numpy and torch) and bfloat16 (torch). Solvers are built and stepped with the
 conformance suite's helpers (``make``/``step``: REQUIRED, MIN_TASKS, EXTRAS). Checks:
@@ -27,8 +27,8 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-import robustness as rb
 from mtlsolve import InvalidSystemError, Need
+from mtlsolve.testing import robustness as rb
 from test_conformance import CLASSES, MIN_TASKS, NEEDS, SOLVERS, make, step
 
 #: solvers that read a given Gramian (and so must reject one that is not a Gramian)
@@ -213,11 +213,7 @@ def test_claimed_comparative_property(name, prop):
 
 
 # ------------------------------------------------------------------- (iii)
-# Solvers whose answer is not a certified solve but a fixed iteration count that float32 and float64
-# legitimately follow to different points; each documents why in its docstring.
-PRECISION_EXEMPT = {
-    "sdmgrad": "the paper's inner projected SGD (lr 5) expands differences where lr·eig(C) > 2",
-}
+PRECISION_EXEMPT = rb.PRECISION_EXEMPT
 
 
 def precision_failures(name: str, G: np.ndarray, losses: np.ndarray, seed: int = 0) -> list[Failure]:

@@ -19,26 +19,26 @@ TorchJD direction, why):
 | mgda | ``MGDA(epsilon=1e-12, max_iters=100)`` (Frank–Wolfe) | ``mgda`` | 1 | mtlsolve solves the min-norm QP exactly. m = 2: Frank–Wolfe's exact line search is exact, compared to 1e-6. m > 2: Frank–Wolfe is approximate, so the test checks the min-norm inequality ‖d_tj − d*‖² ≤ ‖d_tj‖² − ‖d*‖², which holds for every point of the hull iff d* is the min-norm point |
 | upgrad | ``UPGrad(projector=NNLSProjector())`` (norm_eps = reg_eps = 1e-4) | ``upgrad`` (norm_eps = reg_eps = 1e-4) | 1 | TorchJD's default projector needs quadprog (not a dependency here): the test gives TorchJD a projector solving the same QP, min_{v ≥ u} vᵀK'v with K' = K/tr K + reg_eps·I, exactly with scipy's NNLS after a Cholesky factorisation |
 | cagrad | ``CAGrad(c=0.4)`` (no rescaling) | ``cagrad(c=0.4, rescale=0)`` | 1 | TorchJD returns d_raw = g_0 + c‖g_0‖g_w/‖g_w‖ (rescale 0); mtlsolve's default is rescale 1. TorchJD solves the dual with Clarabel at its default tolerances (objective to ~1e-8, hence w and d to ~1e-4; even at 1e-12 tolerances Clarabel stops near 1e-5), so directions are compared to 1e-3, and the test checks exactly that mtlsolve's d_raw is on the ball ‖d − g_0‖ = c‖g_0‖ and reaches a max-min value min_i g_i·d at least the reference's |
-| nash_mtl | ``NashMTL(n_tasks=m, max_norm=0)`` with Clarabel in place of ECOS | ``nash_mtl`` | 1 | ECOS is not a dependency: the test runs TorchJD's own CCCP problem with Clarabel. ``max_norm=0`` disables TorchJD's clipping (an adapter option in mtlsolve). The reference is approximate: it stops when α changes by < 1e-6 and its conic solves run at Clarabel's default accuracy, leaving α_i(Kα)_i − 1 up to ~3e-5, so it is compared to 1e-5; and it fails silently on a few systems (keeping its warm start, catalogue §2), recognised by its own residual max abs(α_i(Kα)_i − 1) > 1e-3 and left out (at most 3 %). Only m ≤ 5 and full-rank K: its 20 CCCP iterations do not reach the fixed point for larger m, each costs a non-DPP cvxpy compile (~40 ms a system), and singular K has no fixed point. Its warm start is reset to 1 before each system |
+| nash_mtl | ``NashMTL(n_tasks=m, max_norm=0)`` with Clarabel in place of ECOS | ``nash_mtl`` | 1 | ECOS is not a dependency: the test runs TorchJD's own CCCP problem with Clarabel. ``max_norm=0`` disables TorchJD's clipping (an adapter option in mtlsolve). The reference is approximate: it stops when α changes by < 1e-6 and its conic solves run at Clarabel's default accuracy, leaving α_i(Kα)_i − 1 up to ~3e-5, so it is compared to 1e-5; and it fails silently on a few systems (keeping its warm start; docs/methods.md#nash_mtl), recognised by its own residual max abs(α_i(Kα)_i − 1) > 1e-3 and left out (at most 3 %). Only m ≤ 5 and full-rank K: its 20 CCCP iterations do not reach the fixed point for larger m, each costs a non-DPP cvxpy compile (~40 ms a system), and singular K has no fixed point. Its warm start is reset to 1 before each system |
 | dualproj | ``DualProj()`` (its default ``QuadprogProjector``, norm_eps = reg_eps = 1e-4) | ``dualproj`` (norm_eps = reg_eps = 1e-4, the defaults) | 1 | both solve min_{v ≥ 1/m} vᵀK'v with K' = K/tr K + reg_eps·I (Quinton & Rey, Prop. 1); quadprog's active-set solve is exact, so directions are compared to 1e-6 (largest deviation measured: 1.6e-11) |
 | fairgrad | ``FairGrad(alpha=α)``, α ∈ {0.5, 1, 2} (scipy ``least_squares`` on Kw − w^{−1/α}, bounds (0, ∞), from 1/m) | ``fairgrad(alpha=α)`` | 1 | weights exist only when 0 ∉ conv{g_i}: the systems are split by an LP feasibility test (HiGHS: w ≥ 0, Σw = 1, Gᵀw = 0). On the well-posed ones (≥ 200) directions are compared to 1e-6 (largest deviation measured: 1.6e-8; the reference stops at scipy's default tolerances, its residual max abs(w_i^{1/α}(Kw)_i − 1) reaching ~1e-7) and mtlsolve's residual is checked to 1e-9. On the others (rank-deficient, n < m) mtlsolve returns w = 0 with ``converged`` False, and the reference's own residual (checked for m ≤ 5; its solve runs 100·m evaluations) confirms that it found no solution either |
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import scipy.linalg
 import scipy.optimize
 import torch
-from torchjd.aggregation import CAGrad, IMTLG, MGDA, AlignedMTL, DualProj, FairGrad, Mean, PCGrad, Sum, UPGrad
-from torchjd_reference import ClarabelNashMTLWeighting
+from torchjd.aggregation import IMTLG, MGDA, AlignedMTL, CAGrad, DualProj, FairGrad, Mean, PCGrad, Sum, UPGrad
 from torchjd.linalg import DualConeProjector
 
 import mtlsolve
 from mtlsolve.kernels.pcgrad import pcgrad_coefficients
+from torchjd_reference import ClarabelNashMTLWeighting
 
 # some parity systems have 0 ∈ conv{g_i}: FairGrad's certified fallback is expected there
 pytestmark = pytest.mark.filterwarnings("ignore::mtlsolve.ConvergenceWarning")

@@ -1,4 +1,4 @@
-"""The two-task toy landscape (problems.md §1, issue 3): every Gramian / gradient method from the five
+"""The two-task toy landscape (docs/problems.md#toy-landscape): every Gramian / gradient method from the five
 published starts, with Adam, against the qualitative outcome the sources document.
 
 Setting. Published: Adam lr 1e-3 for 35 000 steps (Nash-MTL, SamsungLabs; FAMO 50 000). Here 3 500 steps
@@ -10,16 +10,16 @@ optimiser without interacting). Checked against the published setting for MGDA: 
 five-start setting; loss-reading solvers get L − ℓ* with FAMO's ℓ* = (−21·0.1, −21) so that L − ℓ* > 0;
 method parameters (IMTL's s, GradNorm's weights) use Adam at 0.025 x 10.
 
-Expected outcomes (problems.md §1 table, catalogue §3.2):
+Expected outcomes (docs/problems.md#toy-landscape):
 * ``ls`` (and ``ls(reduction="mean")``, ``trimmed_mean(trim_number=0)`` = mean): Adam on 0.1·f1 + f2, whose
-  minimiser is (−5.7273, −8.4094) (problems.md); LS "can stall (1 of 5 runs in FAMO's figure)": at least
+  minimiser is (−5.7273, −8.4094); LS "can stall (1 of 5 runs in FAMO's figure)": at least
   three starts reach that minimiser, and no start ends elsewhere on the front.
 * ``cagrad`` (c = 0.4 < 1 converges to a stationary point of the mean loss, Liu et al. 2021, Thm 3.2) and
   ``upgrad`` / ``dualproj`` / ``gradvac`` (d = g_0 wherever the gradients do not conflict): as LS.
 * ``mgda``, ``nash_mtl``, ``imtl_g`` ("stop at the nearest Pareto point", MGDA "drifts to an end of the
   front"): every start ends on the front x2 ≈ −8.3552 (|Δx2| ≤ 0.1, |x1| ≤ 7.05).
-* ``fairgrad`` (α = 1): the Nash-MTL weights (catalogue), so Nash-MTL's endpoints.
-* ``aligned_mtl`` with the ``samsung`` scaling: all five starts reach (0, −8.3551) (problems.md, seed §1.8);
+* ``fairgrad`` (α = 1): the Nash-MTL weights (Ban & Ji, arXiv 2402.15638), so Nash-MTL's endpoints.
+* ``aligned_mtl`` with the ``samsung`` scaling: all five starts reach (0, −8.3551) (Senushkin et al., arXiv 2305.19000, toy example);
   see its test for the one start that has not arrived after 3 500 steps.
 * the other gradient methods have no documented toy outcome: the test checks finite endpoints that did not
   increase the summed scaled loss of the starts, and the report lists where they ended.
@@ -42,8 +42,8 @@ from mtlsolve.problems import TOY_FRONT_X2, TOY_SCALES, TOY_STARTS, toy
 pytestmark = pytest.mark.filterwarnings("ignore::mtlsolve.ConvergenceWarning")
 
 STEPS, LR, PUBLISHED_STEPS = 3500, 1e-2, 35000
-LS_MINIMISER = (-5.7273, -8.4094)  # argmin 0.1·f1 + f2 (problems.md §1)
-MIDDLE = (0.0, -8.3551)  # argmin ½f1 + ½f2 (problems.md §1)
+LS_MINIMISER = (-5.7273, -8.4094)  # argmin 0.1·f1 + f2 (docs/problems.md#toy-landscape)
+MIDDLE = (0.0, -8.3551)  # argmin ½f1 + ½f2 (docs/problems.md#toy-landscape)
 
 LS_LIKE = {
     "ls": {"name": "ls"},

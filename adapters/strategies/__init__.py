@@ -1,53 +1,48 @@
 """Training strategies: methods that change the loop rather than combine one step's gradients.
 
-Each strategy wraps a model, an optimizer and one or more registered solvers, and is built
-by name from a config mapping the same way solvers are::
+The built-in strategies (COST, STGU, MTGD) are registered like any plugin's: this module implements the
+``register_strategies`` hook and is named by the ``strategies`` entry point of the ``mtlsolve`` group.
+A strategy's settings are looked up by name and validated without torch; ``build`` adds the runtime
+objects (model, optimizer, loss function, ...)::
 
-    strategy = mtlsolve.adapters.strategies.from_config(
-        {"strategy": "cost", "base": {"name": "fairgrad", "alpha": 2.0}}, model=model, optimizer=opt)
+    settings = mtlsolve.get_strategy("cost", base={"name": "fairgrad", "alpha": 2.0})
+    cost = settings.build(model=model, optimizer=opt, shared=model.trunk, loss_fn=task_losses)
 
-``model``, ``optimizer`` and any other runtime objects are passed as keyword arguments; the
-mapping holds only plain values (what a YAML or Hydra config gives).
+or, in one call from a config mapping of plain values (what a YAML or Hydra config gives)::
+
+    cost = mtlsolve.adapters.strategies.from_config(
+        {"strategy": "cost", "base": {"name": "fairgrad", "alpha": 2.0}}, model=model, optimizer=opt, ...)
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
+from mtlsolve import registry
+from mtlsolve.adapters.strategies.settings import COSTSettings, MTGDSettings, STGUSettings
 from mtlsolve.errors import InvalidConfigError
-from mtlsolve.registry import normalise
+from mtlsolve.hookspecs import hookimpl
 
-#: canonical name -> "module:Class"; aliases map to the canonical name.
-STRATEGIES = {
-    "cost": "mtlsolve.adapters.strategies.cost:COST",
-    "stgu": "mtlsolve.adapters.strategies.stgu:STGU",
-    "mtgd": "mtlsolve.adapters.strategies.mtgd:MTGD",
-}
-ALIASES = {
-    "teleport": "cost",
-    "selupdate": "stgu",
-    "selectivetaskgroupupdates": "stgu",
-    "taskgrouping": "stgu",
-    "mtlmto": "mtgd",
-    "mgd": "mtgd",
-}
+__all__ = ["COSTSettings", "MTGDSettings", "STGUSettings", "from_config", "strategy_class"]
+
+
+@hookimpl
+def register_strategies(register):
+    for cls in (COSTSettings, STGUSettings, MTGDSettings):
+        register(cls)
 
 
 def strategy_class(name: str) -> type:
-    """The strategy class registered under ``name`` (case-, dash- and underscore-insensitive)."""
-    key = normalise(name)
-    key = ALIASES.get(key, key)
-    if key not in STRATEGIES:
-        raise InvalidConfigError(f"no strategy named {name!r}; available: {', '.join(sorted(STRATEGIES))}")
-    module, cls = STRATEGIES[key].split(":")
-    return getattr(importlib.import_module(module), cls)
+    """The runtime class of the strategy registered under ``name`` (case-, dash- and underscore-insensitive)."""
+    entry, _ = registry.resolve_strategy(name)
+    return entry.cls.runtime_class()
 
 
 def from_config(config: Mapping[str, Any], **runtime: Any) -> Any:
-    """A strategy from ``{"strategy": name, **settings}`` plus runtime objects (model, optimizer, ...)."""
+    """A runtime strategy from ``{"strategy": name, **settings}`` plus runtime objects (model, optimizer, ...)."""
     if not isinstance(config, Mapping) or "strategy" not in config:
         raise InvalidConfigError(f"a strategy config must be a mapping with a 'strategy' key, got {config!r}")
     settings = dict(config)
-    cls = strategy_class(settings.pop("strategy"))
-    return cls(**settings, **runtime)
+    name = settings.pop("strategy")
+    return registry.get_strategy(name, **settings).build(**runtime)

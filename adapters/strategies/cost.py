@@ -1,4 +1,4 @@
-"""COST: continual optimisation with symmetry teleportation (seed-methods.md §2, catalogue row ``cost``).
+"""COST: continual optimisation with symmetry teleportation (docs/methods.md#cost).
 
 Zhou, Meng, Wu, Zhao, Miao — "Continual Optimization with Symmetry Teleportation for Multi-Task
 Learning", NeurIPS 2025, arXiv 2503.04046; official code zzpustc/COST (``methods/teleportation.py``,
@@ -6,13 +6,13 @@ Learning", NeurIPS 2025, arXiv 2503.04046; official code zzpustc/COST (``methods
 
 Every step runs the base solver through :class:`~mtlsolve.adapters.MultiTaskBackward`. When the gates
 are open (epoch ≥ ``start_epoch``, step ≥ ``start_step``, fewer than ``max_teleports_per_epoch``
-teleports this epoch) and the step shows a *dominated conflict* (§2.2 step 2; g₀ = mean_i g_i)
+teleports this epoch) and the step shows a *dominated conflict* (step 2 of docs/methods.md#cost; g₀ = mean_i g_i)
 
 * ``"dominated_any"`` (default, official code): min_i cos(g₀, g_i) ≤ 0,
 * ``"dominated_min_norm"`` (paper Eq. 3): cos(g₀, g_{i*}) < 0 with i* = argmin_i ‖g_i‖,
-* ``"fraction"`` (the relaxed knob of §2.8.1): the fraction of tasks with cos(g₀, g_i) < 0 is ≥ ρ,
+* ``"fraction"`` (a relaxed trigger, not in the paper): the fraction of tasks with cos(g₀, g_i) < 0 is ≥ ρ,
 
-the update is discarded and the model is *teleported* (§2.2 step 3): contour targets L*_i (the mean
+the update is discarded and the model is *teleported* (step 3): contour targets L*_i (the mean
 loss over the teleport loader in eval mode, or with ``contour="batch"`` each batch's own loss before the
 teleport), ratios R_i = m(1 − ‖g_i‖/Σ_j‖g_j‖), LoRA adapters ΔΘ = s·BA on the shared Linear/Conv layers
 (:mod:`._lora`, torch parametrizations), optimised with a fresh Adam for ``tele_rounds`` passes on
@@ -22,10 +22,10 @@ teleport), ratios R_i = m(1 − ‖g_i‖/Σ_j‖g_j‖), LoRA adapters ΔΘ = s
 (x the triggering batch, ε_s Gaussian noise scaled to norm δ per parameter tensor), then merged into
 the weights: architecture, parameter objects and parameter count are unchanged. The perturbed losses
 come from ``torch.func.functional_call``, so the sharpness term is differentiable in Δθ
-(``sharpness_grad="full"``); ``"official"`` detaches them as the official code's deep copies do (§2.8.3).
+(``sharpness_grad="full"``); ``"official"`` detaches them as the official code's deep copies do.
 The whole teleport runs in eval mode, as the official code does.
 
-Historical trajectory reuse (§2.2 step 4), with Δ = θ_after − θ_before on the shared parameters and
+Historical trajectory reuse (step 4), with Δ = θ_after − θ_before on the shared parameters and
 c = cos(g_prev, Δ), g_prev the combined gradient of the last normal step: c ≤ 0 clears the optimiser
 state (a fresh Adam, same object, so the LR scheduler stays attached); c > 0 makes exactly the next
 optimiser step use m ← cβ₁m + (1 − cβ₁)g and v ← cβ₂v + (1 − cβ₂)g² with the bias-correction step
@@ -35,7 +35,8 @@ with betas set to (cβ₁, cβ₂) would also change its bias correction). The t
 recomputed at the teleported θ and stepped with the base solver (``after_teleport="step"``, the
 Cityscapes trainer) or skipped (``"skip"``, the NYUv2 trainer).
 
-Usage::
+Usage (the settings, :class:`~mtlsolve.adapters.strategies.settings.COSTSettings`, may also be built
+first, ``mtlsolve.get_strategy("cost", ...)``, and passed as ``settings=``)::
 
     cost = COST(model=net, optimizer=opt, shared=net.trunk, loss_fn=task_losses,
                 teleport_loader=loader, base={"name": "fairgrad", "alpha": 2.0})
@@ -63,35 +64,9 @@ from mtlsolve._array import to_numpy64
 from mtlsolve.adapters import _grads
 from mtlsolve.adapters.backward import MultiTaskBackward, StepDiagnostics, _resolve
 from mtlsolve.adapters.strategies import _lora
+from mtlsolve.adapters.strategies.settings import COSTSettings
 from mtlsolve.errors import InvalidConfigError
-
-TRIGGERS = ("dominated_any", "dominated_min_norm", "fraction")
-CONTOURS = ("dataset", "batch")
-SHARPNESS_GRADS = ("full", "official")
-PERTURB = ("shared", "all")
-AFTER_TELEPORT = ("step", "skip")
-
-_in = attrs.validators.in_
-_ge0 = attrs.validators.ge(0)
-
-
-def _positive(instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
-
-
-def _non_negative(instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{attribute.name} must be a non-negative number, got {value!r}")
-
-
-def _optional_names(value: Any) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    names = (value,) if isinstance(value, str) else tuple(value)
-    if not names or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"lora_targets must be module names, got {value!r}")
-    return names
+from mtlsolve.strategy import settings_for
 
 
 def mean_cosines(gramian: np.ndarray) -> tuple[np.ndarray, float]:
@@ -157,7 +132,6 @@ class StepInfo:
     record: Mapping[str, Any] | None = None
 
 
-@attrs.define(kw_only=True, eq=False)
 class COST:
     """Continual optimisation with symmetry teleportation around any registered base solver.
 
@@ -165,7 +139,8 @@ class COST:
     or an iterable of them, all parameters of ``model``), ``loss_fn(model, batch) -> (m,) losses``,
     ``teleport_loader`` (re-iterable batches; None: the triggering batch alone) and ``scaler``.
 
-    Settings (defaults from seed-methods.md §2.3; the paper's values where they differ in brackets):
+    Settings (``settings=``, a :class:`~mtlsolve.adapters.strategies.settings.COSTSettings`, or the same
+    names as keywords; defaults of the official code; the paper's values where they differ in brackets):
     ``base`` name, config mapping or solver (FairGrad α = 2); ``trigger``, ``trigger_fraction`` (ρ of the
     ``"fraction"`` trigger); ``start_epoch`` (0; Cityscapes 50), ``start_step`` (0),
     ``max_teleports_per_epoch`` (1); ``lora_rank`` (5), ``lora_alpha`` (8, peft's default; scale
@@ -180,76 +155,57 @@ class COST:
     ``seed`` (adapter initialisation and sharpness noise).
 
     The paper trains the adapter at the main learning rate, 1e-4. With a larger main rate pass a smaller
-    ``lora_lr``: on the §2.7 check (main lr 1e-3) ``lora_lr=1e-4`` keeps every task loss within 0.6 % of
+    ``lora_lr``: on the CPU check of docs/problems.md#cost-check (main lr 1e-3) ``lora_lr=1e-4`` keeps every task loss within 0.6 % of
     its contour, the default (1e-3) lets it drift by up to about 8 % (``contour="batch"``: 2 %).
     """
 
-    model: nn.Module = attrs.field(validator=attrs.validators.instance_of(nn.Module))
-    optimizer: torch.optim.Optimizer = attrs.field(validator=attrs.validators.instance_of(torch.optim.Optimizer))
-    shared: Any
-    loss_fn: Callable[[nn.Module, Any], torch.Tensor] = attrs.field(validator=attrs.validators.is_callable())
-    teleport_loader: Iterable[Any] | None = None
-    scaler: Any = None
-
-    base: Any = attrs.field(factory=lambda: {"name": "fairgrad", "alpha": 2.0})
-    trigger: str = attrs.field(default="dominated_any", validator=_in(TRIGGERS))
-    trigger_fraction: float = attrs.field(default=0.5, converter=float)
-    start_epoch: int = attrs.field(default=0, validator=[attrs.validators.instance_of(int), _ge0])
-    start_step: int = attrs.field(default=0, validator=[attrs.validators.instance_of(int), _ge0])
-    max_teleports_per_epoch: int = attrs.field(default=1, validator=[attrs.validators.instance_of(int), _ge0])
-    lora_rank: int = attrs.field(default=5, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)])
-    lora_alpha: float = attrs.field(default=8.0, converter=float, validator=_positive)
-    lora_targets: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_names)
-    lora_lr: float | None = attrs.field(default=None, validator=attrs.validators.optional(_positive))
-    tele_rounds: int = attrs.field(default=2, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)])
-    sharp_samples: int = attrs.field(default=5, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)])
-    sharp_radius: float = attrs.field(default=1e-4, converter=float, validator=_positive)
-    w_inv: float = attrs.field(default=10.0, converter=float, validator=_non_negative)
-    w_sharp: float = attrs.field(default=0.5, converter=float, validator=_non_negative)
-    sharpness_grad: str = attrs.field(default="full", validator=_in(SHARPNESS_GRADS))
-    perturb: str = attrs.field(default="shared", validator=_in(PERTURB))
-    contour: str = attrs.field(default="dataset", validator=_in(CONTOURS))
-    after_teleport: str = attrs.field(default="step", validator=_in(AFTER_TELEPORT))
-    htr: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-    max_norm: float | None = attrs.field(default=1.0, validator=attrs.validators.optional(_positive))
-    backward_options: Mapping[str, Any] = attrs.field(factory=dict)
-    monitor: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
-    seed: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.instance_of(int)))
-
-    #: one dict per teleport (see :meth:`_teleport`)
-    records: list[dict[str, Any]] = attrs.field(init=False, factory=list)
-    solver: Any = attrs.field(init=False, default=None)
-    adapter: MultiTaskBackward = attrs.field(init=False, default=None)
-    _epoch: int = attrs.field(init=False, default=0)
-    _step: int = attrs.field(init=False, default=0)
-    _teleports_epoch: int = attrs.field(init=False, default=0)
-    _teleports: int = attrs.field(init=False, default=0)
-    _g_prev: torch.Tensor | None = attrs.field(init=False, default=None)
-    _htr_pending: float | None = attrs.field(init=False, default=None)
-    _gen: torch.Generator | None = attrs.field(init=False, default=None)
-    _layers: list[nn.Module] = attrs.field(init=False, factory=list)
-
-    @trigger_fraction.validator
-    def _check_fraction(self, attribute: attrs.Attribute, value: float) -> None:
-        if not 0.0 < value <= 1.0:
-            raise ValueError(f"trigger_fraction must be in (0, 1], got {value!r}")
-
-    def __attrs_post_init__(self) -> None:
-        options = dict(self.backward_options)
-        clash = {"solver", "shared", "max_norm", "scaler"} & set(options)
-        if clash:
-            raise InvalidConfigError(f"backward_options cannot set {sorted(clash)}; they are COST settings")
-        if options.get("grads", "shared") != "shared" or options.get("accumulation_steps", 1) != 1:
-            raise InvalidConfigError("COST needs per-task gradients of the shared parameters, one batch per step")
-        if self.htr and not isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        shared: Any,
+        loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+        teleport_loader: Iterable[Any] | None = None,
+        scaler: Any = None,
+        settings: COSTSettings | None = None,
+        **options: Any,
+    ) -> None:
+        self.settings: COSTSettings = settings_for(COSTSettings, settings, options)
+        if not isinstance(model, nn.Module):
+            raise InvalidConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise InvalidConfigError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if not callable(loss_fn):
+            raise InvalidConfigError(f"loss_fn must be callable, got {loss_fn!r}")
+        self.model = model
+        self.optimizer = optimizer
+        self.shared = shared
+        self.loss_fn = loss_fn
+        self.teleport_loader = teleport_loader
+        self.scaler = scaler
+        #: one dict per teleport (see :meth:`_teleport`)
+        self.records: list[dict[str, Any]] = []
+        self._epoch = 0
+        self._step = 0
+        self._teleports_epoch = 0
+        self._teleports = 0
+        self._g_prev: torch.Tensor | None = None
+        self._htr_pending: float | None = None
+        self._gen: torch.Generator | None = None
+        self._layers: list[nn.Module] = []
+        config = self.settings
+        if config.htr and not isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW)):
             raise InvalidConfigError(f"htr=True reuses Adam/AdamW moments; got {type(self.optimizer).__name__} (pass htr=False)")
-        self.solver = _resolve(self.base)
-        self.adapter = MultiTaskBackward(self.solver, self.shared, max_norm=self.max_norm, scaler=self.scaler, **options)
+        self.solver = _resolve(config.base)
+        self.adapter = MultiTaskBackward(
+            self.solver, self.shared, max_norm=config.max_norm, scaler=self.scaler, **config.backward_options
+        )
         model_ids = {id(p) for p in self.model.parameters()}
         if any(id(p) not in model_ids for p in self.adapter.shared):
             raise InvalidConfigError("every shared tensor must be a parameter of model (the teleport perturbs it by name)")
         shared_ids = {id(p) for p in self.adapter.shared}
-        if self.lora_targets is None:
+        if config.lora_targets is None:
             self._layers = [
                 mod for mod in self.model.modules() if isinstance(mod, _lora.LAYERS) and id(mod.weight) in shared_ids
             ]
@@ -257,7 +213,7 @@ class COST:
                 raise InvalidConfigError("no Linear/Conv layer has a shared weight; name the LoRA targets with lora_targets")
         else:
             self._layers = []
-            for name in self.lora_targets:
+            for name in config.lora_targets:
                 try:
                     mod = self.model.get_submodule(name)
                 except AttributeError:
@@ -291,9 +247,9 @@ class COST:
     def train_step(self, batch: Any) -> StepInfo:
         """One training step on ``batch``: a base step, or a teleport followed by the base step."""
         gate = (
-            self._epoch >= self.start_epoch
-            and self._step >= self.start_step
-            and self._teleports_epoch < self.max_teleports_per_epoch
+            self._epoch >= self.settings.start_epoch
+            and self._step >= self.settings.start_step
+            and self._teleports_epoch < self.settings.max_teleports_per_epoch
         )
         snapshot = self.adapter.state_dict() if gate else None
         losses = self.loss_fn(self.model, batch)
@@ -312,15 +268,15 @@ class COST:
     def _fires(self, cosines: np.ndarray, K: np.ndarray) -> bool:
         if not np.isfinite(cosines).all():
             return False
-        if self.trigger == "dominated_any":
+        if self.settings.trigger == "dominated_any":
             return bool(cosines.min() <= 0.0)
-        if self.trigger == "dominated_min_norm":
+        if self.settings.trigger == "dominated_min_norm":
             return bool(cosines[int(np.argmin(np.diag(K)))] < 0.0)
-        return bool(np.mean(cosines < 0.0) >= self.trigger_fraction)
+        return bool(np.mean(cosines < 0.0) >= self.settings.trigger_fraction)
 
     def _finish(self, batch: Any, diagnostics: StepDiagnostics) -> None:
         """Keep g_prev, apply a pending HTR modulation and step the optimiser through the adapter."""
-        if self.htr and not diagnostics.skipped:
+        if self.settings.htr and not diagnostics.skipped:
             self._g_prev = torch.cat(
                 [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1) for p in self.adapter.shared]
             ).clone()
@@ -339,7 +295,7 @@ class COST:
         self._htr_pending = None
 
     def _loss_path_gramian(self, losses: torch.Tensor) -> np.ndarray:
-        """K for a loss-only base (the trigger still needs the per-task gradients; §2.4)."""
+        """K for a loss-only base (the trigger still needs the per-task gradients)."""
         m = losses.shape[0]
         reach = _grads.reachable_leaves([losses])
         used = [p for p in self.adapter.shared if id(p) in reach]
@@ -373,7 +329,7 @@ class COST:
         record.update(losses=diagnostics.losses.tolist(), cos_before=cosines.tolist(),
                       min_cos_before=float(cosines.min()), g0_norm_before=g0)
         after = None
-        if self.after_teleport == "step":
+        if self.settings.after_teleport == "step":
             losses = self.loss_fn(self.model, batch)
             K2 = self._loss_path_gramian(losses) if self.adapter.path == "losses" else None
             after = self.adapter.backward(losses)
@@ -389,7 +345,9 @@ class COST:
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if self._gen is None:
-            seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+            seed = self.settings.seed
+            if seed is None:
+                seed = int(torch.randint(0, 2**62, (1,)).item())
             self._gen = torch.Generator(device=device)
             self._gen.manual_seed(seed)
         return self._gen
@@ -422,20 +380,21 @@ class COST:
         last: dict[str, float] = {}
         steps, aborted = 0, False
         try:
-            targets = self._mean_losses(loader) if (self.contour == "dataset" or self.monitor) else None
-            adapters = _lora.inject(self._layers, self.lora_rank, self.lora_alpha / self.lora_rank, gen)
+            config = self.settings
+            targets = self._mean_losses(loader) if (config.contour == "dataset" or config.monitor) else None
+            adapters = _lora.inject(self._layers, config.lora_rank, config.lora_alpha / config.lora_rank, gen)
             params = [t for a in adapters for t in (a.A, a.B)]
-            lr = self.lora_lr if self.lora_lr is not None else self.optimizer.param_groups[0]["lr"]
+            lr = config.lora_lr if config.lora_lr is not None else self.optimizer.param_groups[0]["lr"]
             inner = torch.optim.Adam(params, lr=lr)
             named = self._perturbed(params)
             bound = _Bound(self.model, self.loss_fn)
             R = None
-            for _ in range(self.tele_rounds):
+            for _ in range(self.settings.tele_rounds):
                 for b in loader:
                     L = self.loss_fn(self.model, b)
                     if R is None:
                         R = torch.as_tensor(ratios, dtype=L.dtype, device=L.device)
-                    if self.contour == "batch":
+                    if self.settings.contour == "batch":
                         with torch.no_grad(), _lora.disabled(adapters):
                             target = self.loss_fn(self.model, b).detach()
                         gap = ((L.detach() - target).abs() / target.abs().clamp_min(1e-12)).max()
@@ -444,7 +403,7 @@ class COST:
                         target = targets.to(L.dtype)
                     invariance = (L - target).abs().mean()
                     sharpness = self._sharpness(bound, batch, R, named, gen)
-                    objective = self.w_inv * invariance - self.w_sharp * sharpness
+                    objective = self.settings.w_inv * invariance - self.settings.w_sharp * sharpness
                     if not bool(torch.isfinite(objective)):
                         aborted = True
                         break
@@ -454,7 +413,7 @@ class COST:
                     inner.step()
                     steps += 1
                     last = {"invariance": invariance.item(), "sharpness": sharpness.item()}
-                    if self.monitor:
+                    if self.settings.monitor:
                         mean = self._mean_losses(loader)
                         deviations.append(float(((mean - targets).abs() / targets.abs().clamp_min(1e-12)).max()))
                 if aborted:
@@ -479,7 +438,7 @@ class COST:
             "objective": last,
             "deviation": deviations,
             "max_deviation": max(deviations) if deviations else None,
-            "batch_deviation": batch_deviation if self.contour == "batch" else None,
+            "batch_deviation": batch_deviation if self.settings.contour == "batch" else None,
             "displacement": float(torch.linalg.vector_norm(delta)),
         }
         record.update(self._htr_decision(delta, aborted))
@@ -489,7 +448,7 @@ class COST:
     def _perturbed(self, adapter_params: list[torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
         """(functional_call key, tensor) of every parameter the sharpness noise perturbs."""
         skip = {id(t) for t in adapter_params}
-        if self.perturb == "shared":
+        if self.settings.perturb == "shared":
             keep = {id(p) for p in self.adapter.shared}
         else:
             keep = {id(p) for p in self.model.parameters() if p.requires_grad}
@@ -499,23 +458,23 @@ class COST:
         self, bound: _Bound, x: Any, R: torch.Tensor, named: list[tuple[str, torch.Tensor]], gen: torch.Generator
     ) -> torch.Tensor:
         """(1/m) Σ_i max_s R_i |L_i(θ+Δθ+ε_s; x) − L_i(θ+Δθ; x)| / δ with per-tensor ‖ε_s‖ = δ."""
-        delta = self.sharp_radius
+        delta = self.settings.sharp_radius
         L0 = self.loss_fn(self.model, x)
         worst = None
-        for _ in range(self.sharp_samples):
+        for _ in range(self.settings.sharp_samples):
             swapped = {}
             for key, p in named:
                 eps = torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype)
                 swapped[key] = p.detach() + eps * (delta / torch.linalg.vector_norm(eps).clamp_min(1e-30))
             Lp = torch.func.functional_call(bound, swapped, (x,))
-            if self.sharpness_grad == "official":
+            if self.settings.sharpness_grad == "official":
                 Lp = Lp.detach()
             term = R * (Lp - L0).abs() / delta
             worst = term if worst is None else torch.maximum(worst, term)
         return worst.mean()
 
     def _htr_decision(self, delta: torch.Tensor, aborted: bool) -> dict[str, Any]:
-        if not self.htr:
+        if not self.settings.htr:
             return {"htr": "off", "htr_cos": None}
         if aborted or self._g_prev is None:
             return {"htr": "none", "htr_cos": None}

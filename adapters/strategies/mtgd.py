@@ -1,5 +1,5 @@
 """MTGD-reconstructed — a Pareto set by multi-task gradient descent with parameter transfer
-(seed-methods.md §4; catalogue row ``mtgd``).
+(docs/methods.md#mtgd).
 
 Bai, Gupta, Ong, "Multi-Task Learning with Multi-Task Optimization", arXiv 2403.16162 (2024); the
 update rule is reconstructed from its abstract and the predecessor's code (Bai et al., "Multi-task
@@ -21,9 +21,8 @@ non-negative as long as α·η·max_k Σ_j r_kj ≤ 1 (:meth:`MTGD.max_alpha`); 
 from __future__ import annotations
 
 import copy
-import itertools
 import math
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, Mapping
 
 import attrs
 import numpy as np
@@ -31,27 +30,12 @@ import torch
 
 from mtlsolve._array import to_numpy64
 from mtlsolve.adapters.backward import MultiTaskBackward, _loss_vector
+from mtlsolve.adapters.strategies.settings import LABEL, MTGDSettings, das_dennis, grid_size
 from mtlsolve.errors import InvalidConfigError
 from mtlsolve.metrics import hypervolume
+from mtlsolve.strategy import settings_for
 
-LABEL = "MTGD-reconstructed"
-SCALARIZATIONS = ("linear", "tchebycheff")
-
-
-def das_dennis(tasks: int, divisions: int) -> np.ndarray:
-    """The Das–Dennis simplex-lattice: every λ ≥ 0 with Σλ = 1 and entries in {0, 1/H, …, 1};
-    C(H + m − 1, m − 1) rows, in lexicographic order of (λ_m, …, λ_1) increasing from e_1."""
-    if tasks < 1 or divisions < 1:
-        raise ValueError(f"das_dennis needs tasks ≥ 1 and divisions ≥ 1, got {tasks}, {divisions}")
-    rows = []
-    for bars in itertools.combinations(range(divisions + tasks - 1), tasks - 1):
-        edges = np.array((-1,) + bars + (divisions + tasks - 1,))
-        rows.append(np.diff(edges) - 1)
-    return np.array(rows[::-1], dtype=np.float64).reshape(-1, tasks) / divisions
-
-
-def grid_size(tasks: int, divisions: int) -> int:
-    return math.comb(divisions + tasks - 1, tasks - 1)
+__all__ = ["LABEL", "MTGD", "MTGDStep", "das_dennis", "grid_size", "transfer_matrix", "transfer_relation"]
 
 
 def transfer_relation(preferences: np.ndarray, neighbors: int | None = 2) -> np.ndarray:
@@ -117,16 +101,6 @@ def _clone_optimizer(optimizer: Any, template: torch.nn.Module, model: torch.nn.
     return clone
 
 
-def _preferences(value: Any) -> np.ndarray | None:
-    if value is None:
-        return None
-    P = np.atleast_2d(np.asarray(value, dtype=np.float64))
-    if P.ndim != 2 or not np.isfinite(P).all() or (P < 0).any() or not (P.sum(axis=1) > 0).all():
-        raise ValueError(f"preferences must be K rows of non-negative, non-zero weights, got {value!r}")
-    return P
-
-
-@attrs.define(kw_only=True, eq=False)
 class MTGD:
     """MTGD-reconstructed: K models trained on K scalarisations, coupled by parameter transfer.
 
@@ -137,13 +111,14 @@ class MTGD:
     solver sees it as the shared parameters), ``scheduler`` (optional callable ``optimizer ->
     scheduler``, stepped by :meth:`end_epoch`).
 
-    Settings (seed-methods.md §4.3): ``num_tasks`` m, ``n_models`` K (a Das–Dennis grid size; default
+    Settings (``settings=``, a :class:`~mtlsolve.adapters.strategies.settings.MTGDSettings`, or the same
+    names as keywords; reconstructed defaults, docs/methods.md#mtgd): ``num_tasks`` m, ``n_models`` K (a Das–Dennis grid size; default
     the smallest grid with K ≥ 5) or explicit ``preferences`` (K x m), ``scalarization``
     (``"linear"``, default, or ``"tchebycheff"`` with ``ideal`` z, default 0), ``alpha`` (1; 0 gives
     K independent runs), ``neighbors`` (2; None: every pair), ``transfer_layers`` (name prefixes of
     the parameters to mix, e.g. ``["trunk"]``; default the ``shared`` parameters, else all),
     ``reference`` (HV reference point; default 1.1 x the per-task maximum over the models of the
-    first losses seen by :meth:`evaluate` or :meth:`step`, problems.md §5), ``backward_options``.
+    first losses seen by :meth:`evaluate` or :meth:`step`, docs/problems.md#hypervolume), ``backward_options``.
 
     ``solver`` (name, config mapping or instance) replaces the scalarisation as each model's inner
     combiner: a population solver with ``preferences`` and ``index`` (``pmtl``) gets the whole grid
@@ -151,51 +126,36 @@ class MTGD:
     needs every λ^k_i > 0: pass interior ``preferences``), one with ``weights`` or ``task_weights``
     (``ls``, ``aligned_mtl``) gets λ^k as weights, any other combines the preference-weighted
     losses λ^k_i L_i. With ``alpha=0`` and ``solver="pmtl"`` or ``"epo"`` the population is that
-    Pareto method's K independent runs (the baseline of seed-methods.md §4.6).
+    Pareto method's K independent runs (the independent-runs baseline, docs/methods.md#mtgd).
     """
 
-    name: ClassVar[str] = "mtgd"
-    label: ClassVar[str] = LABEL
-    paper: ClassVar[str] = "Bai, Gupta, Ong — arXiv 2403.16162 (2024); Bai et al. — Memetic Computing 12:355–369 (2020)"
-
-    model: torch.nn.Module = attrs.field()
-    optimizer: Any = attrs.field()
-    shared: Any = None
-    scheduler: Any = None
-    num_tasks: int | None = None
-    n_models: int | None = None
-    preferences: np.ndarray | None = attrs.field(default=None, converter=_preferences, eq=False)
-    scalarization: str = attrs.field(default="linear", validator=attrs.validators.in_(SCALARIZATIONS))
-    ideal: tuple[float, ...] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(lambda v: tuple(float(x) for x in v))
-    )
-    solver: Any = None
-    alpha: float = attrs.field(default=1.0, converter=float, validator=attrs.validators.ge(0.0))
-    neighbors: int | None = attrs.field(default=2)
-    transfer_layers: tuple[str, ...] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(lambda v: (v,) if isinstance(v, str) else tuple(v))
-    )
-    reference: tuple[float, ...] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(lambda v: tuple(float(x) for x in v))
-    )
-    backward_options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
-
-    models: list = attrs.field(init=False, factory=list)
-    optimizers: list = attrs.field(init=False, factory=list)
-    schedulers: list = attrs.field(init=False, factory=list)
-    adapters: list = attrs.field(init=False, factory=list)
-    relation: np.ndarray = attrs.field(init=False, default=None, repr=False)
-    _weighted: list = attrs.field(init=False, factory=list, repr=False)
-    _transfer_names: list = attrs.field(init=False, factory=list, repr=False)
-    _steps: int = attrs.field(init=False, default=0, repr=False)
-
-    def __attrs_post_init__(self) -> None:
-        if self.neighbors is not None and (not isinstance(self.neighbors, int) or self.neighbors < 1):
-            raise InvalidConfigError(f"neighbors must be a positive integer or None, got {self.neighbors!r}")
-        self.preferences = self._grid()
-        K, m = self.preferences.shape
-        if self.ideal is not None and len(self.ideal) != m:
-            raise InvalidConfigError(f"ideal has {len(self.ideal)} entries for {m} tasks")
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        optimizer: Any,
+        shared: Any = None,
+        scheduler: Any = None,
+        settings: MTGDSettings | None = None,
+        **options: Any,
+    ) -> None:
+        self.settings: MTGDSettings = settings_for(MTGDSettings, settings, options)
+        self.model = model
+        self.optimizer = optimizer
+        self.shared = shared
+        self.scheduler = scheduler
+        config = self.settings
+        #: the K x m preference vectors, one row per model
+        self.preferences: np.ndarray = config.preference_grid()
+        #: the hypervolume reference point (fixed by the first losses seen when the settings give none)
+        self.reference: tuple[float, ...] | None = config.reference
+        self.models: list = []
+        self.optimizers: list = []
+        self.schedulers: list = []
+        self.adapters: list = []
+        self._weighted: list = []
+        self._steps = 0
+        K = self.preferences.shape[0]
         names = [n for n, _ in self.model.named_parameters()]
         if self.shared is not None:
             shared_ids = {id(p) for p in _params(self.shared)}
@@ -204,14 +164,14 @@ class MTGD:
                 raise InvalidConfigError(f"{LABEL}: shared holds none of the model's parameters")
         else:
             shared_names = names
-        if self.transfer_layers is not None:
-            chosen = [n for n in names if any(n == p or n.startswith(p + ".") for p in self.transfer_layers)]
+        if config.transfer_layers is not None:
+            chosen = [n for n in names if any(n == p or n.startswith(p + ".") for p in config.transfer_layers)]
             if not chosen:
-                raise InvalidConfigError(f"{LABEL}: transfer_layers {self.transfer_layers} match no parameter of {names}")
+                raise InvalidConfigError(f"{LABEL}: transfer_layers {config.transfer_layers} match no parameter of {names}")
         else:
             chosen = shared_names
         self._transfer_names = chosen
-        self.relation = transfer_relation(self.preferences, self.neighbors)
+        self.relation: np.ndarray = transfer_relation(self.preferences, config.neighbors)
         for k in range(K):
             model = copy.deepcopy(self.model)
             optimizer = _clone_optimizer(self.optimizer, self.model, model)
@@ -220,34 +180,13 @@ class MTGD:
             self.models.append(model)
             self.optimizers.append(optimizer)
             self.adapters.append(
-                MultiTaskBackward(solver, shared=[params[n] for n in shared_names], **self.backward_options)
+                MultiTaskBackward(solver, shared=[params[n] for n in shared_names], **config.backward_options)
             )
             self._weighted.append(weighted)
             if self.scheduler is not None:
                 self.schedulers.append(self.scheduler(optimizer))
-        if self.alpha > 0:
+        if config.alpha > 0:
             self.transfer_matrix()  # refuse, before any step, an α above the bound at the initial learning rates
-
-    def _grid(self) -> np.ndarray:
-        if self.preferences is not None:
-            if self.num_tasks is not None and self.preferences.shape[1] != self.num_tasks:
-                raise InvalidConfigError(f"preferences have {self.preferences.shape[1]} tasks, num_tasks is {self.num_tasks}")
-            if self.n_models is not None and self.preferences.shape[0] != self.n_models:
-                raise InvalidConfigError(f"{self.preferences.shape[0]} preferences given, n_models is {self.n_models}")
-            return self.preferences
-        m = self.num_tasks
-        if not isinstance(m, int) or m < 2:
-            raise InvalidConfigError(f"{LABEL} needs num_tasks (≥ 2) or explicit preferences")
-        if self.n_models is None:
-            H = next(h for h in itertools.count(1) if grid_size(m, h) >= 5)
-        else:
-            sizes = {grid_size(m, h): h for h in range(1, self.n_models + 1) if grid_size(m, h) <= self.n_models}
-            if self.n_models not in sizes:
-                raise InvalidConfigError(
-                    f"no Das–Dennis grid for {m} tasks has {self.n_models} points; sizes: {sorted(sizes)} …"
-                )
-            H = sizes[self.n_models]
-        return das_dennis(m, H)
 
     def _inner(self, lam: np.ndarray) -> tuple[Any, bool]:
         """The inner solver of the model with preference ``lam`` and whether it sees λ ⊙ L."""
@@ -255,13 +194,9 @@ class MTGD:
         from mtlsolve.registry import hyperparameters
         from mtlsolve.solver import Solver
 
-        spec = self.solver
+        spec = self.settings.solver
         if spec is None:
-            spec = "ls" if self.scalarization == "linear" else "tchebycheff"
-        elif self.scalarization != "linear":
-            raise InvalidConfigError(
-                f"{LABEL}: scalarization picks the default inner solver; with solver={spec!r} leave it 'linear'"
-            )
+            spec = "ls" if self.settings.scalarization == "linear" else "tchebycheff"
         if isinstance(spec, Solver):
             return copy.deepcopy(spec), True
         config = {"name": spec} if isinstance(spec, str) else dict(spec)
@@ -273,8 +208,8 @@ class MTGD:
             return mtlsolve.from_config(config), False
         if "preference" in fields and "preference" not in config:
             config["preference"] = tuple(lam)
-            if self.ideal is not None and "ideal" in fields:
-                config["ideal"] = self.ideal
+            if self.settings.ideal is not None and "ideal" in fields:
+                config["ideal"] = self.settings.ideal
             return mtlsolve.from_config(config), False
         for key in ("weights", "task_weights"):  # ls, si; aligned_mtl
             if key in fields and key not in config:
@@ -293,7 +228,7 @@ class MTGD:
 
     def transfer_matrix(self) -> np.ndarray:
         """M at the current learning rates (row-stochastic, non-negative)."""
-        return transfer_matrix(self.relation, self.alpha, self.learning_rates())
+        return transfer_matrix(self.relation, self.settings.alpha, self.learning_rates())
 
     def max_alpha(self) -> float:
         """The largest α for which M stays non-negative at the current learning rates."""
@@ -310,12 +245,12 @@ class MTGD:
         L = np.stack(rows)
         self._set_reference(L)
         delta, M = None, None
-        if self.alpha > 0:
+        if self.settings.alpha > 0:
             M = self.transfer_matrix()
             delta = self._mixing(M)
         for k, model in enumerate(self.models):
             after = None
-            if self.adapters[k].solver.post_step:
+            if self.adapters[k].capabilities.post_step:
                 after = (lambda k=k, model=model: self._inner_losses(k, _loss_vector(closure(model))))
             self.adapters[k].step(self.optimizers[k], closure=after)
         if delta is not None:

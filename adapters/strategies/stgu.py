@@ -1,4 +1,4 @@
-"""STGU — selective task group updates (seed-methods.md §3; catalogue row ``stgu``).
+"""STGU — selective task group updates (docs/methods.md#stgu).
 
 Jeong & Yoon, "Selective Task Group Updates for Multi-Task Optimization", ICLR 2025,
 arXiv 2502.11986; the algorithm follows the official code (wooseong97/sel-update-mtl,
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, Mapping
 
 import attrs
 import numpy as np
@@ -28,12 +28,9 @@ import torch
 
 from mtlsolve._array import to_numpy64
 from mtlsolve.adapters.backward import MultiTaskBackward, _loss_vector
+from mtlsolve.adapters.strategies.settings import Groups, STGUSettings
 from mtlsolve.errors import InvalidConfigError
-
-ATTRIBUTIONS = ("causal", "official")
-AP_BACKENDS = ("auto", "sklearn", "numba")
-
-Groups = tuple[tuple[int, ...], ...]
+from mtlsolve.strategy import settings_for
 
 
 @attrs.frozen(kw_only=True)
@@ -60,22 +57,6 @@ def _tensors(item: Any) -> list[torch.Tensor]:
     return [t for sub in item for t in _tensors(sub)]
 
 
-def _groups(value: Any) -> Groups | None:
-    if value is None:
-        return None
-    groups = tuple(sorted(tuple(sorted(int(t) for t in g)) for g in value))
-    flat = [t for g in groups for t in g]
-    if not groups or any(not g for g in groups) or sorted(flat) != list(range(len(flat))):
-        raise ValueError(f"initial_groups must partition the tasks 0..m-1 into non-empty groups, got {value!r}")
-    return groups
-
-
-def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
-
-
-@attrs.define(kw_only=True, eq=False)
 class STGU:
     """Selective task group updates as a training-loop strategy.
 
@@ -84,7 +65,8 @@ class STGU:
     task: a module, tensor or iterable of them holding that task's own parameters, e.g.
     ``model.heads``), ``scheduler`` (stepped once per batch).
 
-    Settings (seed-methods.md §3.3 and §3.8): ``affinity_beta`` β (1e-3), ``warmup_iters`` (100
+    Settings (``settings=``, a :class:`~mtlsolve.adapters.strategies.settings.STGUSettings`, or the same
+    names as keywords; the official code's defaults; docs/methods.md#stgu): ``affinity_beta`` β (1e-3), ``warmup_iters`` (100
     batches of the initial groups), ``regroup_every`` (1), ``attribution`` (``"causal"``: a loss
     change is credited to the group stepped between the two forward passes; ``"official"``: to the
     group about to step, as the official code does), ``final_forward`` (causal only: one extra
@@ -104,53 +86,36 @@ class STGU:
     ``ls`` is an extension the paper does not have.
     """
 
-    name: ClassVar[str] = "stgu"
-    paper: ClassVar[str] = "Jeong & Yoon — ICLR 2025 — arXiv 2502.11986"
-
-    optimizer: Any = attrs.field()
-    model: Any = None
-    task_param_groups: Any = None
-    scheduler: Any = None
-    solver: Any = "ls"
-    backward_options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
-    affinity_beta: float = attrs.field(default=1e-3, validator=[_positive, attrs.validators.le(1.0)])
-    warmup_iters: int = attrs.field(default=100, validator=attrs.validators.ge(0))
-    regroup_every: int = attrs.field(default=1, validator=attrs.validators.ge(1))
-    attribution: str = attrs.field(default="causal", validator=attrs.validators.in_(ATTRIBUTIONS))
-    final_forward: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
-    group_norm: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
-    task_specific_lr_mult: float | None = attrs.field(default=None)
-    initial_groups: Groups | None = attrs.field(default=None, converter=_groups)
-    loss_weights: tuple[float, ...] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(lambda v: tuple(float(x) for x in v))
-    )
-    ap_preference: float | None = None
-    ap_damping: float = attrs.field(default=0.5, validator=[attrs.validators.ge(0.5), attrs.validators.lt(1.0)])
-    ap_convergence_iter: int = attrs.field(default=50, validator=attrs.validators.ge(1))
-    ap_max_iter: int = attrs.field(default=200, validator=attrs.validators.ge(1))
-    ap_retries: int = attrs.field(default=10, validator=attrs.validators.ge(1))
-    ap_backend: str = attrs.field(default="auto", validator=attrs.validators.in_(AP_BACKENDS))
-    eps: float = attrs.field(default=1e-8, validator=_positive)
-    seed: int | None = None
-
-    _state: dict = attrs.field(init=False, factory=dict, repr=False)
-    _adapters: dict = attrs.field(init=False, factory=dict, repr=False)
-    _task_params: list = attrs.field(init=False, factory=list, repr=False)
-    _shared: list = attrs.field(init=False, factory=list, repr=False)
-
-    def __attrs_post_init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        optimizer: torch.optim.Optimizer,
+        model: torch.nn.Module | None = None,
+        task_param_groups: Any = None,
+        scheduler: Any = None,
+        settings: STGUSettings | None = None,
+        **options: Any,
+    ) -> None:
+        self.settings: STGUSettings = settings_for(STGUSettings, settings, options)
+        self.optimizer = optimizer
+        self.model = model
+        self.task_param_groups = task_param_groups
+        self.scheduler = scheduler
+        self._state: dict = {}
+        self._adapters: dict = {}
+        self._task_params: list = []
+        self._shared: list = []
+        config = self.settings
         if self.task_param_groups is not None:
             self._task_params = [_tensors(item) for item in self.task_param_groups]
             if any(not params for params in self._task_params):
                 raise InvalidConfigError("every entry of task_param_groups must hold at least one parameter")
             m = len(self._task_params)
-            for what, value in (("initial_groups", self.initial_groups), ("loss_weights", self.loss_weights)):
+            for what, value in (("initial_groups", config.initial_groups), ("loss_weights", config.loss_weights)):
                 size = None if value is None else (sum(map(len, value)) if what == "initial_groups" else len(value))
                 if size is not None and size != m:
                     raise InvalidConfigError(f"{what} covers {size} tasks but task_param_groups has {m}")
-            mult = float(m if self.task_specific_lr_mult is None else self.task_specific_lr_mult)
-            if not mult > 0:
-                raise InvalidConfigError(f"task_specific_lr_mult must be > 0, got {mult}")
+            mult = float(m if config.task_specific_lr_mult is None else config.task_specific_lr_mult)
             self._split_param_groups(mult)
         owned = {id(p) for params in self._task_params for p in params}
         source = self.model.parameters() if self.model is not None else (
@@ -211,12 +176,12 @@ class STGU:
         losses = _loss_vector(closure())
         m = losses.shape[0]
         state = self._init(m)
-        gen = np.random.Generator(np.random.PCG64(self.seed))
+        gen = np.random.Generator(np.random.PCG64(self.settings.seed))
         if state.get("rng") is not None:
             gen.bit_generator.state = state["rng"]
-        warm = state["batch"] < self.warmup_iters
+        warm = state["batch"] < self.settings.warmup_iters
         regrouped = False
-        if not warm and (state["batch"] - self.warmup_iters) % self.regroup_every == 0:
+        if not warm and (state["batch"] - self.settings.warmup_iters) % self.settings.regroup_every == 0:
             regrouped = self._regroup(gen)
         groups = state["groups"]
         order = [groups[i] for i in gen.permutation(len(groups))]
@@ -229,10 +194,10 @@ class STGU:
                 losses = _loss_vector(closure())
             now = to_numpy64(losses)
             if before is not None:
-                self._observe(order[k - 1] if self.attribution == "causal" else group, before, now)
+                self._observe(order[k - 1] if self.settings.attribution == "causal" else group, before, now)
             before = now
             self._substep(group, losses, closure)
-        if self.attribution == "causal" and self.final_forward:
+        if self.settings.attribution == "causal" and self.settings.final_forward:
             with torch.no_grad():
                 self._observe(order[-1], before, to_numpy64(_loss_vector(closure())))
         if self.scheduler is not None:
@@ -249,9 +214,9 @@ class STGU:
             raise InvalidConfigError(f"STGU was started with {state['m']} tasks, the closure now returns {m}")
         if self._task_params and len(self._task_params) != m:
             raise InvalidConfigError(f"task_param_groups has {len(self._task_params)} entries for {m} tasks")
-        if self.loss_weights is not None and len(self.loss_weights) != m:
-            raise InvalidConfigError(f"loss_weights has {len(self.loss_weights)} entries for {m} tasks")
-        groups = self.initial_groups or tuple((t,) for t in range(m))
+        if self.settings.loss_weights is not None and len(self.settings.loss_weights) != m:
+            raise InvalidConfigError(f"loss_weights has {len(self.settings.loss_weights)} entries for {m} tasks")
+        groups = self.settings.initial_groups or tuple((t,) for t in range(m))
         if sum(map(len, groups)) != m:
             raise InvalidConfigError(f"initial_groups covers {sum(map(len, groups))} tasks, the closure returns {m}")
         state.update(m=m, affinity=np.zeros((m, m)), groups=groups, batch=0, rng=None)
@@ -260,26 +225,28 @@ class STGU:
     def _adapter(self, group: tuple[int, ...]) -> MultiTaskBackward:
         adapter = self._adapters.get(group)
         if adapter is None:
-            adapter = MultiTaskBackward(self.solver, shared=self._shared, **self.backward_options)
+            adapter = MultiTaskBackward(self.settings.solver, shared=self._shared, **self.settings.backward_options)
             self._adapters[group] = adapter
         return adapter
 
     def _group_losses(self, group: tuple[int, ...], losses: torch.Tensor) -> torch.Tensor:
         sub = losses[list(group)]
-        if self.loss_weights is not None:
-            sub = sub * torch.tensor([self.loss_weights[t] for t in group], dtype=sub.dtype, device=sub.device)
-        return sub / len(group) if self.group_norm else sub
+        if self.settings.loss_weights is not None:
+            sub = sub * torch.tensor([self.settings.loss_weights[t] for t in group], dtype=sub.dtype, device=sub.device)
+        return sub / len(group) if self.settings.group_norm else sub
 
     def _substep(self, group: tuple[int, ...], losses: torch.Tensor, closure: Callable[[], Any]) -> None:
         adapter = self._adapter(group)
         self.optimizer.zero_grad(set_to_none=True)  # parameters of other groups' tasks get no step
         adapter.backward(self._group_losses(group, losses))
-        after = (lambda: self._group_losses(group, _loss_vector(closure()))) if adapter.solver.post_step else None
+        after = None
+        if adapter.capabilities.post_step:
+            after = lambda: self._group_losses(group, _loss_vector(closure()))  # noqa: E731
         adapter.step(self.optimizer, closure=after)
 
     # -------------------------------------------------------------- affinity
     def _observe(self, group: tuple[int, ...], before: np.ndarray, after: np.ndarray) -> None:
-        """EMA update of the rows ``group`` of A from one step's relative loss changes (§3.2)."""
+        """EMA update of the rows ``group`` of A from one step's relative loss changes (docs/methods.md#stgu)."""
         A = self._state["affinity"]
         m = A.shape[0]
         g = np.asarray(group)
@@ -294,7 +261,7 @@ class STGU:
         mask = np.broadcast_to(valid[None, :], intra.shape).copy()
         mask &= ~((intra | is_self) & ~valid[g][:, None])  # intra-group pairs need the source's loss too
         mask &= ~(is_self & (rs < 0))  # self-affinity only improves
-        beta = self.affinity_beta
+        beta = self.settings.affinity_beta
         rows = A[g]
         A[g] = np.where(mask, (1.0 - beta) * rows + beta * obs, rows)
 
@@ -303,21 +270,21 @@ class STGU:
         (left as is where A[t,t] ≤ 0), symmetrised."""
         A = self._state["affinity"]
         d = np.diag(A)
-        X = np.where(d[None, :] > 0, A / np.maximum(d, self.eps)[None, :], A)
+        X = np.where(d[None, :] > 0, A / np.maximum(d, self.settings.eps)[None, :], A)
         return (X + X.T) / 2
 
     def _regroup(self, gen: np.random.Generator) -> bool:
         X = self.similarity()
-        convergence_iter = self.ap_convergence_iter
-        for _ in range(self.ap_retries):
+        convergence_iter = self.settings.ap_convergence_iter
+        for _ in range(self.settings.ap_retries):
             labels = affinity_propagation(
                 X,
-                preference=self.ap_preference,
-                damping=self.ap_damping,
+                preference=self.settings.ap_preference,
+                damping=self.settings.ap_damping,
                 convergence_iter=convergence_iter,
-                max_iter=self.ap_max_iter,
+                max_iter=self.settings.ap_max_iter,
                 seed=int(gen.integers(2**31 - 1)),
-                backend=self.ap_backend,
+                backend=self.settings.ap_backend,
             )
             if labels is not None:
                 self._state["groups"] = tuple(sorted(tuple(np.flatnonzero(labels == c).tolist()) for c in set(labels)))

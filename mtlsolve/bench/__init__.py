@@ -1,14 +1,14 @@
 """``mtlsolve bench``: every registered solver on the built-in problems, as Markdown tables.
 
-Sections (``--sections``; problems.md):
+Sections (``--sections``; docs/problems.md):
 
-* **toy**: the two-task toy landscape (§1) from its five published starts; trajectories over the
+* **toy**: the two-task toy landscape (#toy-landscape) from its five published starts; trajectories over the
   loss contours and the Pareto front in ``toy.png``;
-* **fonseca**: Fonseca–Fleming and its convex companion (§2), one front per preference-based
-  solver, scored by hypervolume with r = (1, 1) (§5); fronts in ``fonseca.png``;
-* **linreg**: many-task linear regression (§3), time per optimiser step as the number of tasks
+* **fonseca**: Fonseca–Fleming and its convex companion (#fonseca-problems), one front per preference-based
+  solver, scored by hypervolume with r = (1, 1) (#hypervolume); fronts in ``fonseca.png``;
+* **linreg**: many-task linear regression (#linear-regression), time per optimiser step as the number of tasks
   grows to 100; ``linreg.png``;
-* **digits** / **mnist**: MultiDigits and MultiMNIST, per-task test accuracy and Δm% (§4) against
+* **digits** / **mnist**: MultiDigits and MultiMNIST, per-task test accuracy and Δm% (#delta-m) against
   single-task baselines trained by the same loop; ``digits.png`` / ``mnist.png``.
 
 Everything is written to ``--out``: ``results.md`` (the printed tables), ``results.json`` and the
@@ -45,6 +45,8 @@ SETTINGS: Mapping[str, Mapping[str, Any]] = {
               "digits_steps": 300, "digits_batch": 64, "mnist_steps": 100, "mnist_batch": 32},
 }
 DIGITS_LR = 1e-3
+#: where the problems, metrics and solvers the report names are documented
+DOCS: Mapping[str, str] = {"problems": "docs/problems.md", "methods": "docs/methods.md"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,10 +129,11 @@ def main(args: argparse.Namespace) -> int:
                f"{'quick' if args.quick else 'full'} settings, device {args.device}, {args.threads} CPU thread(s)")
     load_before = load_average()
     report.add(f"load average at start (1, 5, 15 min): {load_before}")
+    report.add(f"problems and metrics: {DOCS['problems']}; solvers: {DOCS['methods']}")
     results: dict[str, Any] = {"settings": {**settings, "seeds": seeds, "device": args.device, "threads": args.threads,
                                             "toy_scale": args.toy_scale, "sections": sections},
                                "solvers": [{"label": s.label, "config": dict(s.config)} for s in specs],
-                               "load_average_start": load_before}
+                               "load_average_start": load_before, "docs": dict(DOCS)}
     t0 = time.perf_counter()
 
     def each(section: str, specs_: Sequence[Spec] | int, run: Callable[[Spec, int], dict] | None = None
@@ -228,7 +231,7 @@ def mib(value: Any) -> str:
 # ---------------------------------------------------------------- sections
 def section_toy(section, specs, settings, args, each, report, out) -> dict[str, Any]:
     steps, lr = settings["toy_steps"], settings["toy_lr"]
-    report.add(f"## Toy landscape (problems.md §1): scale {args.toy_scale!r}, Adam lr {lr:.3g}, {steps} steps, "
+    report.add(f"## Toy landscape (docs/problems.md#toy-landscape): scale {args.toy_scale!r}, Adam lr {lr:.3g}, {steps} steps, "
                f"{len(TOY_STARTS)} starts")
     runs = each(section, specs, lambda spec, seed: analytic.run_toy(spec, seed, steps=steps, lr=lr,
                                                                     scale=args.toy_scale))
@@ -246,7 +249,7 @@ def section_toy(section, specs, settings, args, each, report, out) -> dict[str, 
 
 def section_fonseca(section, specs, settings, args, each, report, out) -> dict[str, Any]:
     steps, lr, count = settings["fonseca_steps"], settings["fonseca_lr"], settings["fronts"]
-    report.add(f"## Fonseca–Fleming and its convex companion (problems.md §2): n = 10, {count} preferences, "
+    report.add(f"## Fonseca–Fleming and its convex companion (docs/problems.md#fonseca-problems): n = 10, {count} preferences, "
                f"Adam lr {lr:g}, {steps} steps; hypervolume with r = {analytic.FONSECA_REFERENCE}")
     runs = each(section, specs, lambda spec, seed: analytic.run_fonseca(spec, seed, steps=steps, lr=lr, count=count))
     rows = [aggregate(r) for r in runs]
@@ -263,7 +266,7 @@ def section_fonseca(section, specs, settings, args, each, report, out) -> dict[s
 
 def section_linreg(section, specs, settings, args, each, report, out) -> dict[str, Any]:
     tasks, steps = settings["linreg_tasks"], settings["linreg_steps"]
-    report.add(f"## Many-task linear regression (problems.md §3): Linear(20, m), 1,000 samples, Adam lr 1e-3, "
+    report.add(f"## Many-task linear regression (docs/problems.md#linear-regression): Linear(20, m), 1,000 samples, Adam lr 1e-3, "
                f"ms per optimiser step over {steps} steps (forward, backward, solver, Adam), m = {list(tasks)}")
     runs = each(section, specs, lambda spec, seed: training.run_linreg(spec, seed, tasks=tasks, steps=steps,
                                                                        warmup=settings["linreg_warmup"],
@@ -280,7 +283,7 @@ def section_digits(section, specs, settings, args, each, report, out) -> dict[st
     name = {"digits": "MultiDigits", "mnist": "MultiMNIST"}[section]
     steps, batch = settings[f"{section}_steps"], settings[f"{section}_batch"]
     trunk = "MLP 100-64-64" if section == "digits" else "LeNet-style CNN"
-    report.add(f"## {name}: {trunk} with two linear heads, Adam lr {DIGITS_LR:g}, batch {batch}, {steps} steps")
+    report.add(f"## {name} (docs/problems.md#multidigits-and-multimnist): {trunk} with two linear heads, Adam lr {DIGITS_LR:g}, batch {batch}, {steps} steps")
     try:
         data = training.load_digits_problem(problem)
     except training.DataUnavailable as exc:
@@ -312,7 +315,7 @@ def section_digits(section, specs, settings, args, each, report, out) -> dict[st
                                    ("note", "note")],
                             {"acc_task1": percent, "acc_task2": percent, "delta_m": lambda v: fmt(v, 2),
                              "ms_per_step": lambda v: fmt(v, 2), "peak_mib": mib})
-               + "\n\nΔm% against the single-task baselines (problems.md §4; lower is better, negative beats them); "
+               + "\n\nΔm% against the single-task baselines (docs/problems.md#delta-m; lower is better, negative beats them); "
                f"peak MiB: the process's peak resident set while training (CPU; libraries and data included) "
                f"or the CUDA allocator's peak (GPU); {section}.png.")
     plot_accuracies(rows, base_mean, name, out / f"{section}.png")

@@ -1,4 +1,4 @@
-"""The analytic problems: the two-task toy landscape and the Fonseca–Fleming pair (problems.md §1, §2).
+"""The analytic problems: the two-task toy landscape and the Fonseca–Fleming pair (docs/problems.md#toy-landscape, docs/problems.md#fonseca-problems).
 
 A population of points (the five toy starts, or one start per preference vector) is optimised with
 Adam; every point has its own solver instance, called directly on its 2 x n task-gradient matrix
@@ -22,7 +22,7 @@ from mtlsolve.registry import hyperparameters
 #: positive losses for the methods that take their logarithm or ratios; the gradients are unchanged
 TOY_LOSS_SHIFT = 21.0
 
-#: Fonseca–Fleming HV reference point (problems.md §5) and the HV of each exact front (§2)
+#: Fonseca–Fleming HV reference point and the HV of each exact front (docs/problems.md#fonseca-problems)
 FONSECA_REFERENCE = (1.0, 1.0)
 FONSECA_EXACT_HV = {"fonseca": 0.34212, "fonseca_convex": 5.0 / 6.0}
 FONSECA_PROBLEMS: dict[str, Callable] = {"fonseca": fonseca, "fonseca_convex": fonseca_convex}
@@ -71,7 +71,7 @@ def optimise(objective: Callable, x0, solvers: Sequence, steps: int, lr: float, 
         if bounds is not None:
             with torch.no_grad():
                 x.clamp_(-bounds, bounds)
-        if solvers[0].post_step:
+        if solvers[0].capabilities.post_step:
             with torch.no_grad():
                 f_after = objective(x)
             for i, s in enumerate(solvers):
@@ -168,7 +168,7 @@ def run_fonseca(spec: Spec, seed: int, *, steps: int, lr: float, count: int, n: 
 
 
 def exact_front(problem: str, points: int = 201) -> np.ndarray:
-    """The exact Pareto front of a Fonseca problem (problems.md §2), for plots."""
+    """The exact Pareto front of a Fonseca problem (docs/problems.md#fonseca-problems), for plots."""
     s = np.linspace(-1, 1, points)
     if problem == "fonseca":
         return np.stack((1 - np.exp(-((s - 1) ** 2)), 1 - np.exp(-((s + 1) ** 2))), axis=1)

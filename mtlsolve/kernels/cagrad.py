@@ -35,12 +35,11 @@ Degenerate cases, none producing NaN:
   y ~ θ/δ, which the kernel recognises because the resulting d misses
   min_i g_i·d = θ with the unregularised K.
 
-The QPs are solved in the Jacobi-scaled variable y = s∘ν (s_i = ‖g_i‖) by a
-primal active-set method (Nocedal & Wright, Alg. 16.3, bounds only) with a
-Cholesky factor of the free block that grows by one row per added index and is
-refactored when one leaves; a relative ridge δ = 1e-14 on the unit diagonal
-keeps dependent free sets (duplicated gradients, n < m) well posed, and the
-final closed-form root is recomputed without it where Q_FF allows (pivots
+The QPs are solved in the Jacobi-scaled variable y = s∘ν (s_i = ‖g_i‖) by the
+active-set core of :mod:`mtlsolve.kernels._dense` (Nocedal & Wright, Alg. 16.3, bounds
+only), warm-started from the previous θ's solution and free set; a ridge δ = 1e-14 on
+the unit diagonal keeps dependent free sets (duplicated gradients, n < m) well posed,
+and the final closed-form root is recomputed without it where Q_FF allows (pivots
 above 1e-10), so the ridge does not bias the answer. The optimality tests of the
 QPs are relative to each row's own terms (Σy + |b̃_j| + |θ|/s_j), so rows whose
 norms span many decades are priced alike.
@@ -48,118 +47,41 @@ norms span many decades are priced alike.
 Precision: on an indefinite K (a Gramian accumulated in float32 has eigenvalues
 down to about −m·ρ) the QP for θ > 0 is unbounded along the negative directions
 and the weights blow up; such a K is first replaced by its PSD part
-(:func:`psd_repair`, on the normalised Gramian). Every solve is then certified
+(:func:`mtlsolve.gramian.psd_repair`, on the normalised Gramian). Every solve is then certified
 (:func:`cagrad_residual`, :func:`certified_cagrad`).
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
+from mtlsolve.gramian import psd_repair
 from mtlsolve.kernels import _cvx
-from mtlsolve.kernels._dense import as_kernel_array, chol_solve
+from mtlsolve.kernels._dense import (
+    RIDGE,
+    active_set,
+    as_kernel_array,
+    chol_append,
+    chol_solve,
+    simplex_violation,
+    unit_diagonal,
+)
+from mtlsolve.kernels._numba import kernel
 
-#: ridge δ added to the unit diagonal of the scaled Gramian
-RIDGE = 1e-14
 #: outer (Dinkelbach) iteration cap; each outer step costs one warm-started QP solve
 MAX_OUTER = 60
 
 
-@numba.njit(cache=True)
-def _chol_append(L, nf, Q, idx, j, delta):
-    """Extend the Cholesky factor L (nf x nf) of Q[F, F] + δI by index j."""
-    for r in range(nf):
-        s = Q[idx[r], j]
-        for c in range(r):
-            s -= L[nf, c] * L[r, c]
-        L[nf, r] = s / L[r, r]
-    d = Q[j, j] + delta
-    for c in range(nf):
-        d -= L[nf, c] * L[nf, c]
-    # the Schur complement of a matrix ⪰ δI is ≥ δ: clamp round-off and slightly indefinite input
-    L[nf, nf] = np.sqrt(max(d, delta))
-    idx[nf] = j
+@kernel
+def _nnqp(Q, q, qmag, delta, y, free, L, idx, max_iter):
+    """min ½yᵀ(Q + δI)y + qᵀy over y ≥ 0 from the feasible y with free set ``free`` (both updated
+    in place): the active-set core without the equality; ``qmag`` ≥ |q| are the sizes of the
+    terms q was computed from. Returns (|F|, iterations, converged); L holds the factor of the
+    final free block, in the order ``idx[:|F|]``."""
+    return active_set(Q, q, qmag, np.empty(0), delta, max_iter, y, free, L, idx, np.empty((5, Q.shape[0])))
 
 
-@numba.njit(cache=True)
-def _factor(L, Q, idx, free, delta):
-    """Factor Q[F, F] + δI for the free set F from scratch; returns |F|."""
-    nf = 0
-    for i in range(Q.shape[0]):
-        if free[i]:
-            _chol_append(L, nf, Q, idx, i, delta)
-            nf += 1
-    return nf
-
-
-@numba.njit(cache=True)
-def _nnqp(Q, q, qmag, delta, y, free, L, idx, rhs, z, max_iter):
-    """min ½yᵀ(Q + δI)y + qᵀy over y ≥ 0, from the feasible y with free set ``free`` (both
-    updated in place). Returns (|F|, iterations, converged); L holds the factor of the final
-    free block, in the order ``idx[:|F|]``. ``qmag`` ≥ |q| are the sizes of the terms q was
-    computed from: the optimality test of row j is relative to Σy + qmag_j (Q has a unit
-    diagonal), so rows of any scale are priced alike."""
-    m = Q.shape[0]
-    for i in range(m):
-        if not free[i]:
-            y[i] = 0.0
-    nf = _factor(L, Q, idx, free, delta)
-    last = -1
-    it = 0
-    while it < max_iter:
-        it += 1
-        if nf > 0:
-            for r in range(nf):
-                rhs[r] = -q[idx[r]]
-            chol_solve(L, nf, rhs, z)
-            # ratio test: step from y towards the free-set minimiser z until a weight reaches 0
-            alpha = 1.0
-            block = -1
-            for r in range(nf):
-                if z[r] < 0.0:
-                    yr = y[idx[r]]
-                    step = yr / (yr - z[r])
-                    if step < alpha:
-                        alpha = step
-                        block = r
-            for r in range(nf):
-                i = idx[r]
-                y[i] = max(y[i] + alpha * (z[r] - y[i]), 0.0)
-            if block >= 0:
-                j = idx[block]
-                y[j] = 0.0
-                free[j] = False
-                nf = _factor(L, Q, idx, free, delta)
-                if j == last and alpha == 0.0:
-                    # the index just added cannot move: its multiplier was negative by round-off only
-                    return nf, it, True
-                continue
-        # price the bounds: the most negative gradient entry outside the free set enters
-        total = 0.0
-        for r in range(nf):
-            total += y[idx[r]]
-        best = -1e-13
-        last = -1
-        for j in range(m):
-            if not free[j]:
-                g = q[j]
-                for r in range(nf):
-                    g += Q[j, idx[r]] * y[idx[r]]
-                den = total + qmag[j]
-                g = g / den if den > 0.0 else 0.0
-                if g < best:
-                    best = g
-                    last = j
-        if last < 0:
-            return nf, it, True
-        _chol_append(L, nf, Q, idx, last, delta)
-        free[last] = True
-        nf += 1
-    return nf, it, False
-
-
-@numba.njit(cache=True)
+@kernel
 def _ratio(Qs, bs, e, y, phi2, delta):
     """(N, N/D) with N = ½yᵀ(Q + δI)y + bᵀy + φ²/2 (p(0) when y = y(0)) and D = eᵀy:
     Dinkelbach's update N/D is ≥ θ* for every y ≥ 0, y ≠ 0 (inf for y = 0)."""
@@ -176,14 +98,13 @@ def _ratio(Qs, bs, e, y, phi2, delta):
     return num, (num / den if den > 0.0 else np.inf)
 
 
-@numba.njit(cache=True)
+@kernel
 def _cagrad(K, c, max_iter):
     m = K.shape[0]
-    s = np.empty(m)
+    Qs, s = unit_diagonal(K)
     b = np.zeros(m)
     g0sq = 0.0
     for i in range(m):
-        s[i] = np.sqrt(K[i, i]) if K[i, i] > 0.0 else 1.0
         for j in range(m):
             b[i] += K[i, j]
         b[i] /= m
@@ -197,7 +118,6 @@ def _cagrad(K, c, max_iter):
         k = np.argmin(b)
         w[k] = 1.0
         return w, nu, b[k], 0, True, False
-    Qs = np.empty((m, m))
     bs = np.empty(m)
     e = np.empty(m)
     bmax = 0.0
@@ -205,10 +125,6 @@ def _cagrad(K, c, max_iter):
         bs[i] = b[i] / s[i]
         e[i] = 1.0 / s[i]
         bmax = max(bmax, abs(b[i]))
-        for j in range(m):
-            Qs[i, j] = K[i, j] / (s[i] * s[j])
-        if K[i, i] > 0.0:
-            Qs[i, i] = 1.0
     delta = RIDGE
     y = np.zeros(m)
     free = np.zeros(m, np.bool_)
@@ -243,7 +159,13 @@ def _cagrad(K, c, max_iter):
         L = work[:m]
         if artefact:
             # y grew along (Q_FF + δI)⁻¹e_F on its free set: w ∝ that direction has g_w ≈ 0
-            nf = _factor(L, Qs, idx, free, delta)
+            nf = 0
+            no_rank_one = np.empty(0)
+            for i in range(m):
+                if free[i]:
+                    d = chol_append(L, nf, Qs, idx, i, delta, no_rank_one, 0.0)
+                    L[nf, nf] = np.sqrt(max(d, delta))  # pivots clamped at δ, as in the QP core
+                    nf += 1
             for r in range(nf):
                 work[m, r] = e[idx[r]]
             chol_solve(L, nf, work[m], work[m + 1])
@@ -257,7 +179,7 @@ def _cagrad(K, c, max_iter):
         qmag = work[m + 5]
         for i in range(m):
             qmag[i] = abs(bs[i])
-        nf, it, conv0 = _nnqp(Qs, bs, qmag, delta, y0, free0, L, idx, work[m], work[m + 1], max_iter)
+        nf, it, conv0 = _nnqp(Qs, bs, qmag, delta, y0, free0, L, idx, max_iter)
         iterations += it
         if nf > 0 and _exact_factor(L, Qs, idx, nf):
             alpha = work[m + 2]
@@ -281,36 +203,28 @@ def _cagrad(K, c, max_iter):
     return w, nu, theta, iterations, converged, False
 
 
-@numba.njit(cache=True)
+@kernel
 def _projection(K, max_iter):
     """ν ≥ 0 with g_0 + Gᵀν the projection of g_0 onto {d : Gd ≥ 0}: argmin_{ν ≥ 0} ½νᵀKν + bᵀν
     (b = K1/m), solved in the Jacobi-scaled variable like the rest of the kernel."""
     m = K.shape[0]
-    s = np.empty(m)
+    Qs, s = unit_diagonal(K)
     bs = np.zeros(m)
     qmag = np.zeros(m)
-    Qs = np.empty((m, m))
-    for i in range(m):
-        s[i] = np.sqrt(K[i, i]) if K[i, i] > 0.0 else 1.0
     for i in range(m):
         for j in range(m):
             bs[i] += K[i, j]
-            Qs[i, j] = K[i, j] / (s[i] * s[j])
-        if K[i, i] > 0.0:
-            Qs[i, i] = 1.0
         bs[i] /= m * s[i]
         qmag[i] = abs(bs[i])
     y = np.zeros(m)
     free = np.zeros(m, np.bool_)
-    work = np.empty((m + 2, m + 1))
-    idx = np.empty(m, np.int64)
-    _nnqp(Qs, bs, qmag, RIDGE, y, free, work[:m], idx, work[m], work[m + 1], max_iter)
+    _nnqp(Qs, bs, qmag, RIDGE, y, free, np.empty((m, m)), np.empty(m, np.int64), max_iter)
     for i in range(m):
         y[i] /= s[i]
     return y
 
 
-@numba.njit(cache=True)
+@kernel
 def _weights_of(y, s, w):
     """w = ν/1ᵀν with ν = y/s (uniform for y = 0)."""
     m = y.shape[0]
@@ -322,7 +236,7 @@ def _weights_of(y, s, w):
         w[i] = w[i] / total if total > 0.0 else 1.0 / m
 
 
-@numba.njit(cache=True)
+@kernel
 def _dinkelbach(Qs, bs, e, phi2, delta, theta, y, free, work, idx, max_iter):
     """From θ ≥ θ* and a feasible y (with its free set), decrease θ to the root of p: Dinkelbach
     steps θ ← R(y(θ)), finished by the exact root on the free set once that set is optimal.
@@ -340,7 +254,7 @@ def _dinkelbach(Qs, bs, e, phi2, delta, theta, y, free, work, idx, max_iter):
         for i in range(m):
             q[i] = bs[i] - theta * e[i]
             qmag[i] = abs(bs[i]) + abs(theta) * e[i]
-        nf, it, _ = _nnqp(Qs, q, qmag, delta, y, free, L, idx, rhs, z, max_iter)
+        nf, it, _ = _nnqp(Qs, q, qmag, delta, y, free, L, idx, max_iter)
         iterations += it + 1
         if nf > 0 and _face_root(Qs, bs, e, phi2, L, idx, nf, free, rhs, alpha, beta, z, False):
             # the free set is optimal: y_F(θ*) in closed form; without the ridge where Q_FF allows
@@ -359,7 +273,7 @@ def _dinkelbach(Qs, bs, e, phi2, delta, theta, y, free, work, idx, max_iter):
     return theta, iterations, False
 
 
-@numba.njit(cache=True)
+@kernel
 def _face_root(Qs, bs, e, phi2, L, idx, nf, free, rhs, alpha, beta, z, at_zero):
     """On the free set F (factor L of Q_FF): y_F(θ) = θα − β with α = Q_FF⁻¹e_F, β = Q_FF⁻¹b_F,
     and p(θ) = φ²/2 − ½(Aθ² − 2Cθ + B) with A = e_Fᵀα, C = e_Fᵀβ, B = b_Fᵀβ. Takes its larger
@@ -390,27 +304,20 @@ def _face_root(Qs, bs, e, phi2, L, idx, nf, free, rhs, alpha, beta, z, at_zero):
     return ok
 
 
-@numba.njit(cache=True)
+@kernel
 def _exact_factor(L, Q, idx, nf):
     """Refactor Q_FF (order idx[:nf]) without the ridge; False if a pivot² falls below 1e-10
     (of the unit diagonal), where the ridged factor is kept."""
+    no_rank_one = np.empty(0)
     for k in range(nf):
-        j = idx[k]
-        for r in range(k):
-            t = Q[idx[r], j]
-            for c in range(r):
-                t -= L[k, c] * L[r, c]
-            L[k, r] = t / L[r, r]
-        d = Q[j, j]
-        for c in range(k):
-            d -= L[k, c] * L[k, c]
+        d = chol_append(L, k, Q, idx, idx[k], 0.0, no_rank_one, 0.0)
         if not d > 1e-10:
             return False
         L[k, k] = np.sqrt(d)
     return True
 
 
-@numba.njit(cache=True)
+@kernel
 def _set_free(y, z, idx, nf):
     for i in range(y.shape[0]):
         y[i] = 0.0
@@ -418,7 +325,7 @@ def _set_free(y, z, idx, nf):
         y[idx[r]] = z[r]
 
 
-@numba.njit(cache=True)
+@kernel
 def _face_is_optimal(Qs, bs, e, th, alpha, beta, idx, nf, free, yF):
     """KKT at θ for the face solution y_F = θα − β (written to yF): y_F ≥ 0 and
     (Qy + b − θe)_j ≥ 0 off the free set, to round-off."""
@@ -453,10 +360,10 @@ def cagrad_dual(K: np.ndarray, c: float, *, max_iter: int | None = None):
     optimum has g_w = 0 (module docstring); w is then the min-norm point of conv{g_i}
     (:func:`mtlsolve.kernels.simplex_qp.min_norm_simplex`, F(w) = 0 to round-off).
     A K that is indefinite beyond round-off (a Gramian accumulated in float32) is replaced
-    by its PSD part first (:func:`psd_repair`): on an indefinite K the dual is unbounded
+    by its PSD part first (:func:`mtlsolve.gramian.psd_repair`): on an indefinite K the dual is unbounded
     along the negative directions.
     """
-    return _dual(psd_repair(as_kernel_array(K))[0], c, max_iter)
+    return _dual(psd_repair(as_kernel_array(K), RIDGE)[0], c, max_iter)
 
 
 def _dual(K: np.ndarray, c: float, max_iter: int | None):
@@ -470,47 +377,7 @@ def _dual(K: np.ndarray, c: float, max_iter: int | None):
     return w, nu, float(value), int(it), bool(converged), bool(degenerate)
 
 
-def psd_repair(K: np.ndarray) -> tuple[np.ndarray, bool]:
-    """(K, False) when D⁻¹KD⁻¹ + (δ/2)·I has a Cholesky factor (δ = RIDGE, which the kernel adds),
-    else (D·P·D, True) with P = Q·diag(max(λ, f))·Qᵀ from the eigendecomposition of the normalised
-    Gramian D⁻¹KD⁻¹ and f = 4m·ε·λ_max just above the round-off of that reconstruction: the PSD
-    part (:func:`mtlsolve.gramian.psd_part`) with a margin, so the dual is bounded. The repair
-    moves entry (i, j) by about |λ_min|·n_i·n_j: rows of any scale keep their digits."""
-    if _factorable(K, 0.5 * RIDGE):
-        return K, False
-    from mtlsolve.gramian import normalised
-
-    Kn, n = normalised(K)
-    lam, Q = np.linalg.eigh(0.5 * (Kn + Kn.T))
-    floor = 4.0 * K.shape[0] * np.finfo(np.float64).eps * max(lam[-1], 1.0)
-    P = (Q * np.maximum(lam, floor)) @ Q.T
-    return np.ascontiguousarray(P * np.outer(n, n)), True
-
-
-@numba.njit(cache=True)
-def _factorable(K, shift):
-    """Whether D⁻¹KD⁻¹ + shift·I (zero rows left zero) has a Cholesky factor."""
-    m = K.shape[0]
-    inv = np.empty(m)
-    for i in range(m):
-        inv[i] = 1.0 / np.sqrt(K[i, i]) if K[i, i] > 0.0 else 0.0
-    L = np.zeros((m, m))
-    for k in range(m):
-        for r in range(k):
-            t = K[r, k] * inv[r] * inv[k]
-            for c in range(r):
-                t -= L[k, c] * L[r, c]
-            L[k, r] = t / L[r, r]
-        d = (K[k, k] * inv[k] * inv[k] if K[k, k] > 0.0 else 0.0) + shift
-        for c in range(k):
-            d -= L[k, c] * L[k, c]
-        if not d > 0.0:
-            return False
-        L[k, k] = np.sqrt(d)
-    return True
-
-
-@numba.njit(cache=True)
+@kernel
 def _residual(K, c, w, nu, degenerate, rho):
     """The certificate of :func:`cagrad_residual`."""
     m = K.shape[0]
@@ -526,13 +393,8 @@ def _residual(K, c, w, nu, degenerate, rho):
         b[i] /= m
         g0sq += b[i] / m
     phi = c * np.sqrt(max(g0sq, 0.0))
-    worst = 0.0
     # w ∈ Δ, ν ≥ 0
-    total = 0.0
-    for i in range(m):
-        total += w[i]
-        worst = max(worst, -w[i])
-    worst = max(worst, abs(total - 1.0))
+    worst = simplex_violation(w)
     s_nu = 0.0
     s_x = 0.0
     s_w = 0.0
@@ -616,7 +478,7 @@ def certified_cagrad(K: np.ndarray, c: float, roundoff: float, *, max_iter: int 
     """
     from mtlsolve.gramian import certificate_tolerance
 
-    K, repaired = psd_repair(as_kernel_array(K))
+    K, repaired = psd_repair(as_kernel_array(K), RIDGE)
     w, nu, value, iterations, _, degenerate = _dual(K, c, max_iter)
     residual = cagrad_residual(K, c, w, nu, degenerate, roundoff)
     tolerance = certificate_tolerance(roundoff)

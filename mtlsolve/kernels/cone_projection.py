@@ -6,9 +6,10 @@ the dual cone {x : Gx ≥ 0} is Gᵀv with
     v = argmin_{v ≥ u} ½ vᵀKv        (Quinton & Rey 2024, arXiv 2406.16232, Prop. 1)
 
 Writing v = u + x turns it into the non-negative QP min_{x ≥ 0} ½xᵀKx + (Ku)ᵀx,
-solved exactly by the active-set core of :mod:`mtlsolve.kernels.simplex_qp`
-without the simplex constraint (start x = 0, so a u already in the cone,
-Ku ≥ 0, returns v = u at once). The kernel is batched over the rows of U.
+solved exactly, in the Jacobi-scaled variable y = s∘x (s_i = √K_ii), by the active-set
+core of :mod:`mtlsolve.kernels._dense` without the equality constraint (start x = 0, so
+a u already in the cone, Ku ≥ 0, returns v = u at once). The kernel is batched over the
+rows of U.
 
 Certificate (:func:`dual_cone_certificate`): the KKT conditions of each projection — v ≥ u,
 μ = Kv ≥ 0 (μ_i = g_i·d), (v − u)_i μ_i = 0 — as a scale-free residual, each violation
@@ -18,29 +19,25 @@ of K moves it by about ρ.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from mtlsolve.kernels import _cvx
-from mtlsolve.kernels._dense import as_kernel_array
-from mtlsolve.kernels.simplex_qp import JIT, RIDGE, _active_set, default_max_iter
+from mtlsolve.kernels._dense import RIDGE, active_set, as_kernel_array, unit_diagonal
+from mtlsolve.kernels._numba import kernel
+from mtlsolve.kernels.simplex_qp import default_max_iter
 
 
-@numba.njit(**JIT)
+@kernel
 def _project_dual_cone(K, U, ridge, max_iter):
     k, m = U.shape
     # Jacobi scaling x = y/s, s_i = √K_ii: the QP in y has a unit diagonal, so gradients of
     # very different norms are priced alike (a zero gradient keeps s_i = 1)
-    s = np.empty(m)
-    for i in range(m):
-        s[i] = np.sqrt(K[i, i]) if K[i, i] > 0.0 else 1.0
-    Ks = np.empty((m, m))
-    for i in range(m):
-        for j in range(m):
-            Ks[i, j] = K[i, j] / (s[i] * s[j])
+    Ks, s = unit_diagonal(K)
     V = np.empty((k, m))
     y = np.empty(m)
     q = np.empty(m)
+    qmag = np.empty(m)
+    no_equality = np.empty(0)
     L = np.empty((m, m))
     idx = np.empty(m, np.int64)
     free = np.empty(m, np.bool_)
@@ -48,17 +45,22 @@ def _project_dual_cone(K, U, ridge, max_iter):
     iterations = 0
     converged = True
     for r in range(k):
-        # q = (K u)/s, skipping the zero entries of u (UPGrad's u = e_i costs O(m))
+        # q = (K u)/s and the sizes of its terms, skipping the zero entries of u (UPGrad's u = e_i
+        # costs O(m))
         for i in range(m):
             q[i] = 0.0
+            qmag[i] = 0.0
         for j in range(m):
             uj = U[r, j]
             if uj != 0.0:
                 for i in range(m):
                     q[i] += K[j, i] * uj
+                    qmag[i] += abs(K[j, i] * uj)
         for i in range(m):
             q[i] /= s[i]
-        it, conv = _active_set(Ks, q, False, ridge, max_iter, y, L, idx, free, work)
+            qmag[i] /= s[i]
+            free[i] = False
+        _, it, conv = active_set(Ks, q, qmag, no_equality, ridge, max_iter, y, free, L, idx, work)
         iterations += it
         converged = converged and conv
         for i in range(m):
@@ -66,7 +68,7 @@ def _project_dual_cone(K, U, ridge, max_iter):
     return V, iterations, converged
 
 
-@numba.njit(**JIT)
+@kernel
 def _regularised(K, norm_eps, reg_eps):
     """TorchJD's K' = K/tr K (the zero matrix when tr K < norm_eps) + reg_eps·I."""
     m = K.shape[0]
@@ -80,7 +82,7 @@ def _regularised(K, norm_eps, reg_eps):
     return Kn
 
 
-@numba.njit(**JIT)
+@kernel
 def _upgrad_weights(K, norm_eps, reg_eps, ridge, max_iter):
     m = K.shape[0]
     V, iterations, converged = _project_dual_cone(_regularised(K, norm_eps, reg_eps), np.eye(m), ridge, max_iter)
@@ -91,7 +93,7 @@ def _upgrad_weights(K, norm_eps, reg_eps, ridge, max_iter):
     return w / m, iterations, converged
 
 
-@numba.njit(**JIT)
+@kernel
 def _dualproj_weights(K, norm_eps, reg_eps, ridge, max_iter):
     m = K.shape[0]
     U = np.full((1, m), 1.0 / m)
@@ -99,7 +101,7 @@ def _dualproj_weights(K, norm_eps, reg_eps, ridge, max_iter):
     return V[0], iterations, converged
 
 
-@numba.njit(**JIT)
+@kernel
 def _dual_cone_weights(K, U, norm_eps, reg_eps, ridge, max_iter):
     Kp = _regularised(K, norm_eps, reg_eps)
     V, iterations, converged = _project_dual_cone(Kp, U, ridge, max_iter)
@@ -133,19 +135,33 @@ def dual_cone_certificate(K: np.ndarray, U: np.ndarray, V: np.ndarray) -> float:
     max(−μ_i, 0)/(s_i·S) (a negative cosine-like g_i·d) and the complementarity
     x_i·|μ_i|/S². 0 for an exact solution; an entry-wise error ρ·s_i·s_j of K moves it by ≈ ρ.
     """
-    K = np.asarray(K, dtype=np.float64)
-    U = np.atleast_2d(np.asarray(U, dtype=np.float64))
-    V = np.atleast_2d(np.asarray(V, dtype=np.float64))
-    s = np.sqrt(np.clip(np.diagonal(K), 0.0, None))
-    live = s > 0
-    X = V - U
-    M = V @ K  # μ for every row (K symmetric)
-    S = np.abs(V) @ s
-    S = np.where(S > 0, S, 1.0)[:, None]
-    primal = np.clip(-X, 0.0, None) * s / S
-    dual = np.clip(-M[:, live], 0.0, None) / (s[live] * S)
-    complementarity = np.clip(X, 0.0, None) * np.abs(M) / (S * S)
-    return float(max(primal.max(initial=0.0), dual.max(initial=0.0), complementarity.max(initial=0.0)))
+    U = np.atleast_2d(as_kernel_array(U))
+    V = np.atleast_2d(as_kernel_array(V))
+    return float(_dual_cone_certificate(as_kernel_array(K), U, V))
+
+
+@kernel
+def _dual_cone_certificate(K, U, V):
+    m = K.shape[0]
+    s = np.empty(m)
+    for i in range(m):
+        s[i] = np.sqrt(max(K[i, i], 0.0))
+    worst = 0.0
+    for r in range(V.shape[0]):
+        S = 0.0
+        for j in range(m):
+            S += abs(V[r, j]) * s[j]
+        if not S > 0.0:
+            S = 1.0
+        for i in range(m):
+            mu = 0.0
+            for j in range(m):
+                mu += V[r, j] * K[j, i]
+            x = V[r, i] - U[r, i]
+            worst = max(worst, max(-x, 0.0) * s[i] / S, max(x, 0.0) * abs(mu) / (S * S))
+            if s[i] > 0.0:
+                worst = max(worst, max(-mu, 0.0) / (s[i] * S))
+    return worst
 
 
 def upgrad_weights(K: np.ndarray, norm_eps: float, reg_eps: float, *, ridge: float = RIDGE):

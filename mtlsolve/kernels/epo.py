@@ -27,12 +27,13 @@ An infeasible verdict is checked by the Farkas certificate of phase 1.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
+from mtlsolve.gramian import psd_repair
 from mtlsolve.kernels import _cvx
+from mtlsolve.kernels._dense import RIDGE, simplex_violation
+from mtlsolve.kernels._numba import kernel
 
-JIT = {"cache": True}
 #: reduced costs below −COST_TOL are improving (data scaled to O(1))
 COST_TOL = 1e-12
 #: smallest tableau entry used as a pivot
@@ -45,7 +46,7 @@ DEGENERATE_STREAK = 10
 LOG_FLOOR = 1e-3
 
 
-@numba.njit(**JIT)
+@kernel
 def _pivot(T, basis, r, q):
     rows, cols = T.shape
     piv = T[r, q]
@@ -61,7 +62,7 @@ def _pivot(T, basis, r, q):
     basis[r] = q
 
 
-@numba.njit(**JIT)
+@kernel
 def _iterate(T, basis, ncols, max_iter, it):
     """Minimise the objective row (the last row of T: reduced costs, then −value) over the
     first ``ncols`` columns. Returns (iterations so far, optimal).
@@ -100,7 +101,7 @@ def _iterate(T, basis, ncols, max_iter, it):
     return it, False
 
 
-@numba.njit(**JIT)
+@kernel
 def _simplex_lp(c, A, b, max_iter, cmag, rowmag, feas_tol):
     """The two-phase simplex method; returns (α, feasible, pivots, certificate residual).
     ``cmag`` and ``rowmag`` (≥ 0) are the magnitudes of the terms c and the rows were computed
@@ -213,7 +214,7 @@ def _simplex_lp(c, A, b, max_iter, cmag, rowmag, feas_tol):
     return alpha, ok, it, residual
 
 
-@numba.njit(**JIT)
+@kernel
 def _gauss_solve(M, rhs):
     """(ok, x) with M x = rhs by Gaussian elimination with partial pivoting (M and rhs are
     overwritten); ok is False for a zero pivot or a non-finite x (the caller compares the
@@ -244,7 +245,7 @@ def _gauss_solve(M, rhs):
     return bool(np.isfinite(rhs).all()), rhs
 
 
-@numba.njit(**JIT)
+@kernel
 def _basis_solution(T0, basis, m, p, c, cscale, scales):
     """(ok, α, y_0, y) of the basis ``basis`` solved afresh from the scaled constraint rows T0:
     B x_B = rhs and Bᵀπ = (costs of the basic columns), by LU with partial pivoting."""
@@ -285,18 +286,13 @@ def _basis_solution(T0, basis, m, p, c, cscale, scales):
     return True, alpha, -pi[0] * cscale, y
 
 
-@numba.njit(**JIT)
+@kernel
 def _lp_residual(c, A, b, alpha, y0, y, scales, cscale):
     """The optimality certificate of α for max cᵀα over α ∈ Δ, Aα ≥ b, with the dual
     min y_0 − bᵀy s.t. y ≥ 0, c + Aᵀy ≤ y_0·1 (:func:`lp_residual`)."""
     m = c.shape[0]
     p = A.shape[0]
-    total = 0.0
-    worst = 0.0
-    for j in range(m):
-        total += alpha[j]
-        worst = max(worst, -alpha[j])
-    worst = max(worst, abs(total - 1.0))
+    worst = simplex_violation(alpha)
     dscale = cscale
     for i in range(p):
         dscale += abs(y[i]) * scales[i]
@@ -317,7 +313,7 @@ def _lp_residual(c, A, b, alpha, y0, y, scales, cscale):
     return max(worst, abs(gap) / dscale)
 
 
-@numba.njit(**JIT)
+@kernel
 def _farkas_residual(A, b, u, scales):
     """The certificate of infeasibility of {α ∈ Δ : Aα ≥ b}: u ≥ 0 with max_j (Aᵀu)_j < bᵀu (then
     uᵀAα ≤ max_j (Aᵀu)_j < uᵀb for every α ∈ Δ). Returns max(0, max_j (Aᵀu)_j − bᵀu) and the
@@ -497,7 +493,7 @@ def epo_problem(K: np.ndarray, losses: np.ndarray, r: np.ndarray, eps: float):
     return "descent", mu, Kn.sum(axis=1), A, b, Kn, np.zeros(m)
 
 
-@numba.njit(**JIT)
+@kernel
 def _epo(K, losses, r, eps, max_iter, feas_tol):
     """:func:`epo_problem` and its LP in one compiled call: (α, balance?, μ, relaxed, feasible, pivots,
     residual of the LP certificates)."""
@@ -579,7 +575,7 @@ def epo_weights(
     balance LP can be) or the certificate fails, ``converged`` is False and ``fallback``
     names what is returned: the MGDA min-norm weights, or the uncertified LP vertex. A K that is
     indefinite beyond round-off (accumulated in float32) is replaced by its PSD part first
-    (:func:`mtlsolve.kernels.cagrad.psd_repair`), and the LPs count as feasible within the
+    (:func:`mtlsolve.gramian.psd_repair`), and the LPs count as feasible within the
     certificate tolerance.
     """
     from mtlsolve.gramian import certificate_tolerance
@@ -596,12 +592,10 @@ def epo_weights(
             alpha, ok = reference_simplex_lp(c, A_rel, b_rel)
         pivots = 0
     else:
-        from mtlsolve.kernels.cagrad import psd_repair
-
         if not K.flags.writeable:
             K = K.copy()  # one compiled signature (numba types read-only arrays separately)
         # an indefinite K (accumulated in float32) can make Kα ≥ 0 infeasible: use its PSD part
-        K = psd_repair(K)[0]
+        K = psd_repair(K, RIDGE)[0]
         m = K.shape[0]
         # the LP counts as feasible within the data's precision (a float32 Gramian is only PSD to ρ)
         feas_tol = max(FEAS_TOL, certificate_tolerance(roundoff))

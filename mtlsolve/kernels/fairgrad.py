@@ -41,13 +41,13 @@ make S large).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from mtlsolve.gramian import certificate_tolerance, normalised, rank_threshold
+from mtlsolve.gramian import certificate_tolerance, rank_threshold
 from mtlsolve.kernels import _cvx
-from mtlsolve.kernels._dense import as_kernel_array, chol_solve
-from mtlsolve.kernels.simplex_qp import min_norm_simplex
+from mtlsolve.kernels._dense import RIDGE, as_kernel_array, chol_solve, cholesky
+from mtlsolve.kernels._numba import kernel
+from mtlsolve.kernels.simplex_qp import _simplex_qp, default_max_iter
 
 CONVERGED, MAX_ITER, NO_SOLUTION, BREAKDOWN = 0, 1, 2, 3
 STATUS = {
@@ -62,7 +62,7 @@ HULL_FLOOR = 1e-13
 POLISH_STEPS = 3
 
 
-@numba.njit(cache=True)
+@kernel
 def _matvec(A, x, out):
     m = x.shape[0]
     for i in range(m):
@@ -72,31 +72,14 @@ def _matvec(A, x, out):
         out[i] = t
 
 
-@numba.njit(cache=True)
-def _cholesky_solve(M, rhs, u):
-    """u = M⁻¹ rhs for a symmetric positive definite M; M's lower triangle is overwritten by its factor."""
-    m = rhs.shape[0]
-    for j in range(m):
-        d = M[j, j]
-        for c in range(j):
-            d -= M[j, c] * M[j, c]
-        M[j, j] = np.sqrt(max(d, 1e-300))
-        for i in range(j + 1, m):
-            t = M[i, j]
-            for c in range(j):
-                t -= M[i, c] * M[j, c]
-            M[i, j] = t / M[j, j]
-    chol_solve(M, m, rhs, u)
-
-
-@numba.njit(cache=True)
+@kernel
 def _phi_minus_x(x, p):
     """φ_p(x) − x for x > −1, φ_p(x) = ((1+x)^p − 1)/p, log1p(x) at p = 0."""
     l = np.log1p(x)
     return (l if p == 0.0 else np.expm1(p * l) / p) - x
 
 
-@numba.njit(cache=True)
+@kernel
 def _fairgrad(K, w0, alpha, tol, max_iter):
     m = K.shape[0]
     w = np.zeros(m)
@@ -138,6 +121,7 @@ def _fairgrad(K, w0, alpha, tol, max_iter):
                 a[i] *= scale
                 Ka[i] *= scale
     M = np.empty((m, m))
+    L = np.empty((m, m))
     rhs = np.empty(m)
     u = np.empty(m)
     Du = np.empty(m)
@@ -181,7 +165,8 @@ def _fairgrad(K, w0, alpha, tol, max_iter):
             for j in range(i + 1):
                 M[i, j] = a[i] * Ks[i, j] * a[j]
             M[i, i] += q[i] / alpha
-        _cholesky_solve(M, rhs, u)
+        cholesky(M, L, 1e-300)
+        chol_solve(L, m, rhs, u)
         lam2 = 0.0
         step = 1.0
         for i in range(m):
@@ -210,23 +195,27 @@ def _fairgrad(K, w0, alpha, tol, max_iter):
     return w, it, status, best
 
 
-def _unit_gramian(K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(D⁻¹KD⁻¹, n) as :func:`mtlsolve.gramian.normalised` (zero rows stay zero), in fewer passes."""
-    n = np.sqrt(np.maximum(np.diagonal(K), 0.0))
-    if (n > 0).all():
-        inv = 1.0 / n
-        return K * inv[:, None] * inv[None, :], n
-    return normalised(K)
-
-
 def hull_distance(K: np.ndarray) -> float:
     """μ = ‖d_min‖²: the squared norm of the min-norm point of conv{g_i/‖g_i‖}, from the
     normalised Gramian (0 when a gradient is zero, for then 0 ∈ conv{g_i})."""
-    Kn, n = _unit_gramian(np.asarray(K, dtype=np.float64))
-    if not (n > 0).all():
-        return 0.0
-    w, _, _ = min_norm_simplex(Kn)
-    return max(float(w @ Kn @ w), 0.0)
+    K = as_kernel_array(K)
+    return float(_hull_distance(K, RIDGE, default_max_iter(K.shape[0])))
+
+
+@kernel
+def _hull_distance(K, ridge, max_iter):
+    m = K.shape[0]
+    n = np.empty(m)
+    for i in range(m):
+        n[i] = np.sqrt(max(K[i, i], 0.0))
+        if not n[i] > 0.0:
+            return 0.0
+    Kn = np.empty((m, m))
+    for i in range(m):
+        for j in range(m):
+            Kn[i, j] = K[i, j] / n[i] / n[j]
+    w, _, _ = _simplex_qp(Kn, np.zeros(m), ridge, max_iter)
+    return max(w @ (Kn @ w), 0.0)
 
 
 def no_solution_threshold(m: int, roundoff: float) -> float:
@@ -288,16 +277,37 @@ def fairgrad_certificate(K: np.ndarray, w: np.ndarray, alpha: float, roundoff: f
     w = np.asarray(w, dtype=np.float64)
     if w.size == 0 or not (np.isfinite(w).all() and (w > 0).all()):
         return np.inf, max(tol, float(certificate_tolerance(roundoff))), False
-    Kn, n = _unit_gramian(np.asarray(K, dtype=np.float64))
-    b = n * w  # d = Σ b_i u_i: (Kw)_i = n_i (K̂b)_i
-    power = w ** (1.0 / alpha)
-    cosines = Kn @ b  # u_i·d
-    scale = float((power * n).max() * b.sum())
+    residual, scale = _fairgrad_certificate(as_kernel_array(K), as_kernel_array(w), float(alpha), float(roundoff))
     tolerance = max(tol, float(certificate_tolerance(roundoff, max(scale, 1.0))))
-    residual = float(np.abs(power * n * cosines - 1.0).max())
-    if not (np.isfinite(residual) and (cosines > 4.0 * roundoff * b.sum()).all()):
-        residual = np.inf
     return residual, tolerance, bool(residual <= tolerance)
+
+
+@kernel
+def _fairgrad_certificate(K, w, alpha, roundoff):
+    """(residual, S) of :func:`fairgrad_certificate` for w > 0, on the unit gradients u_i:
+    d = Σ b_i u_i with b = n∘w, (Kw)_i = n_i (K̂b)_i."""
+    m = K.shape[0]
+    n = np.empty(m)
+    for i in range(m):
+        n[i] = np.sqrt(max(K[i, i], 0.0))
+    b = n * w
+    total = b.sum()
+    residual = 0.0
+    scale = 0.0
+    conflict = False
+    for i in range(m):
+        cosine = 0.0  # u_i·d
+        for j in range(m):
+            if n[i] > 0.0 and n[j] > 0.0:
+                cosine += K[i, j] / n[i] / n[j] * b[j]
+        power = w[i] ** (1.0 / alpha)
+        scale = max(scale, power * n[i] * total)
+        residual = max(residual, abs(power * n[i] * cosine - 1.0))
+        if not cosine > 4.0 * roundoff * total:
+            conflict = True
+    if conflict or not np.isfinite(residual):
+        residual = np.inf
+    return residual, scale
 
 
 # ------------------------------------------------------------ cvxpy reference

@@ -6,11 +6,12 @@ the tests check the kernel against a direct transcription on G.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
+from mtlsolve.kernels._numba import kernel
 
-@numba.njit(cache=True)
+
+@kernel
 def pcgrad_coefficients(K: np.ndarray, orders: np.ndarray) -> tuple[np.ndarray, int]:
     """The PCGrad gradients as coefficients over the original rows, and the number of projections.
 

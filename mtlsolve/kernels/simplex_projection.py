@@ -14,15 +14,13 @@ the kernel is tested against.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from mtlsolve.kernels import _cvx
+from mtlsolve.kernels._numba import kernel
 
-JIT = {"cache": True}
 
-
-@numba.njit(**JIT)
+@kernel
 def _project(v, out):
     # Π_Δ(v) = Π_Δ(v − c·1): shifted by max v, the top entries keep their exact differences however
     # large v is (no cancellation of v_i − θ at |v| ≫ 1)
@@ -40,7 +38,7 @@ def _project(v, out):
         out[i] = max(v[i] - theta, 0.0)
 
 
-@numba.njit(**JIT)
+@kernel
 def _projected_sgd(C, b, x, lr, momentum, n_iter):
     m = x.shape[0]
     x = x.copy()

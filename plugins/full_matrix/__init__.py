@@ -1,4 +1,4 @@
-"""Directions needing the full task-gradient matrix G (catalogue §3.3): element-wise
+"""Directions needing the full task-gradient matrix G (docs/methods.md#full-matrix-directions): element-wise
 operations on G or state with n coordinates per task, so G must be materialised."""
 
 from mtlsolve import hookimpl

@@ -1,4 +1,4 @@
-"""DB-MTL: dual-balancing multi-task learning (catalogue §3.3, row ``db_mtl``)."""
+"""DB-MTL: dual-balancing multi-task learning (docs/methods.md#db_mtl)."""
 
 from __future__ import annotations
 

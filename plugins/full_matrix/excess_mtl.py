@@ -1,4 +1,4 @@
-"""ExcessMTL: robust task weighting by excess risks (catalogue §3.3, row ``excess_mtl``)."""
+"""ExcessMTL: robust task weighting by excess risks (docs/methods.md#excess_mtl)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GradDrop: gradient sign dropout (catalogue §3.3, row ``graddrop``)."""
+"""GradDrop: gradient sign dropout (docs/methods.md#graddrop)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MoCo: stochastic multi-objective gradient correction (catalogue §3.3, row ``moco``)."""
+"""MoCo: stochastic multi-objective gradient correction (docs/methods.md#moco)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Coordinate-wise trimmed mean (catalogue §3.3, row ``trimmed_mean``)."""
+"""Coordinate-wise trimmed mean (docs/methods.md#trimmed_mean)."""
 
 from __future__ import annotations
 

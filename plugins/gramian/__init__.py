@@ -1,4 +1,4 @@
-"""Gradient weightings on the Gramian (catalogue §3.2): w from K = G Gᵀ, update d = Gᵀw."""
+"""Gradient weightings on the Gramian (docs/methods.md#gramian-weightings): w from K = G Gᵀ, update d = Gᵀw."""
 
 from mtlsolve import hookimpl
 from mtlsolve.plugins.gramian.aligned_mtl import AlignedMTL

@@ -1,4 +1,4 @@
-"""Aligned-MTL: independent component alignment (catalogue §3.2, row ``aligned_mtl``; seed-methods §1.2)."""
+"""Aligned-MTL: independent component alignment (docs/methods.md#aligned_mtl)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _optional_non_negative(_instance: Any, attribute: attrs.Attribute, value: An
 def balance_matrix(
     gramian: np.ndarray, rank_tol: float | None = None, scale_mode: str = "min", roundoff: float | None = None
 ) -> tuple[np.ndarray, float, np.ndarray]:
-    """The balance matrix B = V_r·diag(√(s/λ_j))·V_rᵀ of seed-methods §1.2, the scale s, the kept λ ascending.
+    """The balance matrix B = V_r·diag(√(s/λ_j))·V_rᵀ (Senushkin et al., arXiv 2305.19000, Algorithm 1, in task space), the scale s, the kept λ ascending.
 
     The rank r is decided on the normalised Gramian K̂ = D⁻¹KD⁻¹ (D = diag ‖g_i‖): its eigenvalues
     above the round-off cut-off 4·m·ρ (:func:`mtlsolve.gramian.rank_threshold`; ``roundoff`` ρ
@@ -39,7 +39,9 @@ def balance_matrix(
     factor (Demmel et al., "Computing the singular value decomposition with high relative
     accuracy", Linear Algebra Appl. 1999), so small eigenvalues of a Gramian with rows of
     very different norms keep their digits (an eigendecomposition of K would lose them to
-    ε·λ_max). ``rank_tol`` (optional) further drops λ ≤ ``rank_tol``·λ_max. A zero system (no
+    ε·λ_max); a well-conditioned K (λ_min ≥ √ε·λ_max and λ_min above the cut-off times max_i K_ii)
+    needs none of this and is decomposed directly. ``rank_tol`` (optional) further drops
+    λ ≤ ``rank_tol``·λ_max. A zero system (no
     kept eigenvalue) gives B = 0 and s = 0.
     """
     B, scale, lam, _ = _balance(gramian, rank_tol, scale_mode, roundoff)
@@ -50,18 +52,15 @@ def _balance(gramian, rank_tol, scale_mode, roundoff):
     """:func:`balance_matrix`, and the kept eigenvectors V_r."""
     m = gramian.shape[0]
     rho = 2.0 * (1 + m) * float(np.finfo(np.float64).eps) if roundoff is None else roundoff
-    Kn, n = normalised(np.asarray(gramian, dtype=np.float64))
-    lam_hat, Q_hat = np.linalg.eigh(Kn)
-    keep = lam_hat > rank_threshold(m, rho)
-    if not keep.any():
-        return np.zeros((m, m)), 0.0, np.zeros(0), np.zeros((m, 0))
-    F = n[:, None] * (Q_hat[:, keep] * np.sqrt(lam_hat[keep]))
-    order = np.argsort(-np.linalg.norm(F, axis=1), kind="stable")
-    Q, T, _ = scipy.linalg.qr(F[order], mode="economic", pivoting=True)
-    U_T, sigma, _ = np.linalg.svd(T)
-    V = np.empty((m, sigma.size))
-    V[order] = Q @ U_T
-    lam, V = sigma[::-1] ** 2, V[:, ::-1]  # ascending
+    gramian = np.asarray(gramian, dtype=np.float64)
+    cutoff = rank_threshold(m, rho)
+    lam, V = np.linalg.eigh(gramian)
+    # fast path: λ_min(K) > cutoff·max_i K_ii implies λ̂_min > cutoff (full rank on both paths), and
+    # λ_min(K) ≥ √ε·λ_max(K) bounds eigh's relative error on every eigenvalue by about m·√ε
+    if not (lam[0] > cutoff * gramian.diagonal().max() and lam[0] >= _FAST_PATH_CONDITION * lam[-1]):
+        lam, V = _accurate_eigenpairs(gramian, cutoff)
+        if lam.size == 0:
+            return np.zeros((m, m)), 0.0, np.zeros(0), np.zeros((m, 0))
     if rank_tol is not None:
         kept = lam > rank_tol * lam[-1]
         lam, V = lam[kept], V[:, kept]
@@ -75,6 +74,28 @@ def _balance(gramian, rank_tol, scale_mode, roundoff):
         scale = lam.mean()
     B = (V * np.sqrt(scale / lam)) @ V.T
     return B, float(scale), lam, V
+
+
+_FAST_PATH_CONDITION = float(np.sqrt(np.finfo(np.float64).eps))
+
+
+def _accurate_eigenpairs(gramian: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """The eigenpairs of K on the range kept by the normalised Gramian's cut-off, ascending, with
+    high relative accuracy: QR with column pivoting of F = D·Q̂_r·Λ̂_r^{1/2} (rows by decreasing
+    norm), then the SVD of its triangular factor (Demmel et al. 1999)."""
+    m = gramian.shape[0]
+    Kn, n = normalised(gramian)
+    lam_hat, Q_hat = np.linalg.eigh(Kn)
+    keep = lam_hat > cutoff
+    if not keep.any():
+        return np.zeros(0), np.zeros((m, 0))
+    F = n[:, None] * (Q_hat[:, keep] * np.sqrt(lam_hat[keep]))
+    order = np.argsort(-np.linalg.norm(F, axis=1), kind="stable")
+    Q, T, _ = scipy.linalg.qr(F[order], mode="economic", pivoting=True, check_finite=False)
+    U_T, sigma, _ = np.linalg.svd(T)
+    V = np.empty((m, sigma.size))
+    V[order] = Q @ U_T
+    return sigma[::-1] ** 2, V[:, ::-1]
 
 
 def balance_certificate(gramian: np.ndarray, B: np.ndarray, scale: float, V: np.ndarray, roundoff: float):
@@ -92,7 +113,7 @@ def balance_certificate(gramian: np.ndarray, B: np.ndarray, scale: float, V: np.
 @attrs.define(kw_only=True, eq=False)
 class AlignedMTL(GramianWeighting):
     """Aligned-MTL, Senushkin et al., "Independent Component Alignment for Multi-Task Learning",
-    CVPR 2023, arXiv 2305.19000, Algorithm 1, in the task-space form of seed-methods §1.2.
+    CVPR 2023, arXiv 2305.19000, Algorithm 1, in task-space form (docs/methods.md#aligned_mtl).
 
     The aligned gradients Ĝ = BG (B = K^{−1/2} on range(K), scaled by √s) are
     orthogonal with equal norm √s, BKB = s·I_r; the weights are α = Bw and

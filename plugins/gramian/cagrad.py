@@ -1,4 +1,4 @@
-"""CAGrad: conflict-averse gradient descent (catalogue §3.2, row ``cagrad``)."""
+"""CAGrad: conflict-averse gradient descent (docs/methods.md#cagrad)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ConFIG: conflict-free update direction (catalogue §3.2, row ``config``)."""
+"""ConFIG: conflict-free update direction (docs/methods.md#config)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CR-MOGM: moving-average smoothing of any weighting's weights (catalogue §3.2, row ``cr_mogm``)."""
+"""CR-MOGM: moving-average smoothing of any weighting's weights (docs/methods.md#cr_mogm)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import attrs
 import numpy as np
 
 from mtlsolve.errors import StateError
-from mtlsolve.solver import Need, Result, Solver, Weighting, _lock_of
+from mtlsolve.solver import DECLARATIONS, Capabilities, Need, Result, Solver, Weighting, _lock_of
 from mtlsolve.system import GradientSystem
 
 
@@ -34,20 +34,28 @@ def _unit_interval(_instance: Any, attribute: attrs.Attribute, value: float) -> 
 
 
 class _FromBase:
-    """A protocol declaration the wrapper takes from its wrapped solver: ``default`` on the
-    class (what the registry, the CLI and the conformance suite read), the base's value on an
-    instance (what an adapter reads)."""
+    """A class attribute declaration read on an instance from its wrapped solver: ``default``
+    on the class (what the registry, the CLI and the conformance suite read), the base's value
+    on an instance."""
 
-    def __init__(self, default: Any) -> None:
-        self.default = default
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
+    def __init__(self, name: str, default: Any) -> None:
+        self.name, self.default = name, default
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         return self.default if instance is None else getattr(instance.base, self.name)
 
 
+def _declared_by_base(cls: type) -> type:
+    """Every training-loop declaration (:data:`mtlsolve.solver.DECLARATIONS`) but ``stateful``,
+    read on an instance, is its base's, for code that reads the attributes rather than
+    ``solver.capabilities``."""
+    for name in DECLARATIONS:
+        if name != "stateful":
+            setattr(cls, name, _FromBase(name, getattr(cls, name)))
+    return cls
+
+
+@_declared_by_base
 @attrs.define(kw_only=True, eq=False)
 class CRMOGM(Weighting):
     """CR-MOGM, Zhou, Zhang, Jiang, Zhong, Gu, Zhu, "On the Convergence of Stochastic
@@ -59,9 +67,10 @@ class CRMOGM(Weighting):
 
     ``base`` is a solver name, a config mapping (``{"name": "mgda"}``) or a Weighting
     instance; it defaults to ``"mgda"``, one of the manipulations the paper covers. The
-    wrapper behaves as ``base`` in every protocol respect: an instance reads what ``base``
-    reads (``needs``, :meth:`requirements`, :meth:`check`), takes its ``batches``,
-    ``grads``, ``randomized``, ``post_step`` and ``post_step_losses``, and forwards
+    wrapper behaves as ``base`` in every protocol respect: an instance's
+    ``capabilities`` record is ``base``'s whole but ``stateful`` (the average is state), it
+    reads what ``base`` reads (:meth:`requirements`, :meth:`check`), its declaration
+    attributes (``needs``, ``batches``, ``grads``, ...) are ``base``'s, and it forwards
     :meth:`parameters`, :meth:`after_step`, :meth:`end_epoch` and :meth:`reset` (the class
     itself declares the defaults). ``alpha`` may be reassigned between steps, e.g.
     α_k = 1 − lr_k/lr_0 for the schedule of Corollary 1 (as TorchJD). The state holds
@@ -76,13 +85,6 @@ class CRMOGM(Weighting):
     stateful: ClassVar[bool] = True
     paper: ClassVar[str] = "Zhou, Zhang, Jiang, Zhong, Gu, Zhu — NeurIPS 2022"
     state_schema: ClassVar[Mapping[str, Any]] = {"lambda": ("m",)}  # and "base": the wrapped solver's state
-
-    needs: ClassVar[frozenset[Need]] = _FromBase(frozenset())  # type: ignore[assignment]
-    batches: ClassVar[int] = _FromBase(1)  # type: ignore[assignment]
-    grads: ClassVar[str | None] = _FromBase(None)  # type: ignore[assignment]
-    randomized: ClassVar[bool] = _FromBase(False)  # type: ignore[assignment]
-    post_step: ClassVar[bool] = _FromBase(False)  # type: ignore[assignment]
-    post_step_losses: ClassVar[bool] = _FromBase(True)  # type: ignore[assignment]
 
     base: Weighting = attrs.field(default="mgda", converter=_as_weighting)
     alpha: float = attrs.field(default=0.9, converter=float, validator=_unit_interval)
@@ -99,6 +101,9 @@ class CRMOGM(Weighting):
 
     def requirements(self) -> frozenset[Need]:
         return self.base.requirements()
+
+    def instance_capabilities(self) -> Capabilities:
+        return attrs.evolve(self.base.capabilities, stateful=True)
 
     def check(self, system: GradientSystem) -> None:
         self.base.check(system)
@@ -146,7 +151,7 @@ class CRMOGM(Weighting):
         known = self.base._checked_state(base)
         rows = checked.get("m")
         tasks = known.get("m") if isinstance(known, Mapping) else None
-        if rows is not None and tasks is not None and rows != tasks * self.base.batches:
+        if rows is not None and tasks is not None and rows != tasks * self.base.capabilities.batches:
             raise StateError(
                 f"cr_mogm state averages weights over {rows} rows, but its base state is for {tasks} tasks"
             )

@@ -1,4 +1,4 @@
-"""DualProj: the mean gradient projected onto the dual cone (catalogue §3.2, row ``dualproj``)."""
+"""DualProj: the mean gradient projected onto the dual cone (docs/methods.md#dualproj)."""
 
 from __future__ import annotations
 

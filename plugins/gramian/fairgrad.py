@@ -1,4 +1,4 @@
-"""FairGrad: α-fair resource allocation among the tasks (catalogue §3.2, row ``fairgrad``)."""
+"""FairGrad: α-fair resource allocation among the tasks (docs/methods.md#fairgrad)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ class FairGrad(GramianWeighting):
         keep = np.diag(gramian) > 0
         w = np.zeros(m)
         rho = system.roundoff
-        K = gramian[np.ix_(keep, keep)]
+        K = gramian if keep.all() else gramian[np.ix_(keep, keep)]
         if not keep.any():
             reason, solved, diagnostics = "every gradient is zero", np.zeros(0), {"iterations": 0, "no_solution": True}
         else:

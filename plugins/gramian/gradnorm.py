@@ -1,4 +1,4 @@
-"""GradNorm: gradient normalisation for adaptive loss balancing (catalogue §3.2, row ``gradnorm``)."""
+"""GradNorm: gradient normalisation for adaptive loss balancing (docs/methods.md#gradnorm)."""
 
 from __future__ import annotations
 

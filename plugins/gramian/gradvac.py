@@ -1,4 +1,4 @@
-"""GradVac: gradient vaccine (catalogue §3.2, row ``gradvac``)."""
+"""GradVac: gradient vaccine (docs/methods.md#gradvac)."""
 
 from __future__ import annotations
 

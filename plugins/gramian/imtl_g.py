@@ -1,4 +1,4 @@
-"""IMTL-G: impartial gradient weighting (catalogue §3.2, row ``imtl_g``)."""
+"""IMTL-G: impartial gradient weighting (docs/methods.md#imtl_g)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Mapping
 
 import attrs
 import numpy as np
-import scipy.linalg
+import scipy.linalg.lapack
 
 from mtlsolve.gramian import certificate_tolerance, normalised, rank_threshold
 from mtlsolve.solver import GramianWeighting
@@ -72,6 +72,21 @@ class IMTLG(GramianWeighting):
     ) -> tuple[np.ndarray, Mapping[str, Any]]:
         m = gramian.shape[0]
         rho = system.roundoff
+        if self.singular == "pinv":  # the common full-rank case in one compiled call
+            from mtlsolve.kernels._dense import as_kernel_array
+            from mtlsolve.kernels.imtl import SOLVED, imtl_full_rank
+
+            status, w, residual, spread = imtl_full_rank(
+                as_kernel_array(gramian), rank_threshold(m, rho), -1.0 if self.rtol is None else self.rtol, rho
+            )
+            if status == SOLVED:
+                tolerance = float(certificate_tolerance(rho))
+                converged = bool(residual <= tolerance)
+                diagnostics = {"rank": m, "degenerate": False, "residual": float(residual), "tolerance": tolerance,
+                               "converged": converged, "projection_spread": float(spread)}
+                if not converged:
+                    diagnostics["fallback"] = "none: the uncertified result is returned"
+                return w, diagnostics
         Kn, n = normalised(gramian)
         if self.singular == "ridge":
             shifted = gramian + self.ridge * np.eye(m)
@@ -127,12 +142,14 @@ def _solve(A: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     diagonal raised by a relative 1e-15, so that the factor exists) and one step of iterative
     refinement against A itself; least squares if even that factor does not exist."""
     shift = 1e-15 * max(float(np.abs(np.diagonal(A)).max(initial=0.0)), 1e-300)
-    try:
-        factor = (np.linalg.cholesky(A + shift * np.eye(len(A))), True)
-    except np.linalg.LinAlgError:
+    factor, info = _potrf(A + shift * np.eye(len(A)), lower=1)
+    if info != 0:
         return np.linalg.lstsq(A, rhs, rcond=None)[0]
-    x = scipy.linalg.cho_solve(factor, rhs)
-    return x + scipy.linalg.cho_solve(factor, rhs - A @ x)
+    x = _potrs(factor, rhs, lower=1)[0]
+    return x + _potrs(factor, rhs - A @ x, lower=1)[0]
+
+
+_potrf, _potrs = scipy.linalg.lapack.dpotrf, scipy.linalg.lapack.dpotrs  # LAPACK's Cholesky factor and solve
 
 
 def _certificate(K: np.ndarray, x: np.ndarray, n: np.ndarray, basis: np.ndarray | None) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""IMTL (hybrid): IMTL-L loss scaling and IMTL-G gradient weighting together (catalogue §3.2, row ``imtl_hybrid``)."""
+"""IMTL (hybrid): IMTL-L loss scaling and IMTL-G gradient weighting together (docs/methods.md#imtl_hybrid)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Krum and Multi-Krum: Byzantine-robust selection of task gradients (catalogue §3.2, row ``krum``)."""
+"""Krum and Multi-Krum: Byzantine-robust selection of task gradients (docs/methods.md#krum)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MGDA: the min-norm point of the convex hull of the task gradients (catalogue §3.2, row ``mgda``)."""
+"""MGDA: the min-norm point of the convex hull of the task gradients (docs/methods.md#mgda)."""
 
 from __future__ import annotations
 

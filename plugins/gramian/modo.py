@@ -1,4 +1,4 @@
-"""MoDo: multi-objective gradient with double sampling (catalogue §3.2, row ``modo``)."""
+"""MoDo: multi-objective gradient with double sampling (docs/methods.md#modo)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Nash-MTL: the Nash bargaining solution of the tasks (catalogue §3.2, row ``nash_mtl``)."""
+"""Nash-MTL: the Nash bargaining solution of the tasks (docs/methods.md#nash_mtl)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class NashMTL(GramianWeighting):
 
     The fixed point is solved by Newton's method on ½αᵀKα − Σ log α
     (:func:`mtlsolve.kernels.nash.nash_weights`) on the normalised Gramian D⁻¹KD⁻¹, warm-started
-    from the previous α, in place of the reference's CCCP with ECOS (catalogue §2). α is
+    from the previous α, in place of the reference's CCCP with ECOS (AvivNavon/nash-mtl; docs/methods.md#nash_mtl). α is
     recomputed every ``update_weights_every`` calls and reused in between (a reused step
     solves nothing and reports no certificate).
 

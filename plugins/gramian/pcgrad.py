@@ -1,4 +1,4 @@
-"""PCGrad: projecting conflicting gradients (catalogue §3.2, row ``pcgrad``)."""
+"""PCGrad: projecting conflicting gradients (docs/methods.md#pcgrad)."""
 
 from __future__ import annotations
 

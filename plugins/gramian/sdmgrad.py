@@ -1,4 +1,4 @@
-"""SDMGrad: stochastic direction-oriented multi-objective gradient (catalogue §3.2, row ``sdmgrad``)."""
+"""SDMGrad: stochastic direction-oriented multi-objective gradient (docs/methods.md#sdmgrad)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""UPGrad: the mean of the task gradients projected onto the dual cone (catalogue §3.2, row ``upgrad``)."""
+"""UPGrad: the mean of the task gradients projected onto the dual cone (docs/methods.md#upgrad)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Loss weightings (catalogue §3.1): the update is one backward of Σ w_i L_i."""
+"""Loss weightings (docs/methods.md#loss-weightings): the update is one backward of Σ w_i L_i."""
 
 from mtlsolve import hookimpl
 from mtlsolve.plugins.loss_weighting.dwa import DynamicWeightAverage

@@ -1,4 +1,4 @@
-"""Dynamic weight average (catalogue §3.1, row ``dwa``; §2 "DWA window")."""
+"""Dynamic weight average (docs/methods.md#dwa)."""
 
 from __future__ import annotations
 

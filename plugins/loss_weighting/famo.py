@@ -1,4 +1,4 @@
-"""FAMO: fast adaptive multitask optimisation (catalogue §3.1, row ``famo``)."""
+"""FAMO: fast adaptive multitask optimisation (docs/methods.md#famo)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Geometric loss strategy: the geometric mean of the losses (catalogue §3.1, row ``gls``)."""
+"""Geometric loss strategy: the geometric mean of the losses (docs/methods.md#gls)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""IMTL-L: impartial loss balancing (catalogue §3.1, row ``imtl_l``)."""
+"""IMTL-L: impartial loss balancing (docs/methods.md#imtl_l)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Linear scalarisation: fixed task weights (catalogue §3.1, row ``ls``)."""
+"""Linear scalarisation: fixed task weights (docs/methods.md#ls)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Random loss weighting (catalogue §3.1, row ``rlw``)."""
+"""Random loss weighting (docs/methods.md#rlw)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Scale-invariant loss weighting: Σ w_i log L_i (catalogue §3.1, row ``si``)."""
+"""Scale-invariant loss weighting: Σ w_i log L_i (docs/methods.md#si)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Smooth Tchebycheff scalarisation (catalogue §3.1, row ``stch``; §2 "STCH")."""
+"""Smooth Tchebycheff scalarisation (docs/methods.md#stch)."""
 
 from __future__ import annotations
 

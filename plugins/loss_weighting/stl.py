@@ -1,4 +1,4 @@
-"""Single-task learning: only the main task's loss (catalogue §3.1, row ``stl``)."""
+"""Single-task learning: only the main task's loss (docs/methods.md#stl)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Uncertainty weighting (catalogue §3.1, row ``uw``)."""
+"""Uncertainty weighting (docs/methods.md#uw)."""
 
 from __future__ import annotations
 

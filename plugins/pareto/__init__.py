@@ -1,4 +1,4 @@
-"""Pareto methods (catalogue §3.6). Scalarisations: one backward of a scalarisation of the
+"""Pareto methods (docs/methods.md#pareto-methods). Scalarisations: one backward of a scalarisation of the
 losses, given a preference vector λ and an ideal point z. Preference-guided directions on the
 Gramian: EPO, PMGDA and the Pareto MTL subproblem. Populations: Pareto MTL and HVGrad
 (one solver instance per model). A value in the system extras

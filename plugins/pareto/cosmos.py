@@ -1,4 +1,4 @@
-"""COSMOS: linear scalarisation with a cosine penalty toward the preference (catalogue §3.6, row ``cosmos``)."""
+"""COSMOS: linear scalarisation with a cosine penalty toward the preference (docs/methods.md#cosmos)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Exact Pareto optimal search (catalogue §3.6, row ``epo``)."""
+"""Exact Pareto optimal search (docs/methods.md#epo)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hypervolume gradient ascent over a population (catalogue §3.6, row ``hvgrad``)."""
+"""Hypervolume gradient ascent over a population (docs/methods.md#hvgrad)."""
 
 from __future__ import annotations
 
@@ -108,16 +108,16 @@ class HVGrad(Weighting):
     One instance drives one model (``index`` k, from 0); the training loop passes the K x m
     losses of the whole population as ``system.extras["population"]`` (without it the
     population is this model alone), whose row k is replaced by the system's losses.
-    ``reference`` is the reference point r, fixed for the run (problems.md §5); when None it
+    ``reference`` is the reference point r, fixed for the run (docs/problems.md#hypervolume); when None it
     is fixed at the first call to max_k L^{(k)} + 0.1·|max_k L^{(k)}| per task (1.1 × the
-    largest initial loss, problems.md §5) and kept as state. Models outside the reference
+    largest initial loss, docs/problems.md#hypervolume) and kept as state. Models outside the reference
     box get zero weight. ``diagnostics``: ``reference``, ``hypervolume`` (of the population).
     The weights are the exact hypervolume gradient (a closed form, no inner problem solved to a
     tolerance), so ``converged`` does not apply and is not reported.
     """
 
     name: ClassVar[str] = "hvgrad"
-    # the catalogue aliases HVGrad and hv_grad are this name up to case and "_"
+    # the published spellings HVGrad and hv_grad are this name up to case and "_"
     family: ClassVar[str] = "PA"
     needs: ClassVar[frozenset[Need]] = frozenset({Need.LOSSES})
     stateful: ClassVar[bool] = True

@@ -1,4 +1,4 @@
-"""Penalty-based boundary intersection (catalogue §3.6, row ``pbi``)."""
+"""Penalty-based boundary intersection (docs/methods.md#pbi)."""
 
 from __future__ import annotations
 

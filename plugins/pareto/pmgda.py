@@ -1,4 +1,4 @@
-"""Preference-based MGDA (catalogue §3.6, row ``pmgda``)."""
+"""Preference-based MGDA (docs/methods.md#pmgda)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pareto MTL, one subproblem of the population (catalogue §3.6, row ``pmtl``)."""
+"""Pareto MTL, one subproblem of the population (docs/methods.md#pmtl)."""
 
 from __future__ import annotations
 

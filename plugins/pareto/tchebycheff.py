@@ -1,4 +1,4 @@
-"""Tchebycheff and modified Tchebycheff scalarisations (catalogue §3.6, rows ``tchebycheff``, ``mtche``)."""
+"""Tchebycheff and modified Tchebycheff scalarisations (docs/methods.md#tchebycheff, docs/methods.md#mtche)."""
 
 from __future__ import annotations
 

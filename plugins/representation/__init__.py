@@ -1,4 +1,4 @@
-"""Representation-level variants (catalogue §3.4): Gramian weightings published as methods of
+"""Representation-level variants (docs/methods.md#representation-level-variants): Gramian weightings published as methods of
 their own when fed the gradients z_i = ∂L_i/∂H of the shared features H instead of the shared
 parameters. They are the same solvers; ``grads = "representation"`` makes
 :class:`~mtlsolve.adapters.MultiTaskBackward` collect feature gradients and back-propagate the

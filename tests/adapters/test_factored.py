@@ -180,7 +180,7 @@ def test_batched_default_falls_back_to_the_loop(monkeypatch):
     shared = list(net.trunk.parameters())
     G = per_task(net.losses(x), shared)
     adapter = MultiTaskBackward(NormWeighting(), shared=net.trunk)
-    monkeypatch.setattr(adapter, "_batched_by_default", lambda *args: True)  # as on a GPU
+    monkeypatch.setattr(adapter._engine, "batched_by_default", lambda *args: True)  # as on a GPU
     with pytest.warns(RuntimeWarning, match="batched per-task gradients failed") as record:
         diagnostics = adapter.backward(net.losses(x))
     assert record[0].filename == __file__  # the warning points at the user's call

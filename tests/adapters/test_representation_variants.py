@@ -1,4 +1,4 @@
-"""The representation-level variants mgda_ub and aligned_mtl_ub (catalogue §3.4)."""
+"""The representation-level variants mgda_ub and aligned_mtl_ub (docs/methods.md#representation-level-variants)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_variant_is_its_base_solver_on_any_matrix(variant, base):
 
 
 @pytest.mark.parametrize("name", ["MGDA-UB", "MGDAUB", "mgdaub", "amtlub", "amtl_ub", "Aligned_MTL_UB"])
-def test_catalogue_names_resolve(name):
+def test_published_names_resolve(name):
     assert mtlsolve.get(name).name in VARIANTS
 
 

@@ -178,8 +178,8 @@ def test_two_tasks_against_a_scalar_search():
     ],
     ids=["O", "C", "N", "J1"],
 )
-def test_catalogue_vectors(G, d_raw):
-    """d_raw = g_0 + Gᵀν of catalogue §4 (row cagrad, c = 0.4, rescale 0)."""
+def test_worked_vectors(G, d_raw):
+    """d_raw = g_0 + Gᵀν on worked vectors (Liu et al., arXiv 2110.14048, eq. (3); c = 0.4, rescale 0)."""
     G = np.array(G, dtype=float)
     _, nu, *_ = cg.cagrad_dual(G @ G.T, C)
     np.testing.assert_allclose(G.mean(axis=0) + nu @ G, d_raw, atol=5e-5)
@@ -254,7 +254,7 @@ def test_compiled_once_and_reference_built_once():
         cg.cagrad_dual(K, C)
         cg.reference_cagrad_dual(K, C)
     assert len(cg._cagrad.signatures) == 1
-    assert type(cg._cagrad._cache).__name__ != "NullCache"  # cache=True
+    assert type(cg._cagrad._cache).__name__ != "NullCache"  # cached on disk
     builds = cg._reference_problem.cache_info().misses
     cg.reference_cagrad_dual(np.eye(5), C)
     assert cg._reference_problem.cache_info().misses == builds
@@ -263,7 +263,8 @@ def test_compiled_once_and_reference_built_once():
 # ------------------------------------------------------------------ certificate
 from hard_systems import FAMILIES, gramian_of, hard_matrix  # noqa: E402
 
-from mtlsolve.gramian import certificate_tolerance  # noqa: E402
+from mtlsolve.gramian import psd_repair  # noqa: E402
+from mtlsolve.kernels._dense import normalised_factorable  # noqa: E402
 
 #: the reported float32 system: its float32 Gramian has an eigenvalue −3e-8 (weights ~1e7 before)
 REPORTED32 = np.array([[1.132, -0.645], [-1.770, 0.214], [0.914, 1.572]], dtype=np.float32)
@@ -298,16 +299,16 @@ def test_psd_repair_is_small_and_scale_free():
         for m in (3, 8, 20):
             for _ in range(4):
                 _, K, rho = gramian_of(hard_matrix(family, m, int(rng.integers(1, m + 3)), rng), np.float32)
-                Kr, changed = cg.psd_repair(K)
+                Kr, changed = psd_repair(K, cg.RIDGE)
                 repaired += changed
                 n = np.sqrt(np.diag(K))
                 inv = np.divide(1.0, n, out=np.zeros_like(n), where=n > 0)
-                assert cg._factorable(Kr, 0.5 * cg.RIDGE)
+                assert normalised_factorable(Kr, 0.5 * cg.RIDGE)
                 assert (np.abs(Kr - K) <= (m * rho + 1e-12) * np.outer(n, n)).all()
                 assert np.linalg.eigvalsh(Kr * np.outer(inv, inv))[0] > -cg.RIDGE
     assert repaired > 5
     G = rng.standard_normal((6, 9))
-    assert cg.psd_repair(G @ G.T)[1] is False
+    assert psd_repair(G @ G.T, cg.RIDGE)[1] is False
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -106,8 +106,8 @@ def test_general_u_matches_reference(m):
         np.testing.assert_allclose(cp.project_dual_cone(K, U[0])[0], V[0], atol=1e-15)  # one vector
 
 
-def test_upgrad_catalogue_vectors():
-    """Catalogue §4, row upgrad: mean of the projections, exact and with TorchJD's regularisation."""
+def test_upgrad_worked_vectors():
+    """Worked vectors for UPGrad (Quinton & Rey, arXiv 2406.16232, eq. (5)): mean of the projections, exact and with TorchJD's regularisation."""
     cases = [
         ([[1, 0], [-1, 1]], [0.25, 0.75], [0.24989, 0.74996], 5e-6),
         ([[-4, 1, 1], [6, 1, 1]], [0.29240, 1.90058, 1.90058], [0.2929, 1.90035, 1.90035], 5e-5),

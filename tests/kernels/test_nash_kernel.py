@@ -89,7 +89,7 @@ def test_rank_deficient_matches_reference(m):
     ],
     ids=["O", "C", "N", "J1"],
 )
-def test_catalogue_vectors(G, alpha):
+def test_worked_vectors(G, alpha):
     G = np.array(G, dtype=float)
     np.testing.assert_allclose(nk.nash_weights(G @ G.T)[0], alpha, atol=5e-6)
 

@@ -102,8 +102,8 @@ def test_linear_term_matches_reference(m):
         assert objective(K, q, w) == pytest.approx(objective(K, q, ref), abs=AGREE)
 
 
-def test_catalogue_vectors():
-    """Min-norm points of catalogue §4 (the MGDA row): O, C, N, J1."""
+def test_worked_vectors():
+    """Min-norm points of the worked vectors O, C, N, J1 (MGDA, Sener & Koltun, arXiv 1810.04650, eq. (3))."""
     cases = [
         ([[1, 0], [0, 2]], [0.8, 0.4]),
         ([[1, 0], [-1, 1]], [0.2, 0.4]),
@@ -179,7 +179,7 @@ def test_compiled_once_and_reference_built_once():
         sq.simplex_qp(K, np.ones(m))
         sq.reference_min_norm_simplex(K)
     assert len(sq._simplex_qp.signatures) == 1
-    assert type(sq._simplex_qp._cache).__name__ != "NullCache"  # cache=True
+    assert type(sq._simplex_qp._cache).__name__ != "NullCache"  # cached on disk
     builds = sq._reference_problem.cache_info().misses
     sq.reference_min_norm_simplex(np.eye(5))
     assert sq._reference_problem.cache_info().misses == builds

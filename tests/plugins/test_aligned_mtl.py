@@ -1,4 +1,4 @@
-"""Aligned-MTL (seed-methods §1.2, catalogue §3.2 row ``aligned_mtl`` and §4 vectors)."""
+"""Aligned-MTL (Senushkin et al., arXiv 2305.19000, Algorithm 1; docs/methods.md#aligned_mtl) and worked vectors."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import mtlsolve
-from mtlsolve.plugins.gramian import aligned_mtl
 from mtlsolve.gramian import numerical_rank
+from mtlsolve.plugins.gramian import aligned_mtl
 from mtlsolve.plugins.gramian.aligned_mtl import AlignedMTL, balance_matrix
 
 O = [[1.0, 0.0], [0.0, 2.0]]
@@ -41,7 +41,7 @@ def default_rank(G: np.ndarray) -> int:
     [(O, (0.5, 0.5)), (C, (0.1382, 0.41459)), (N, (0.41459, 0.1382)), (J1, (0.21328, 0.96733, 0.96733))],
     ids=["O", "C", "N", "J1"],
 )
-def test_catalogue_vectors(G, expected):
+def test_worked_vectors(G, expected):
     np.testing.assert_allclose(AlignedMTL()(np.array(G)).direction, expected, atol=5e-6)
     np.testing.assert_allclose(AlignedMTL(reduction="sum")(np.array(G)).direction, 2 * np.array(expected), atol=1e-5)
 

@@ -1,4 +1,4 @@
-"""CAGrad (catalogue §3.2 row ``cagrad``, §4 vectors): d_raw maximises min_i g_i·d over ‖d − g_0‖ ≤ c‖g_0‖."""
+"""CAGrad (docs/methods.md#cagrad, worked vectors): d_raw maximises min_i g_i·d over ‖d − g_0‖ ≤ c‖g_0‖."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def raw(G, **kwargs) -> mtlsolve.Result:
     ],
     ids=["O", "C", "N", "J1"],
 )
-def test_catalogue_vectors(G, rescale0, rescale1):
+def test_worked_vectors(G, rescale0, rescale1):
     G = np.array(G)
     np.testing.assert_allclose(raw(G).direction, rescale0, atol=5e-5)
     r = CAGrad()(G)  # the defaults: c = 0.4, rescale 1, mean scale

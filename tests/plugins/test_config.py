@@ -1,4 +1,4 @@
-"""ConFIG (catalogue §3.2 row ``config``, §4 vectors): Gramian form against a transcription of
+"""ConFIG (docs/methods.md#config, worked vectors): Gramian form against a transcription of
 eq. (2) on G and against torchjd 0.18.0 ``ConFIG``."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def config_on_matrix(G, p=None):
 
 @pytest.mark.parametrize("name", list(VECTORS))
 @pytest.mark.parametrize("least_squares", [False, True])
-def test_catalogue_vectors(name, least_squares):
+def test_worked_vectors(name, least_squares):
     G, expected = VECTORS[name]
     np.testing.assert_allclose(ConFIG(least_squares=least_squares)(np.array(G)).direction, expected, atol=5e-6)
 

@@ -1,4 +1,4 @@
-"""COSMOS (catalogue §3.6 row ``cosmos``): value rᵀL − λ_c·cos(r, L), weights = its gradient in L.
+"""COSMOS (docs/methods.md#cosmos): value rᵀL − λ_c·cos(r, L), weights = its gradient in L.
 
 The weights are checked against autograd of the formula written here; TorchJD 0.18.0's
 ``COSMOS`` scalarizer parity is in tests/test_torchjd_parity.py.

@@ -1,4 +1,4 @@
-"""CR-MOGM (catalogue §3.2 row ``cr_mogm``): λ_k = αλ_{k−1} + (1−α)λ̂_k around any weighting,
+"""CR-MOGM (docs/methods.md#cr_mogm): λ_k = αλ_{k−1} + (1−α)λ̂_k around any weighting,
 against the EMA computed here from an independent copy of the wrapped solver, and against
 torchjd 0.18.0 ``CRMOGMWeighting``."""
 

@@ -1,4 +1,4 @@
-"""DualProj (catalogue §3.2 row ``dualproj``, §4 vectors): d = π_J(g_0), the projection of the
+"""DualProj (docs/methods.md#dualproj, worked vectors): d = π_J(g_0), the projection of the
 mean gradient onto the dual cone {x : Gx ≥ 0}, in UPGrad's weight form and regularisation.
 
 The kernel is checked against the cvxpy reference of cone_projection and against the KKT
@@ -42,7 +42,7 @@ def random_system(rng: np.random.Generator, m: int, deficient: bool = False) -> 
     ],
     ids=["O", "C", "N", "J1"],
 )
-def test_catalogue_vectors(G, exact, regularised, atol):
+def test_worked_vectors(G, exact, regularised, atol):
     """reg_eps = 0 gives the exact projection, the defaults (norm_eps = reg_eps = 1e-4) torchjd's."""
     G = np.array(G)
     np.testing.assert_allclose(DualProj(**EXACT)(G).direction, exact, atol=1e-12)

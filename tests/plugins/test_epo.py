@@ -1,12 +1,12 @@
-"""EPO (catalogue §3.6 row ``epo``): hand-solved LPs on two tasks, diagnostics, preference handling,
-and the convex companion (problems.md §2) driven by plain gradient steps along −d.
+"""EPO (docs/methods.md#epo): hand-solved LPs on two tasks, diagnostics, preference handling,
+and the convex companion (docs/problems.md#fonseca-problems) driven by plain gradient steps along −d.
 
 Tolerance on the convex companion: EPO switches from "balance" to "descent" once
 μ = KL(l̂ ‖ 1/m) ≤ eps, and the descent LP keeps d·d_bal ≥ 0 without driving μ to 0, so the run
 ends on the front at a point with μ ≤ eps, not on the ray itself. The test computes that band of
 front points (f(s) = ((s−1)²/4, (s+1)²/4) with μ(s) ≤ eps) and requires the final f in it; with
 eps = 1e-4 and r = (2, 1) it spans f1 ∈ [0.16875, 0.17443] (by Pinsker, |l̂ − 1/m|₁ ≤ √(2·eps)),
-with eps = 1e-10 it shrinks to ±3e-6 around the catalogue value.
+with eps = 1e-10 it shrinks to ±3e-6 around the exact ray point.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def band(pref, eps):
 @pytest.mark.parametrize("eps", [1e-4, 1e-10], ids=["default_eps", "eps_1e-10"])
 @pytest.mark.parametrize(
     ("pref", "expected"),
-    [((1, 1), (0.25, 0.25)), ((2, 1), (0.17157, 0.34315))],  # catalogue §3.6 / problems.md §2
+    [((1, 1), (0.25, 0.25)), ((2, 1), (0.17157, 0.34315))],  # ray points of docs/problems.md#fonseca-problems
     ids=["r_1_1", "r_2_1"],
 )
 def test_convex_companion(pref, expected, eps):
@@ -145,7 +145,7 @@ def test_convex_companion(pref, expected, eps):
     low, high = band(pref, eps)
     assert low - 1e-6 <= f[0] <= high + 1e-6
     half_width = max(high - expected[0], expected[0] - low)
-    np.testing.assert_allclose(f, expected, atol=half_width + 1e-5)  # catalogue values have 5 decimals
+    np.testing.assert_allclose(f, expected, atol=half_width + 1e-5)  # the expected values have 5 decimals
 
 
 def test_certificate_on_mixed_scales_and_float32():

@@ -1,4 +1,4 @@
-"""FairGrad (catalogue §3.2 row ``fairgrad``, §4 vectors): w > 0 with Kw = w^{−1/α}, d = Gᵀw.
+"""FairGrad (docs/methods.md#fairgrad, worked vectors): w > 0 with Kw = w^{−1/α}, d = Gᵀw.
 
 The numba kernel is checked against its cvxpy reference (Clarabel, then Newton-polished) on
 random systems with m ∈ {2, 3, 5, 10, 40} and α ∈ {0.5, 1, 2, 5}. Largest deviation measured,
@@ -71,7 +71,7 @@ def test_unpolished_reference_is_close():
             np.testing.assert_allclose(fk.fairgrad_weights(K, alpha=alpha)[0], raw, rtol=1e-3)
 
 
-# ---------------------------------------------------------------- catalogue vectors
+# ---------------------------------------------------------------- worked vectors
 @pytest.mark.parametrize(
     ("G", "alpha", "d"),
     [
@@ -86,7 +86,7 @@ def test_unpolished_reference_is_close():
     ],
     ids=["O1", "C1", "N1", "J1_1", "O2", "C2", "N2", "J1_2"],
 )
-def test_catalogue_vectors(G, alpha, d):
+def test_worked_vectors(G, alpha, d):
     r = FairGrad(alpha=alpha)(np.array(G))
     np.testing.assert_allclose(r.direction, d, atol=5e-6)
     assert r.diagnostics["converged"]

@@ -1,4 +1,4 @@
-"""Directions needing the full matrix (catalogue §3.3): GradDrop, MoCo, DB-MTL, ExcessMTL and the
+"""Directions needing the full matrix (docs/methods.md#full-matrix-directions): GradDrop, MoCo, DB-MTL, ExcessMTL and the
 trimmed mean, against numpy transcriptions of the LibMTL / paper algorithms written here and
 against torchjd 0.18.0 (GradDrop, ExcessMTL, TrimmedMean; it has no MoCo or DB-MTL)."""
 

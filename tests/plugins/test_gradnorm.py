@@ -1,4 +1,4 @@
-"""GradNorm (catalogue §3.2 row ``gradnorm``): the closed-form weight gradient against autograd's
+"""GradNorm (docs/methods.md#gradnorm): the closed-form weight gradient against autograd's
 double backward, the α = 0 equilibrium, renormalisation, L(0) options, state."""
 
 from __future__ import annotations

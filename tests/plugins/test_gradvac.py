@@ -1,4 +1,4 @@
-"""GradVac (catalogue §3.2 row ``gradvac``, §4 vectors): Gramian-form kernel against a transcription
+"""GradVac (docs/methods.md#gradvac, worked vectors): Gramian-form kernel against a transcription
 on G and against torchjd 0.18.0 ``GradVacWeighting`` under the same visiting orders."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def random_system(rng, m, n):
     [(O, (1, 2)), (C, (0.5, 1.5)), (N, (2, 1)), (J1, (0.5848, 3.80117, 3.80117))],
     ids=["O", "C", "N", "J1"],
 )
-def test_first_call_matches_the_catalogue_pcgrad_vectors(G, expected):
+def test_first_call_matches_the_pcgrad_worked_vectors(G, expected):
     for seed in range(3):
         np.testing.assert_allclose(GradVac(seed=seed)(np.array(G)).direction, expected, atol=5e-6)
         d_mean = GradVac(seed=seed, reduction="mean")(np.array(G)).direction

@@ -1,7 +1,7 @@
-"""HVGrad (catalogue §3.6 row ``hvgrad``): the exact hypervolume gradient against finite
+"""HVGrad (docs/methods.md#hvgrad): the exact hypervolume gradient against finite
 differences of mtlsolve.metrics.hypervolume (2-D and 3-D), hand-computed 2-D values, the
 non-dominated layers, zero weight outside the reference box, and a population on the convex
-companion (problems.md §2) whose hypervolume does not decrease.
+companion (docs/problems.md#fonseca-problems) whose hypervolume does not decrease.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def test_gradient_matches_finite_differences(d):
 def test_two_d_by_hand():
     """Front (1, 3), (2, 2), (3, 1) with r = (4, 4): ∂HV/∂f1(p_j) = −(f2(p_{j−1}) − f2(p_j)) with
     f2(p_0) = r2, ∂HV/∂f2(p_j) = −(f1(p_{j+1}) − f1(p_j)) with f1(p_4) = r1; the dominated point
-    (2.5, 2.5) and the point (5, 0) outside the box get 0 (problems.md §5 test vectors)."""
+    (2.5, 2.5) and the point (5, 0) outside the box get 0 (docs/problems.md#hypervolume test vectors)."""
     P = np.array([[1, 3], [2, 2], [3, 1], [2.5, 2.5], [5, 0]], dtype=float)
     expected = -np.array([[1, 1], [1, 1], [1, 1], [0, 0], [0, 0]], dtype=float)
     np.testing.assert_array_equal(hypervolume_gradient(P, [4, 4]), expected)

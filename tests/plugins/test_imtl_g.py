@@ -1,4 +1,4 @@
-"""IMTL-G (catalogue §3.2 row ``imtl_g``, §4 vectors): Gramian form against the paper's closed form on G."""
+"""IMTL-G (docs/methods.md#imtl_g, worked vectors): Gramian form against the paper's closed form on G."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def projections_on_unit_gradients(G: np.ndarray, d: np.ndarray) -> np.ndarray:
     [(O, (2 / 3, 2 / 3)), (C, (0.17157, 0.41421)), (N, (1, 0.41421)), (J1, (0.0767, 1, 1))],
     ids=["O", "C", "N", "J1"],
 )
-def test_catalogue_vectors(G, expected):
+def test_worked_vectors(G, expected):
     r = IMTLG()(np.array(G))
     np.testing.assert_allclose(r.direction, expected, atol=5e-6)
     assert r.weights.sum() == pytest.approx(1.0)

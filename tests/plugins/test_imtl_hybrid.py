@@ -1,4 +1,4 @@
-"""IMTL hybrid (catalogue §3.2 row ``imtl_hybrid``): LibMTL's ``IMTL``, IMTL-G on the gradients of the
+"""IMTL hybrid (docs/methods.md#imtl_hybrid): LibMTL's ``IMTL``, IMTL-G on the gradients of the
 scaled losses e^{s_i}L_i − s_i, with learnable s.
 
 The reference written out here is LibMTL's closed form on the scaled gradients ĝ_i = e^{s_i}g_i:
@@ -114,7 +114,7 @@ def test_state_round_trip_and_names():
     assert IMTLHybrid.needs == frozenset({Need.GRAMIAN, Need.LOSSES}) and IMTLHybrid.stateful
     for name in ("imtl_hybrid", "imtl_lg", "IMTL-LG"):
         assert type(mtlsolve.get(name)) is IMTLHybrid
-    assert type(mtlsolve.get("imtl")) is IMTLG  # catalogue §2: `imtl` stays IMTL-G
+    assert type(mtlsolve.get("imtl")) is IMTLG  # `imtl` stays IMTL-G (docs/methods.md#imtl_hybrid)
     assert IMTLHybrid(init=-0.5)(G, losses=L).weights is not None
     with pytest.raises(ValueError):
         IMTLHybrid(init=float("nan"))

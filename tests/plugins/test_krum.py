@@ -1,4 +1,4 @@
-"""Krum / Multi-Krum (catalogue §3.2 row ``krum``): paper scoring against a transcription on G,
+"""Krum / Multi-Krum (docs/methods.md#krum): paper scoring against a transcription on G,
 torchjd 0.18.0 scoring (``distance="euclidean"``) against ``torchjd.aggregation.Krum``."""
 
 from __future__ import annotations

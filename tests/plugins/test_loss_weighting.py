@@ -1,4 +1,4 @@
-"""Loss weightings (catalogue §3.1): stl, si, uw, dwa, gls, rlw, imtl_l, famo, stch.
+"""Loss weightings (docs/methods.md#loss-weightings): stl, si, uw, dwa, gls, rlw, imtl_l, famo, stch.
 
 Every "must hold" item of each row, the objective() gradients against autograd of the paper's
 formula written here, state_dict round trips, and torchjd 0.18.0's scalarizations where they exist.
@@ -625,7 +625,7 @@ def test_famo_state_round_trip():
     a(losses=losses[6])  # save mid-step: a pending call and Adam moments
     b = FAMO()
     b.load_state_dict(roundtrip(a.state_dict()))
-    for L, new in zip(losses[6:-1], losses[7:]):
+    for new in losses[7:]:
         a.after_step(new), b.after_step(new)
         np.testing.assert_array_equal(b(losses=new).weights, a(losses=new).weights)
     a.after_step(losses[-1])

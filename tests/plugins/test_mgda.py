@@ -1,4 +1,4 @@
-"""MGDA (catalogue §3.2 row ``mgda``, §4 vectors): the min-norm point of the convex hull."""
+"""MGDA (docs/methods.md#mgda, worked vectors): the min-norm point of the convex hull."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def two_task_weights(G: np.ndarray) -> np.ndarray:
     [(O, (0.8, 0.4)), (C, (0.2, 0.4)), (N, (1.0, 0.0)), (J1, (0.0, 1.0, 1.0))],
     ids=["O", "C", "N", "J1"],
 )
-def test_catalogue_vectors(G, expected):
+def test_worked_vectors(G, expected):
     r = MGDA()(np.array(G))
     np.testing.assert_allclose(r.direction, expected, atol=1e-10)
     assert r.weights.sum() == pytest.approx(1.0)
@@ -193,7 +193,6 @@ def test_registry_names():
 
 # ------------------------------------------------------------------ certificate
 from hard_systems import FAMILIES, hard_matrix  # noqa: E402
-
 from mtlsolve.errors import ConvergenceWarning  # noqa: E402
 from mtlsolve.kernels import simplex_qp  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""MoDo (catalogue §3.2 row ``modo``): three stacked batches, λ ∈ Δ_m, MGDA fixed point, torchjd parity."""
+"""MoDo (docs/methods.md#modo): three stacked batches, λ ∈ Δ_m, MGDA fixed point, torchjd parity."""
 
 from __future__ import annotations
 

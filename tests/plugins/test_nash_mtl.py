@@ -1,4 +1,4 @@
-"""Nash-MTL (catalogue §3.2 row ``nash_mtl``, §4 vectors): α > 0 with α_i(Kα)_i = 1, d = Gᵀα."""
+"""Nash-MTL (docs/methods.md#nash_mtl, worked vectors): α > 0 with α_i(Kα)_i = 1, d = Gᵀα."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import scipy.optimize
 import torch
-from torchjd_reference import ClarabelNashMTLWeighting
 
 import mtlsolve
 from mtlsolve.errors import ConvergenceWarning
 from mtlsolve.plugins.gramian.nash_mtl import NashMTL
+from torchjd_reference import ClarabelNashMTLWeighting
 
 O = [[1.0, 0.0], [0.0, 2.0]]
 C = [[1.0, 0.0], [-1.0, 1.0]]
@@ -48,7 +48,7 @@ def clip(d: np.ndarray, max_norm: float = 1.0) -> np.ndarray:
     ],
     ids=["O", "C", "N", "J1"],
 )
-def test_catalogue_vectors(G, alpha, d, clipped):
+def test_worked_vectors(G, alpha, d, clipped):
     """Unclipped α and d (d from the fairgrad α = 1 row, which equals Nash-MTL), and d clipped to
     norm 1 as the reference does. On C the reference fails and returns α = (1, 1); we do not."""
     r = NashMTL()(np.array(G))
@@ -70,7 +70,7 @@ def test_fixed_point_and_products():
 
 def test_equals_fairgrad_formulation():
     """FairGrad with α = 1 solves Kw = w⁻¹ by bounded least squares from w = 1/m (LibMTL, TorchJD);
-    here with scipy's least_squares: the same weights (catalogue: weights equal fairgrad(alpha=1))."""
+    here with scipy's least_squares: the same weights (the weights equal fairgrad(alpha=1), Ban & Ji, arXiv 2402.15638)."""
     for G in random_systems(2, count=20):
         K = G @ G.T
         m = len(K)
@@ -178,7 +178,7 @@ def test_matches_torchjd():
     Mapping: our α is its unclipped α (``prvs_alpha``) and clip(d) its output with max_norm = 1
     (clipping is an adapter option in mtlsolve). Its CCCP stops on an α change < 1e-6 after at
     most 20 conic solves, so it is compared to 1e-4, on the systems where its own fixed-point
-    residual is below 1e-3 (it silently keeps α = 1 after a failed solve, catalogue §2)."""
+    residual is below 1e-3 (it silently keeps α = 1 after a failed solve, docs/methods.md#nash_mtl)."""
     rng = np.random.default_rng(10)
     compared = 0
     for m in (2, 3, 3, 4, 5):

@@ -1,8 +1,8 @@
-"""Pareto scalarisations (catalogue §3.6): tchebycheff, mtche, pbi.
+"""Pareto scalarisations (docs/methods.md#pareto-methods): tchebycheff, mtche, pbi.
 
 Weights are the gradient of the scalarisation in L (checked against autograd of the formula
 written here and against torchjd 0.18.0's PBI); the minimisers on the convex companion
-problem (problems.md §2) are reached by plain gradient steps on Σ w_i f_i.
+problem (docs/problems.md#fonseca-problems) are reached by plain gradient steps on Σ w_i f_i.
 """
 
 from __future__ import annotations
@@ -177,9 +177,9 @@ def optimise(solver, steps=300, lr=0.5, decay=0.97):
 @pytest.mark.parametrize(
     ("solver", "expected"),
     [
-        (Tchebycheff(preference=(1, 1)), (0.25, 0.25)),  # catalogue: λ = (1, 1), z = 0
+        (Tchebycheff(preference=(1, 1)), (0.25, 0.25)),  # the front point on the ray λ = (1, 1), z = 0
         (Tchebycheff(preference=(2, 1)), RAY_1_2),
-        (ModifiedTchebycheff(preference=(1, 2)), (0.17157, 0.34315)),  # catalogue: λ = (1, 2)
+        (ModifiedTchebycheff(preference=(1, 2)), (0.17157, 0.34315)),  # the front point on the ray λ = (1, 2)
         (PBI(preference=(1, 1)), (0.25, 0.25)),
         (PBI(preference=(1, 2)), RAY_1_2),
     ],

@@ -1,4 +1,4 @@
-"""PCGrad (catalogue §3.2 row ``pcgrad``, §4 vectors): Gramian-form kernel against a transcription on G."""
+"""PCGrad (docs/methods.md#pcgrad, worked vectors): Gramian-form kernel against a transcription on G."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def random_system(rng: np.random.Generator, m: int, n: int) -> np.ndarray:
     [(O, (1, 2)), (C, (0.5, 1.5)), (N, (2, 1)), (J1, (0.5848, 3.80117, 3.80117))],
     ids=["O", "C", "N", "J1"],
 )
-def test_catalogue_vectors(G, expected):
+def test_worked_vectors(G, expected):
     for seed in range(3):
         d = PCGrad(seed=seed)(np.array(G)).direction
         np.testing.assert_allclose(d, expected, atol=5e-6)

@@ -1,6 +1,6 @@
-"""PMGDA (catalogue §3.6 row ``pmgda``): the correction LP's fast path (simplex kernel after a
+"""PMGDA (docs/methods.md#pmgda): the correction LP's fast path (simplex kernel after a
 change of variables) against the cvxpy form LibMOON writes (variables μ and t), the mapping back
-to task weights written out on G, the MGDA mode, and the convex companion (problems.md §2):
+to task weights written out on G, the MGDA mode, and the convex companion (docs/problems.md#fonseca-problems):
 the final L lies on the requested preference ray within h_tol.
 """
 
@@ -129,7 +129,7 @@ def test_preference_precedence_and_validation():
 def test_convex_companion_ends_on_the_ray(pref, start):
     """Plain steps x ← x − 0.2·d from a point off the ray: the run ends on the front
     (√f1 + √f2 = 1) at distance h < h_tol from the ray through pref; for (1, 2) that is
-    f ≈ (0.17157, 0.34315) (problems.md §2), for (1, 1) f ≈ (0.25, 0.25)."""
+    f ≈ (0.17157, 0.34315) (docs/problems.md#fonseca-problems), for (1, 1) f ≈ (0.25, 0.25)."""
     solver = PMGDA(preference=pref)
     x = torch.linspace(start, 0.7 if start < 0 else -0.3, 10, dtype=F64)
     modes = set()

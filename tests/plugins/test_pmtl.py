@@ -1,6 +1,6 @@
-"""Pareto MTL (catalogue §3.6 row ``pmtl``): the subproblem's two phases against MGDA run on the
+"""Pareto MTL (docs/methods.md#pmtl): the subproblem's two phases against MGDA run on the
 explicit constraint-gradient vectors (u_j − u_k)ᵀG (the solver only sees K), the preference
-set, the phase state, and a population of K = 5 models on the convex companion (problems.md §2).
+set, the phase state, and a population of K = 5 models on the convex companion (docs/problems.md#fonseca-problems).
 """
 
 from __future__ import annotations

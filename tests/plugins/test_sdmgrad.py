@@ -1,4 +1,4 @@
-"""SDMGrad (catalogue §3.2 row ``sdmgrad``): three stacked batches, w ∈ Δ_m, the λ limits, torchjd parity."""
+"""SDMGrad (docs/methods.md#sdmgrad): three stacked batches, w ∈ Δ_m, the λ limits, torchjd parity."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import mtlsolve
 from mtlsolve import InvalidSystemError
 from mtlsolve.kernels.simplex_qp import reference_simplex_qp
 from mtlsolve.plugins.gramian.sdmgrad import SDMGrad
-
 
 
 def three_batches(rng: np.random.Generator, m: int, n: int, noise: float = 0.5) -> np.ndarray:
@@ -64,7 +63,7 @@ def test_large_lambda_gives_the_mean_gradient():
 def test_parity_with_torchjd_on_the_cross_block():
     """torchjd 0.18.0 ``SDMGradWeighting(lr, momentum, n_iter, lambda_)`` takes A = G_ξG_ξ′ᵀ and
     returns (w + λ/m)/(1 + λ); mtlsolve puts those weights on the third batch. torchjd divides
-    by scale² + 1e-8 (mtlsolve by scale², as the catalogue): with scale² ≈ 10 the difference
+    by scale² + 1e-8 (mtlsolve by scale², as Xiao et al., arXiv 2305.18409, §6.1): with scale² ≈ 10 the difference
     is ~1e-9 relative."""
     rng = np.random.default_rng(3)
     for lr, lam in ((5.0, 0.3), (10.0, 0.3), (1.0, 0.0), (5.0, 2.0)):
@@ -142,7 +141,7 @@ def libmtl_sdmgrad_step(zeta, xi1, xi2, w: np.ndarray, lamda: float, niter: int,
 
 def test_replays_libmtl_with_its_batch_order():
     """LibMTL's batches (ζ, ξ, ξ′) are mtlsolve's rows [G_ξ; G_ξ′; G_ζ]; the state w carries over.
-    The transcription drops LibMTL's + 1e-8 next to scale² (mtlsolve follows the catalogue), and then
+    The transcription drops LibMTL's + 1e-8 next to scale² (mtlsolve follows the paper, §6.1), and then
     the two agree to round-off. With it they differ by up to 1e-5 here: lr 5 expands differences along
     eigenvalues of C above 2/5 (see the module docstring), a property of the method."""
     rng = np.random.default_rng(6)

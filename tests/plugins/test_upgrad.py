@@ -1,4 +1,4 @@
-"""UPGrad (catalogue §3.2 row ``upgrad``, §4 vectors): the mean of the projections onto the dual cone."""
+"""UPGrad (docs/methods.md#upgrad, worked vectors): the mean of the projections onto the dual cone."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def scale_of(G: np.ndarray) -> float:
     ],
     ids=["O", "C", "N", "J1"],
 )
-def test_catalogue_vectors(G, exact, regularised, atol):
+def test_worked_vectors(G, exact, regularised, atol):
     """reg_eps = 0 gives the exact vector, the default (norm_eps = reg_eps = 1e-4) torchjd's."""
     G = np.array(G)
     np.testing.assert_allclose(UPGrad(**EXACT)(G).direction, exact, atol=min(atol, 5e-6))

@@ -1,10 +1,11 @@
-"""COST (seed-methods.md §2): trigger, HTR, LoRA teleport, checkpointing and the §2.7 CPU check."""
+"""COST (Zhou et al., arXiv 2503.04046; docs/methods.md#cost): trigger, HTR, LoRA teleport, checkpointing and a CPU check."""
 
 from __future__ import annotations
 
 import copy
 import math
 
+import attrs
 import numpy as np
 import pytest
 import torch
@@ -25,7 +26,7 @@ def _one_thread():
 
 # ----------------------------------------------------------------------------- models and data
 class TwoHeadNet(nn.Module):
-    """§2.7: a shared two-layer MLP trunk of width 32 on x ∈ ℝ¹⁰ and one linear head per task."""
+    """The CPU check (docs/problems.md#cost-check): a shared two-layer MLP trunk of width 32 on x ∈ ℝ¹⁰ and one linear head per task."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -38,7 +39,7 @@ class TwoHeadNet(nn.Module):
 
 
 def sine_problem(samples: int = 2048, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """y₁ = sin(a·x), y₂ = −sin(a·x) + 0.3·cos(b·x), with a, b ~ N(0, I/10) (§2.7)."""
+    """y₁ = sin(a·x), y₂ = −sin(a·x) + 0.3·cos(b·x), with a, b ~ N(0, I/10) (docs/problems.md#cost-check)."""
     gen = torch.Generator().manual_seed(seed)
     a = torch.randn(10, generator=gen) / math.sqrt(10)
     b = torch.randn(10, generator=gen) / math.sqrt(10)
@@ -46,7 +47,7 @@ def sine_problem(samples: int = 2048, seed: int = 0) -> tuple[torch.Tensor, torc
     return X, torch.stack([torch.sin(X @ a), -torch.sin(X @ a) + 0.3 * torch.cos(X @ b)], dim=1)
 
 
-#: task 2's loss is scaled by 5 to create imbalance (§2.7)
+#: task 2's loss is scaled by 5 to create imbalance (docs/problems.md#cost-check)
 SCALE = torch.tensor([1.0, 5.0])
 
 
@@ -356,18 +357,18 @@ def test_functional_sharpness_equals_a_perturbed_copy():
     gen = torch.Generator().manual_seed(11)
     L0 = opposed_losses(merged, x).detach()
     worst = torch.zeros(2)
-    for _ in range(cost.sharp_samples):
+    for _ in range(cost.settings.sharp_samples):
         probe = copy.deepcopy(merged)
         tensors = dict(probe.named_parameters())
         with torch.no_grad():
             for name in order:
                 eps = torch.randn(tensors[name].shape, generator=gen)
-                tensors[name].add_(eps * (cost.sharp_radius / eps.norm()))
-        worst = torch.maximum(worst, R * (opposed_losses(probe, x).detach() - L0).abs() / cost.sharp_radius)
+                tensors[name].add_(eps * (cost.settings.sharp_radius / eps.norm()))
+        worst = torch.maximum(worst, R * (opposed_losses(probe, x).detach() - L0).abs() / cost.settings.sharp_radius)
     torch.testing.assert_close(value.detach(), worst.mean(), rtol=2e-3, atol=1e-4)
     # "full" differentiates through the perturbed losses, "official" only through L₀
     full = torch.autograd.grad(value, [a.B for a in adapters])
-    cost.sharpness_grad = "official"
+    cost.settings = attrs.evolve(cost.settings, sharpness_grad="official")
     official = cost._sharpness(_Bound(net, opposed_losses), x, R, named, torch.Generator().manual_seed(11))
     off = torch.autograd.grad(official, [a.B for a in adapters])
     assert all(torch.isfinite(g).all() for g in full)
@@ -453,12 +454,12 @@ def test_clear_errors(settings, runtime, match):
         from_config({"strategy": "costly"}, **kwargs)
 
 
-# ----------------------------------------------------------------------------- §2.7 CPU check
+# ----------------------------------------------------------------------------- CPU check
 STEPS, START, EPOCH = 1000, 300, 100
 
 
 def train(cost_on: bool, seed: int = 0, **settings):
-    """§2.7: LS base, Adam 1e-3, teleports from step 300, at most one per 100 steps, 512-sample teleport set."""
+    """docs/problems.md#cost-check: LS base, Adam 1e-3, teleports from step 300, at most one per 100 steps, 512-sample teleport set."""
     torch.manual_seed(seed)
     X, Y = sine_problem()
     net = TwoHeadNet()

@@ -1,6 +1,6 @@
-"""MTGD-reconstructed (seed-methods.md §4): the Das–Dennis grid, the transfer matrix, the update
+"""MTGD-reconstructed (Bai, Gupta, Ong, arXiv 2403.16162; docs/methods.md#mtgd): the Das–Dennis grid, the transfer matrix, the update
 θ_k ← Σ_j M_kj θ_j − η d_k against an independent autograd computation, inner solvers,
-checkpoints, and the two-task check of §4.7 (transfer strength and the bound on α)."""
+checkpoints, and the two-task check of docs/problems.md#conflicting-regression (transfer strength and the bound on α)."""
 
 from __future__ import annotations
 
@@ -203,9 +203,9 @@ def test_config_names():
                     optimizer=torch.optim.SGD(net.parameters(), lr=0.1))
 
 
-# --------------------------------------------------------------- §4.7 check
+# --------------------------------------------------------------- two-task check
 def population_run(alpha, seed=0, steps=300, every=10, K=7):
-    """§4.7: 10 features, one hidden layer of width 32, one output for both targets, SGD 1e-2 with
+    """docs/problems.md#conflicting-regression: 10 features, one hidden layer of width 32, one output for both targets, SGD 1e-2 with
     momentum 0.9, batch 64. HV of the test losses against 1.1 x the front's nadir (the loss of fitting
     the other target: E(y₁ − y₂)² for both tasks), fixed before the run."""
     X, Y = conflicting_regression(samples=2048, seed=seed)

@@ -1,6 +1,6 @@
-"""STGU (seed-methods.md §3): the affinity rule against a transcription of the official loop,
+"""STGU (Jeong & Yoon, arXiv 2502.11986; docs/methods.md#stgu): the affinity rule against a transcription of the official loop,
 attribution, sub-step mechanics, Affinity Propagation against scikit-learn, checkpoints, and
-recovery of the planted clusters of the six-task problem (§3.7)."""
+recovery of the planted clusters of the six-task problem (docs/problems.md#two-cluster-regression)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ TARGET = ((0, 1, 2), (3, 4, 5))
 
 
 class Net(torch.nn.Module):
-    """Shared two-layer trunk of width 64, one linear head per task (§3.7)."""
+    """Shared two-layer trunk of width 64, one linear head per task (docs/problems.md#two-cluster-regression)."""
 
     def __init__(self, d_in: int = 16, width: int = 64, tasks: int = 6) -> None:
         super().__init__()
@@ -89,7 +89,7 @@ def test_affinity_observation_matches_official_rule():
         A0 = rng.normal(size=(m, m))
         stgu._state["affinity"] = A0.copy()
         stgu._observe(group, before, after)
-        expected = official_update(A0, group, after, before, stgu.affinity_beta)
+        expected = official_update(A0, group, after, before, stgu.settings.affinity_beta)
         np.testing.assert_allclose(stgu.affinity, expected, rtol=0, atol=1e-15)
 
 
@@ -99,7 +99,7 @@ def test_similarity_normalises_columns_and_symmetrises():
     stgu._state["affinity"] = A
     X = A.copy()
     X[:, 0] /= 0.2
-    X[:, 1] /= 0.4  # column 2 has A[2,2] <= 0: left as is (§3.8 item 2)
+    X[:, 1] /= 0.4  # column 2 has A[2,2] <= 0: left as is (no normalisation when A[t,t] ≤ 0)
     np.testing.assert_allclose(stgu.similarity(), (X + X.T) / 2)
 
 
@@ -313,10 +313,10 @@ def test_config_names_and_errors():
         from_config({"strategy": "nope"}, model=model, optimizer=opt)
 
 
-# ---------------------------------------------------------------- §3.7 recovery
+# ---------------------------------------------------------------- cluster recovery
 @pytest.mark.slow
 def test_six_task_problem_recovers_the_planted_clusters():
-    """§3.7 (i) and (ii): A develops the 2-block structure and the grouping settles on {1,2,3}, {4,5,6}."""
+    """docs/problems.md#two-cluster-regression: A develops the 2-block structure and the grouping settles on {1,2,3}, {4,5,6}."""
     torch.set_num_threads(1)
     X, Y = two_cluster_regression(samples=5000, seed=0)
     model, _, stgu = make(affinity_beta=1e-2, warmup_iters=100)
