@@ -15,7 +15,8 @@ cannot be vmapped.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 

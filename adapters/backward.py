@@ -477,6 +477,8 @@ class MultiTaskBackward:
         """
         if not self._pending:
             return False
+        if self.capabilities.post_step and self.capabilities.post_step_losses and closure is None:
+            raise SolverError(f"{self.solver.name} needs closure=... returning the losses after the step")
         optimizers = optimizer if isinstance(optimizer, (list, tuple)) else [optimizer]
         self.add_parameters_to(optimizers)
         if self._scaling and scaler_step:
@@ -501,8 +503,6 @@ class MultiTaskBackward:
         if not self.capabilities.post_step_losses:
             self.solver.after_step(None)  # e.g. GradNorm's renormalisation: no losses needed
             return
-        if closure is None:
-            raise SolverError(f"{self.solver.name} needs closure=... returning the losses after the step")
         with torch.no_grad():
             new = _loss_vector(closure()).detach()
         if self._reducer is not None:

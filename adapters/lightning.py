@@ -58,7 +58,8 @@ This module does not import Lightning; the mixin only relies on the
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -45,13 +45,14 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported by asv
-from bench_solvers import kernel_calls  # noqa: E402 - the inner kernels, called as the asv suite calls them
+from bench_solvers import GRAMIAN_STEP_SOLVERS, kernel_calls  # noqa: E402 - the inner kernels, called as the asv suite calls them
 
 M_VALUES = (2, 10, 40)
 N_FULL = (100_000, 1_000_000, 10_000_000)
@@ -182,8 +183,12 @@ def measure_grid(grid, repeats, methods, mtlsolve) -> tuple[dict, dict, dict, di
 
         reps = cell_repeats(repeats, m, n)
         onepass[(m, n)] = interleaved({"pass": lambda: G.sum(0), "floor": floor}, reps)
-        print(f"  m={m:>2} n={n:.0e}: one pass {1e3 * onepass[(m, n)]['pass']:.2f} ms, "
-              f"floor {1e3 * onepass[(m, n)]['floor']:.2f} ms", file=sys.stderr, flush=True)
+        print(
+            f"  m={m:>2} n={n:.0e}: one pass {1e3 * onepass[(m, n)]['pass']:.2f} ms, "
+            f"floor {1e3 * onepass[(m, n)]['floor']:.2f} ms",
+            file=sys.stderr,
+            flush=True,
+        )
         for method, (theirs_of, ours_of) in specs.items():
             if methods and method not in methods:
                 continue
@@ -210,7 +215,6 @@ def measure_grid(grid, repeats, methods, mtlsolve) -> tuple[dict, dict, dict, di
                 notes[(name, m)] = f"{type(exc).__name__}: {str(exc)[:90]}"
                 continue
             alone[(name, m, n)] = (t["ours"], t["floor"], solver)
-        del G
     return shared, alone, onepass, notes
 
 
@@ -248,8 +252,7 @@ def measure_inner() -> dict[tuple[str, int], float]:
 def measure_inner_solvers(mtlsolve) -> dict[tuple[str, int], float]:
     """solver(gramian=K): the whole m x m step of a Gramian solver, Python overhead included."""
     res = {}
-    for name in ("mgda", "upgrad", "dualproj", "cagrad", "nash_mtl", "fairgrad", "imtl_g", "aligned_mtl",
-                 "pcgrad", "gradvac", "config", "krum"):
+    for name in (*GRAMIAN_STEP_SOLVERS, "krum"):
         for m in M_VALUES:
             K = conflicting_gramian(m)
             try:
@@ -302,9 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="n ≤ 1e6 and fewer repeats")
     parser.add_argument("--repeats", type=int, default=None, help="rounds per cell (default 7, quick 5)")
     parser.add_argument("--methods", default="", help="comma-separated subset of methods")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for both sides (default 1: on a loaded machine OpenMP barriers, "
-                             "not the work, dominate multi-threaded timings)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for both sides (default 1: on a loaded machine OpenMP barriers, "
+        "not the work, dominate multi-threaded timings)",
+    )
     args = parser.parse_args(argv)
     repeats = args.repeats or (5 if args.quick else 7)
     methods = {s.strip() for s in args.methods.split(",") if s.strip()}
@@ -318,9 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     ns = N_QUICK if args.quick else N_FULL
     grid = [(m, n) for n in ns for m in M_VALUES if not (n >= 10_000_000 and m > MAX_M_AT_1E7)]
     cols = [col_name(m, n) for m, n in grid]
-    print(f"# mtlsolve vs TorchJD {importlib.metadata.version('torchjd')} and the floor "
-          f"(torch {torch.__version__}, {torch.get_num_threads()} threads, float32, median of {repeats} "
-          f"interleaved rounds{', quick grid' if args.quick else ''})")
+    print(
+        f"# mtlsolve vs TorchJD {importlib.metadata.version('torchjd')} and the floor "
+        f"(torch {torch.__version__}, {torch.get_num_threads()} threads, float32, median of {repeats} "
+        f"interleaved rounds{', quick grid' if args.quick else ''})"
+    )
     t_start = time.perf_counter()
     shared, alone, onepass, notes = measure_grid(grid, repeats, methods, mtlsolve)
     inner = measure_inner()
@@ -336,10 +345,18 @@ def main(argv: list[str] | None = None) -> int:
         return v[0] / v[1] if v else notes.get((r, m), "—")[:40]
 
     table("ours / TorchJD (time ratio; < 1 means mtlsolve is faster)", shared_rows, cols, ratio_vs_theirs)
-    table("TorchJD time per call (ms)", shared_rows, cols,
-          lambda r, c: 1e3 * shared[(r, *grid[cols.index(c)])][1] if (r, *grid[cols.index(c)]) in shared else "—")
-    table("mtlsolve time per call (ms)", shared_rows, cols,
-          lambda r, c: 1e3 * shared[(r, *grid[cols.index(c)])][0] if (r, *grid[cols.index(c)]) in shared else "—")
+    table(
+        "TorchJD time per call (ms)",
+        shared_rows,
+        cols,
+        lambda r, c: 1e3 * shared[(r, *grid[cols.index(c)])][1] if (r, *grid[cols.index(c)]) in shared else "—",
+    )
+    table(
+        "mtlsolve time per call (ms)",
+        shared_rows,
+        cols,
+        lambda r, c: 1e3 * shared[(r, *grid[cols.index(c)])][0] if (r, *grid[cols.index(c)]) in shared else "—",
+    )
     ratios = {k: v[0] / v[1] for k, v in shared.items()}
     if ratios:
         geo = math.exp(statistics.fmean(math.log(x) for x in ratios.values()))
@@ -347,19 +364,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ngeometric mean ours/TorchJD over {len(ratios)} cells: {geo:.3f}")
         for method in shared_rows:
             vals = [x for (k, m, n), x in ratios.items() if k == method]
-            print(f"  {method:>14}: geo-mean {math.exp(statistics.fmean(map(math.log, vals))):.3f}, "
-                  f"worst {max(vals):.3f}")
-        verdicts.append(("no shared method slower than TorchJD in any cell", not slower,
-                         ", ".join(f"{k[0]}@{col_name(k[1], k[2])}={x:.2f}" for k, x in slower) or "all ≤ 1"))
+            print(
+                f"  {method:>14}: geo-mean {math.exp(statistics.fmean(map(math.log, vals))):.3f}, worst {max(vals):.3f}"
+            )
+        verdicts.append(
+            (
+                "no shared method slower than TorchJD in any cell",
+                not slower,
+                ", ".join(f"{k[0]}@{col_name(k[1], k[2])}={x:.2f}" for k, x in slower) or "all ≤ 1",
+            )
+        )
         verdicts.append(("geometric-mean ours/TorchJD ≤ 0.5", geo <= 0.5, f"{geo:.3f}"))
 
     # 2. ours / floor
     from mtlsolve.solver import Need
 
     alone_rows = sorted({k for k, _, _ in alone})
-    table("ours / floor (K = GGᵀ and wᵀG on the same tensor)", alone_rows, cols,
-          lambda r, c: alone[(r, *grid[cols.index(c)])][0] / alone[(r, *grid[cols.index(c)])][1]
-          if (r, *grid[cols.index(c)]) in alone else notes.get((r, grid[cols.index(c)][0]), "—")[:40])
+    table(
+        "ours / floor (K = GGᵀ and wᵀG on the same tensor)",
+        alone_rows,
+        cols,
+        lambda r, c: (
+            alone[(r, *grid[cols.index(c)])][0] / alone[(r, *grid[cols.index(c)])][1]
+            if (r, *grid[cols.index(c)]) in alone
+            else notes.get((r, grid[cols.index(c)][0]), "—")[:40]
+        ),
+    )
     gramian_misses, gramian_checked = [], 0
     for (name, m, n), (t, fl, solver) in alone.items():
         needs = solver.requirements()
@@ -367,37 +397,66 @@ def main(argv: list[str] | None = None) -> int:
             gramian_checked += 1
             if t / fl > 1.2:
                 gramian_misses.append(f"{name}@{col_name(m, n)}={t / fl:.2f}")
-    verdicts.append((f"every Gramian method ≤ 1.2x floor at n ≥ 1e6 ({gramian_checked} cells)",
-                     not gramian_misses, ", ".join(gramian_misses) or "all ≤ 1.2"))
+    verdicts.append(
+        (
+            f"every Gramian method ≤ 1.2x floor at n ≥ 1e6 ({gramian_checked} cells)",
+            not gramian_misses,
+            ", ".join(gramian_misses) or "all ≤ 1.2",
+        )
+    )
 
     # 3. inner solve
     inner_rows = sorted({k for k, _ in inner})
     mcols = [f"m={m}" for m in M_VALUES]
-    table("inner m x m kernel alone (µs per call, float64 K, after compilation)", inner_rows, mcols,
-          lambda r, c: 1e6 * inner[(r, int(c[2:]))] if isinstance(inner[(r, int(c[2:]))], float)
-          else inner[(r, int(c[2:]))][:40], digits=1)
+    table(
+        "inner m x m kernel alone (µs per call, float64 K, after compilation)",
+        inner_rows,
+        mcols,
+        lambda r, c: (
+            1e6 * inner[(r, int(c[2:]))] if isinstance(inner[(r, int(c[2:]))], float) else inner[(r, int(c[2:]))][:40]
+        ),
+        digits=1,
+    )
     inner_misses = []
     for (name, m), t in inner.items():
         limit = 100e-6 if m <= 10 else 1e-3
         if not isinstance(t, float) or t > limit:
             inner_misses.append(f"{name}@m={m}=" + (f"{1e6 * t:.0f}µs" if isinstance(t, float) else "error"))
-    verdicts.append(("inner solve ≤ 100 µs (m ≤ 10), ≤ 1 ms (m = 40)", not inner_misses,
-                     ", ".join(inner_misses) or "all within"))
+    verdicts.append(
+        ("inner solve ≤ 100 µs (m ≤ 10), ≤ 1 ms (m = 40)", not inner_misses, ", ".join(inner_misses) or "all within")
+    )
     solver_rows = sorted({k for k, _ in inner_solvers})
-    table("whole Gramian step solver(gramian=K) (µs per call, Python overhead included; informative)",
-          solver_rows, mcols,
-          lambda r, c: 1e6 * inner_solvers[(r, int(c[2:]))] if isinstance(inner_solvers[(r, int(c[2:]))], float)
-          else inner_solvers[(r, int(c[2:]))][:40], digits=1)
+    table(
+        "whole Gramian step solver(gramian=K) (µs per call, Python overhead included; informative)",
+        solver_rows,
+        mcols,
+        lambda r, c: (
+            1e6 * inner_solvers[(r, int(c[2:]))]
+            if isinstance(inner_solvers[(r, int(c[2:]))], float)
+            else inner_solvers[(r, int(c[2:]))][:40]
+        ),
+        digits=1,
+    )
 
     # 4. full-matrix methods vs one pass
-    table("full-matrix methods / one pass over G (G.sum(0))", list(FULL_MATRIX), cols,
-          lambda r, c: alone[(r, *grid[cols.index(c)])][0] / onepass[grid[cols.index(c)]]["pass"]
-          if (r, *grid[cols.index(c)]) in alone else "—")
+    table(
+        "full-matrix methods / one pass over G (G.sum(0))",
+        list(FULL_MATRIX),
+        cols,
+        lambda r, c: (
+            alone[(r, *grid[cols.index(c)])][0] / onepass[grid[cols.index(c)]]["pass"]
+            if (r, *grid[cols.index(c)]) in alone
+            else "—"
+        ),
+    )
     print("\none pass (ms): " + ", ".join(f"{col_name(m, n)} {1e3 * onepass[(m, n)]['pass']:.2f}" for m, n in grid))
     print("floor (ms):    " + ", ".join(f"{col_name(m, n)} {1e3 * onepass[(m, n)]['floor']:.2f}" for m, n in grid))
-    fm_misses = [f"{r}@{col_name(m, n)}={alone[(r, m, n)][0] / onepass[(m, n)]['pass']:.2f}"
-                 for r in FULL_MATRIX for m, n in grid
-                 if (r, m, n) in alone and alone[(r, m, n)][0] / onepass[(m, n)]["pass"] > 2.0]
+    fm_misses = [
+        f"{r}@{col_name(m, n)}={alone[(r, m, n)][0] / onepass[(m, n)]['pass']:.2f}"
+        for r in FULL_MATRIX
+        for m, n in grid
+        if (r, m, n) in alone and alone[(r, m, n)][0] / onepass[(m, n)]["pass"] > 2.0
+    ]
     verdicts.append(("full-matrix methods ≤ 2x one pass", not fm_misses, ", ".join(fm_misses) or "all ≤ 2"))
 
     if notes:

@@ -63,8 +63,9 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported by asv
 from compare import interleaved, limit_threads, print_verdicts, table  # noqa: E402 - the timing protocol and table format of compare.py
@@ -84,8 +85,15 @@ OURS = {
     "upgrad batched=False": ({"name": "upgrad"}, {"batched": False}),
     "graddrop": ({"name": "graddrop", "on": "params", "seed": 0}, {}),
 }
-METHODS = ("plain sum", "naive loop", "naive loop + GGᵀ", "tj autojac Mean", "tj autojac UPGrad", "tj autojac UPGrad (gramian)",
-           "tj autogram UPGrad") + tuple(f"ours {k}" for k in OURS)
+METHODS = (
+    "plain sum",
+    "naive loop",
+    "naive loop + GGᵀ",
+    "tj autojac Mean",
+    "tj autojac UPGrad",
+    "tj autojac UPGrad (gramian)",
+    "tj autogram UPGrad",
+) + tuple(f"ours {k}" for k in OURS)
 QUICK_SKIP = ("ours graddrop",)
 TJ_REF = "tj autojac UPGrad"
 
@@ -101,10 +109,18 @@ def make_model(trunk: str, m: int, seed: int = 0):
         width, shape = 256, (BATCH, 1, 28, 28)
     elif trunk == "cnn":
         body = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(),
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, 128),
+            nn.ReLU(),
         )
         width, shape = 128, (BATCH, 3, 32, 32)
     else:
@@ -132,6 +148,7 @@ def make_step(trunk: str, m: int, method: str) -> Callable[[], None]:
         return H, [F.cross_entropy(head(H), y[i]) for i, head in enumerate(model.heads)]
 
     if method == "plain sum":
+
         def step():
             _, losses = forward()
             sum(losses).backward()
@@ -144,7 +161,7 @@ def make_step(trunk: str, m: int, method: str) -> Callable[[], None]:
             for i, loss in enumerate(losses):
                 g = torch.autograd.grad(loss, shared + heads[i], retain_graph=i + 1 < m)
                 rows.append(torch.cat([t.reshape(-1) for t in g[: len(shared)]]))
-                for p, t in zip(heads[i], g[len(shared):]):
+                for p, t in zip(heads[i], g[len(shared) :]):
                     p.grad = t
             G = torch.stack(rows)
             if gramian:
@@ -152,7 +169,7 @@ def make_step(trunk: str, m: int, method: str) -> Callable[[], None]:
             d = G.mean(0)
             offset = 0
             for p in shared:
-                p.grad = d[offset: offset + p.numel()].view_as(p)
+                p.grad = d[offset : offset + p.numel()].view_as(p)
                 offset += p.numel()
     elif method.startswith("tj autojac"):
         from torchjd.aggregation import Mean, UPGrad
@@ -253,8 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (7 if args.quick else 21)
     mem_steps = 1 if args.quick else 3
     chosen = [s.strip() for s in args.methods.split(",") if s.strip()]
-    methods = [k for k in METHODS if k in chosen] if chosen else [
-        k for k in METHODS if not (args.quick and k in QUICK_SKIP)]
+    methods = (
+        [k for k in METHODS if k in chosen] if chosen else [k for k in METHODS if not (args.quick and k in QUICK_SKIP)]
+    )
     warnings.filterwarnings("ignore")
 
     import torch
@@ -267,10 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     limit_threads(args.threads)
     cells = [(t, m) for t in TRUNKS for m in M_VALUES]
     cols = [f"{t} m={m}" for t, m in cells]
-    print(f"# one training step: mtlsolve adapter vs TorchJD {importlib.metadata.version('torchjd')}, "
-          f"plain sum and naive loop (torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
-          f"batch {BATCH}, median of {repeats} interleaved rounds; memory over {mem_steps} steps"
-          f"{', quick' if args.quick else ''})")
+    print(
+        f"# one training step: mtlsolve adapter vs TorchJD {importlib.metadata.version('torchjd')}, "
+        f"plain sum and naive loop (torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
+        f"batch {BATCH}, median of {repeats} interleaved rounds; memory over {mem_steps} steps"
+        f"{', quick' if args.quick else ''})"
+    )
     for t in TRUNKS:
         model, _, _ = make_model(t, 1)
         print(f"#   {t} trunk: {sum(p.numel() for p in model.trunk.parameters()):,} shared parameters")
@@ -299,19 +319,30 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
 
     ours = [k for k in methods if k.startswith("ours ")]
-    get = lambda d: (lambda r, c: d.get((r, c), "—"))  # noqa: E731
+    get = lambda d: lambda r, c: d.get((r, c), "—")  # noqa: E731
     table("ms per step (median)", methods, cols, get(ms))
     table("extra peak memory per step (MiB above the steady state)", methods, cols, get(mem))
     table(f"step time ours / {TJ_REF}", ours, cols, lambda r, c: ratio(ms.get((r, c)), ms.get((TJ_REF, c))))
-    table("step time ours / tj autojac Mean", ours, cols,
-          lambda r, c: ratio(ms.get((r, c)), ms.get(("tj autojac Mean", c))))
-    table("step time ours / tj autogram UPGrad", ours, cols,
-          lambda r, c: ratio(ms.get((r, c)), ms.get(("tj autogram UPGrad", c))))
+    table(
+        "step time ours / tj autojac Mean",
+        ours,
+        cols,
+        lambda r, c: ratio(ms.get((r, c)), ms.get(("tj autojac Mean", c))),
+    )
+    table(
+        "step time ours / tj autogram UPGrad",
+        ours,
+        cols,
+        lambda r, c: ratio(ms.get((r, c)), ms.get(("tj autogram UPGrad", c))),
+    )
     table("step time ours / naive loop", ours, cols, lambda r, c: ratio(ms.get((r, c)), ms.get(("naive loop", c))))
-    table("step time loss-only / plain sum", [k for k in ours if k[5:] in LOSS_ONLY], cols,
-          lambda r, c: ratio(ms.get((r, c)), ms.get(("plain sum", c))))
-    table(f"extra peak memory ours / {TJ_REF}", ours, cols,
-          lambda r, c: ratio(mem.get((r, c)), mem.get((TJ_REF, c))))
+    table(
+        "step time loss-only / plain sum",
+        [k for k in ours if k[5:] in LOSS_ONLY],
+        cols,
+        lambda r, c: ratio(ms.get((r, c)), ms.get(("plain sum", c))),
+    )
+    table(f"extra peak memory ours / {TJ_REF}", ours, cols, lambda r, c: ratio(mem.get((r, c)), mem.get((TJ_REF, c))))
 
     def check(text: str, rows: list[str], cells_: list[str], num: dict, den: str, limit: float) -> None:
         misses, checked = [], 0
@@ -333,8 +364,14 @@ def main(argv: list[str] | None = None) -> int:
     check(f"Gramian solver step ≤ 0.5x {TJ_REF}", gram, cols, ms, TJ_REF, 0.5)
     check("Gramian solver step ≤ naive loop at m ∈ {10, 40}", gram, big, ms, "naive loop", 1.0)
     check(f"Gramian solver extra peak memory ≤ 0.5x {TJ_REF}", gram, cols, mem, TJ_REF, 0.5)
-    check("loss-only solver step ≤ 1.1x plain sum", [f"ours {k}" for k in LOSS_ONLY if f"ours {k}" in methods],
-          cols, ms, "plain sum", 1.1)
+    check(
+        "loss-only solver step ≤ 1.1x plain sum",
+        [f"ours {k}" for k in LOSS_ONLY if f"ours {k}" in methods],
+        cols,
+        ms,
+        "plain sum",
+        1.1,
+    )
     print_verdicts(verdicts, t_start)
     return 0
 

@@ -55,14 +55,21 @@ def train(args, teleports: bool, htr: bool = True):
     net = TwoHeadNet()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     config = {
-        "name": "cost", "base": "ls", "lora_rank": 2, "tele_rounds": 1, "start_step": 300,
-        "max_teleports_per_epoch": 1 if teleports else 0, "max_norm": None, "lora_lr": args.lora_lr,
-        "monitor": True, "htr": htr, "seed": args.seed,
+        "name": "cost",
+        "base": "ls",
+        "lora_rank": 2,
+        "tele_rounds": 1,
+        "start_step": 300,
+        "max_teleports_per_epoch": 1 if teleports else 0,
+        "max_norm": None,
+        "lora_lr": args.lora_lr,
+        "monitor": True,
+        "htr": htr,
+        "seed": args.seed,
     }
     teleport_set = [(X[i : i + 64], Y[i : i + 64]) for i in range(0, 512, 64)]
     settings = mtlsolve.strategy_from_config(config)  # validated plain values; no model needed yet
-    cost = settings.build(model=net, optimizer=opt, shared=net.trunk, loss_fn=task_losses,
-                          teleport_loader=teleport_set)
+    cost = settings.build(model=net, optimizer=opt, shared=net.trunk, loss_fn=task_losses, teleport_loader=teleport_set)
     gen = torch.Generator().manual_seed(args.seed + 1)
     for step in range(args.steps):
         idx = torch.randint(0, len(X), (32,), generator=gen)

@@ -32,8 +32,14 @@ def run(alpha: float, seed: int, steps: int, every: int = 10, solver: str | None
     nadir = float(((Yte[:, 0] - Yte[:, 1]) ** 2).mean())
     torch.manual_seed(seed)
     net = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
-    config = {"strategy": "mtgd", "num_tasks": 2, "n_models": 7, "alpha": alpha, "neighbors": 2,
-              "reference": [1.1 * nadir] * 2}
+    config = {
+        "strategy": "mtgd",
+        "num_tasks": 2,
+        "n_models": 7,
+        "alpha": alpha,
+        "neighbors": 2,
+        "reference": [1.1 * nadir] * 2,
+    }
     if solver is not None:
         config["solver"] = solver
     pop = from_config(config, model=net, optimizer=torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9))
@@ -65,7 +71,9 @@ def main() -> None:
     settings = [(f"alpha={a:g}", a, None) for a in (0.0, 1.0, 5.0, 20.0, 50.0)]
     settings += [(f"alpha=0.95*max_alpha={0.95 * bound:.1f}", 0.95 * bound, None), ("pmtl (alpha=0)", 0.0, "pmtl")]
     print(f"MTGD-reconstructed, K=7, {args.steps} steps, {args.seeds} seed(s); max_alpha at lr 1e-2 = {bound:.1f}")
-    print(f"{'setting':34s} {'final HV (mean over seeds)':>28s} {'steps to 95% HV':>16s} {'front width (L1 range)':>24s}")
+    print(
+        f"{'setting':34s} {'final HV (mean over seeds)':>28s} {'steps to 95% HV':>16s} {'front width (L1 range)':>24s}"
+    )
     for label, alpha, solver in settings:
         results = [run(alpha, seed, args.steps, solver=solver) for seed in range(args.seeds)]
         hv = np.mean([r[0] for r in results])

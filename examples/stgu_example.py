@@ -65,8 +65,14 @@ def run_stgu(iters: int, attribution: str = "causal", seed: int = 0):
     torch.manual_seed(seed)
     model = SixTaskNet()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    config = {"strategy": "stgu", "affinity_beta": 1e-2, "warmup_iters": 100, "attribution": attribution,
-              "seed": seed, "ap_backend": "numba"}
+    config = {
+        "strategy": "stgu",
+        "affinity_beta": 1e-2,
+        "warmup_iters": 100,
+        "attribution": attribution,
+        "seed": seed,
+        "ap_backend": "numba",
+    }
     stgu = from_config(config, model=model, optimizer=optimizer, task_param_groups=model.heads)
     substeps, settled = [], None
     for i, idx in enumerate(batches(iters, seed + 1)):
@@ -97,7 +103,9 @@ def run_joint(iters: int, repeats: list[int] | None = None, seed: int = 0) -> fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=3000, help="batches (default 3000, docs/problems.md#two-cluster-regression)")
+    parser.add_argument(
+        "--iters", type=int, default=3000, help="batches (default 3000, docs/problems.md#two-cluster-regression)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)  # a tiny model: one thread is fastest
@@ -119,8 +127,10 @@ def main() -> None:
     print("\nmean test MSE over the six tasks")
     print(f"  STGU (causal)                                        {mse:.4f}")
     print(f"  joint, equal batches ({args.iters} steps)                   {run_joint(args.iters, seed=args.seed):.4f}")
-    print(f"  joint, equal optimiser steps per batch ({total} steps)    "
-          f"{run_joint(args.iters, repeats=substeps, seed=args.seed):.4f}")
+    print(
+        f"  joint, equal optimiser steps per batch ({total} steps)    "
+        f"{run_joint(args.iters, repeats=substeps, seed=args.seed):.4f}"
+    )
     print(f"  joint, equal gradient evaluations ({total} fresh batches)  {run_joint(total, seed=args.seed):.4f}")
     print(f"({time.perf_counter() - start:.1f} s)")
 

@@ -8,6 +8,7 @@ array([0.2, 0.4])
 
 from __future__ import annotations
 
+from mtlsolve import registry  # the module; it mirrors the process-wide Registry
 from mtlsolve.errors import (
     ConvergenceWarning,
     InvalidConfigError,
@@ -19,13 +20,13 @@ from mtlsolve.errors import (
     SolverError,
     StateError,
     UnknownSolverError,
+    UnknownStrategyError,
 )
 from mtlsolve.hookspecs import hookimpl
-from mtlsolve import registry  # the module; it mirrors the process-wide Registry
 from mtlsolve.registry import available, available_strategies, from_config, get, get_strategy, strategy_from_config
 from mtlsolve.solver import FAMILIES, PROPERTIES, Capabilities, GramianWeighting, Need, Result, Solver, Weighting
-from mtlsolve.system import GradientSystem
 from mtlsolve.strategy import StrategySettings
+from mtlsolve.system import GradientSystem
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,7 @@ __all__ = [
     "StateError",
     "StrategySettings",
     "UnknownSolverError",
+    "UnknownStrategyError",
     "Weighting",
     "available",
     "available_strategies",
@@ -59,4 +61,3 @@ __all__ = [
     "registry",
     "strategy_from_config",
 ]
-

@@ -1,10 +1,11 @@
-"""The ``mtlsolve`` command line: ``list``, ``info NAME`` and ``bench``."""
+"""The ``mtlsolve`` command line: ``list`` (solvers and strategies), ``info NAME`` and ``bench``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import attrs
 
@@ -20,11 +21,15 @@ def _table(rows: list[Sequence[str]], header: Sequence[str]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """Two Markdown tables: the registered solvers, then the registered training strategies."""
     rows = []
     for e in registry.entries():
         needs = ", ".join(sorted(n.value for n in e.cls.needs)) or "-"
         rows.append((e.name, e.cls.family, needs, e.distribution))
     print(_table(rows, ("name", "family", "needs", "distribution")))
+    print()
+    strategies = [(e.name, ", ".join(e.cls.aliases) or "-", e.distribution) for e in registry.strategy_entries()]
+    print(_table(strategies, ("strategy", "aliases", "distribution")))
     return 0
 
 
@@ -66,9 +71,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtlsolve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="every registered solver: name, family, needs, distribution").set_defaults(
-        func=cmd_list
-    )
+    sub.add_parser(
+        "list", help="every registered solver (name, family, needs, distribution), then every training strategy"
+    ).set_defaults(func=cmd_list)
     info = sub.add_parser("info", help="one solver's paper, defaults and properties")
     info.add_argument("name", help="a solver name or alias")
     info.set_defaults(func=cmd_info)
@@ -85,10 +90,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
+        return code
     except MtlsolveError as exc:
         print(f"mtlsolve: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (``mtlsolve list | head``): stop quietly, and point stdout at devnull so
+        # the interpreter's final flush does not fail on the closed pipe again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -29,6 +29,10 @@ class InvalidConfigError(MtlsolveError, ValueError):
     """Solver keyword arguments or a config mapping are unknown or invalid."""
 
 
+class UnknownStrategyError(InvalidConfigError, LookupError):
+    """No registered training strategy has the requested name (also an :class:`InvalidConfigError`)."""
+
+
 class PluginError(MtlsolveError):
     """A plugin failed to load or registered something invalid."""
 

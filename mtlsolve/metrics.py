@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -20,13 +20,20 @@ def delta_m(
     sequence of metrics per task, averaged within each task first, then over tasks.
     """
     if weighting == "metric":
-        per_task = [(np.ravel(np.asarray(method, float)), np.ravel(np.asarray(base, float)),
-                     np.ravel(np.asarray(higher_is_better, bool)))]
+        per_task = [
+            (
+                np.ravel(np.asarray(method, float)),
+                np.ravel(np.asarray(base, float)),
+                np.ravel(np.asarray(higher_is_better, bool)),
+            )
+        ]
     elif weighting == "task":
         if not (len(method) == len(base) == len(higher_is_better)):
             raise ValueError("method, base and higher_is_better need one entry per task")
-        per_task = [(np.asarray(m, float), np.asarray(b, float), np.asarray(h, bool))
-                    for m, b, h in zip(method, base, higher_is_better)]
+        per_task = [
+            (np.asarray(m, float), np.asarray(b, float), np.asarray(h, bool))
+            for m, b, h in zip(method, base, higher_is_better)
+        ]
     else:
         raise ValueError(f"weighting must be 'metric' or 'task', got {weighting!r}")
     means = []

@@ -125,8 +125,9 @@ class PairedDigits(NamedTuple):
         return digest.hexdigest()
 
 
-def paired_digits(images, labels, canvas: int, offsets, n_train: int, n_test: int, test_fraction: float,
-                  seed: int) -> PairedDigits:
+def paired_digits(
+    images, labels, canvas: int, offsets, n_train: int, n_test: int, test_fraction: float, seed: int
+) -> PairedDigits:
     """Overlap two source digits per sample; the sources are split into train and test before pairing.
 
     ``images`` (S, h, w) uint8, ``labels`` (S,); ``offsets(rng, N)`` returns the (N, 2, 2)

@@ -15,18 +15,20 @@ Two environment variables control loading:
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import os
 import re
 import threading
 import warnings
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import attrs
 import pluggy
 
 from mtlsolve import hookspecs
-from mtlsolve.errors import InvalidConfigError, PluginError, PluginWarning, UnknownSolverError
+from mtlsolve.errors import InvalidConfigError, PluginError, PluginWarning, UnknownSolverError, UnknownStrategyError
 from mtlsolve.solver import FAMILIES, PROPERTIES, Need, Solver
 from mtlsolve.strategy import StrategySettings
 
@@ -63,7 +65,9 @@ class Registry:
     """Solver and strategy classes by canonical name, with aliases; filled once from the plugins."""
 
     def __init__(self, entry_points: Callable[[], Iterable[importlib.metadata.EntryPoint]] | None = None) -> None:
-        self._entry_points = entry_points or (lambda: importlib.metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP))
+        self._entry_points = entry_points or (
+            lambda: importlib.metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP)
+        )
         self._lock = threading.RLock()
         self._loaded = False
         self._entries: dict[str, Entry] = {}
@@ -210,7 +214,10 @@ class Registry:
             raise UnknownSolverError(f"a solver name must be a string, got {name!r}")
         found = _lookup(self._entries, self._aliases, name)
         if found is None:
-            raise UnknownSolverError(f"no solver named {name!r}; available: {', '.join(self.available())}")
+            raise UnknownSolverError(
+                f"no solver named {name!r}; available: {', '.join(self.available())}"
+                + _suggestion(name, self._entries, self._aliases)
+            )
         return found
 
     def get(self, name: str, **kwargs: Any) -> Solver:
@@ -244,8 +251,9 @@ class Registry:
         self.load()
         found = _lookup(self._strategies, self._strategy_aliases, name) if isinstance(name, str) else None
         if found is None:
-            raise InvalidConfigError(
+            raise UnknownStrategyError(
                 f"no strategy named {name!r}; available: {', '.join(self.available_strategies())}"
+                + (_suggestion(name, self._strategies, self._strategy_aliases) if isinstance(name, str) else "")
             )
         return found
 
@@ -271,6 +279,22 @@ def _holder(entries: Mapping[str, Entry], aliases: Mapping[str, _Alias], key: st
     if key in aliases:
         return entries[aliases[key].canonical]
     return None
+
+
+def _suggestion(name: str, entries: Mapping[str, Entry], aliases: Mapping[str, _Alias]) -> str:
+    """``"; did you mean 'x'?"`` naming up to three registered names closest to ``name`` (canonical names
+    and aliases compared as lookup keys by :func:`difflib.get_close_matches`), or ``""`` if none is close."""
+    keys = {key: entry.name for key, entry in entries.items()}
+    for key, entry in entries.items():
+        for alias in entry.cls.aliases:  # an alias is suggested as its class spells it
+            held = aliases.get(normalise(alias))
+            if held is not None and held.canonical == key:
+                keys.setdefault(normalise(alias), alias)
+    close = difflib.get_close_matches(normalise(name), list(keys), n=6, cutoff=0.7)
+    names = [repr(n) for n in dict.fromkeys(keys[key] for key in close)][:3]
+    if not names:
+        return ""
+    return "; did you mean " + (" or ".join(names) if len(names) < 3 else f"{names[0]}, {names[1]} or {names[2]}") + "?"
 
 
 def _lookup(
@@ -329,7 +353,9 @@ def construct_settings(
         field = _refused_field(cls, settings, validators=True)
         which = f" {field}={settings[field]!r}" if field else ""
         reason = exc.args[0] if exc.args and isinstance(exc.args[0], str) else exc  # attrs validators add more args
-        raise InvalidConfigError(f"{label}: invalid setting{which} ({reason}); valid settings: {_describe(fields)}") from exc
+        raise InvalidConfigError(
+            f"{label}: invalid setting{which} ({reason}); valid settings: {_describe(fields)}"
+        ) from exc
 
 
 #: attrs >= 24.1 wraps converters that take the instance in attrs.Converter; those are not tried alone
@@ -444,8 +470,10 @@ def _validate_strategy_class(cls: Any, distribution: str) -> None:
         isinstance(k, str) and isinstance(v, Mapping) for k, v in cls.aliases.items()
     ):
         problem = f"declares aliases that are not a mapping of names to preset settings: {cls.aliases!r}"
-    elif not (isinstance(cls.runtime, type) or (isinstance(cls.runtime, str) and re.fullmatch(
-        r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", cls.runtime))):
+    elif not (
+        isinstance(cls.runtime, type)
+        or (isinstance(cls.runtime, str) and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", cls.runtime))
+    ):
         problem = f"declares runtime {cls.runtime!r}, which is neither a class nor a 'module:Class' path"
     if problem:
         raise PluginError(f"{cls!r} registered by distribution {distribution!r} {problem}")

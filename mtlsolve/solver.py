@@ -7,8 +7,9 @@ import enum
 import threading
 import warnings
 import weakref
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -23,6 +24,7 @@ from mtlsolve.errors import (
     StateError,
 )
 from mtlsolve.system import GradientSystem, as_system
+from mtlsolve.validation import one_of
 
 
 class Need(str, enum.Enum):
@@ -459,21 +461,30 @@ class Solver:
             return {k: _restored(v) for k, v in state.items()}
         unknown = sorted(set(state) - set(self.state_schema) - {"m"})
         if unknown:
-            raise StateError(f"{self.name} state has unknown keys {unknown}; valid: {sorted({'m', *self.state_schema})}")
-        sizes = {"m": state.get("m"), "n": state.get("n")}
-        for size in ("m", "n"):
-            if sizes[size] is not None and not (isinstance(sizes[size], int) and sizes[size] >= 1):
-                raise StateError(f"{self.name} state entry {size!r} must be a positive int, got {sizes[size]!r}")
-        checked = {}
-        for key, value in state.items():
-            spec = self.state_schema.get(key, ())
-            if key == "rng" and value is not None:
-                _check_rng(self.name, value)
-            checked[key] = value if spec is None or value is None else _checked_entry(self.name, key, value, spec, sizes)
+            raise StateError(
+                f"{self.name} state has unknown keys {unknown}; valid: {sorted({'m', *self.state_schema})}"
+            )
+        sizes = self._state_sizes(state)
+        checked = {key: self._checked_state_entry(key, value, sizes) for key, value in state.items()}
         for size in ("m", "n"):  # sizes read off the shapes belong to the state, so a kernel sees them
             if sizes[size] is not None and (size == "m" or size in self.state_schema):
                 checked[size] = sizes[size]
         return checked
+
+    def _state_sizes(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """The task and parameter counts ``m`` and ``n`` a saved state names (None where it names none)."""
+        sizes = {"m": state.get("m"), "n": state.get("n")}
+        for size in ("m", "n"):
+            if sizes[size] is not None and not (isinstance(sizes[size], int) and sizes[size] >= 1):
+                raise StateError(f"{self.name} state entry {size!r} must be a positive int, got {sizes[size]!r}")
+        return sizes
+
+    def _checked_state_entry(self, key: str, value: Any, sizes: dict[str, Any]) -> Any:
+        """One saved state entry checked against ``state_schema``; shapes it fixes fill ``sizes``."""
+        spec = self.state_schema.get(key, ())
+        if key == "rng" and value is not None:
+            _check_rng(self.name, value)
+        return value if spec is None or value is None else _checked_entry(self.name, key, value, spec, sizes)
 
     def _rng(self, seed: int | None) -> np.random.Generator:
         """This solver's random generator; its state lives in ``_state`` so it checkpoints."""
@@ -505,8 +516,8 @@ class Weighting(Solver):
         return Result(direction=direction, weights=weights, diagnostics=diagnostics)
 
 
-_WARNED: "weakref.WeakKeyDictionary[Solver, set[str]]" = weakref.WeakKeyDictionary()
-_LOCKS: "weakref.WeakKeyDictionary[Solver, threading.RLock]" = weakref.WeakKeyDictionary()
+_WARNED: weakref.WeakKeyDictionary[Solver, set[str]] = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[Solver, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -635,15 +646,13 @@ class GramianWeighting(Weighting):
     family: ClassVar[str] = "GW"
     needs: ClassVar[frozenset[Need]] = frozenset({Need.GRAMIAN})
 
-    loss_transform: str | None = attrs.field(default=None, validator=attrs.validators.in_((None, "log")))
+    loss_transform: str | None = attrs.field(default=None, validator=one_of(None, "log"))
 
     def requirements(self) -> frozenset[Need]:
         extra = {Need.LOSSES} if self.loss_transform == "log" else set()
         return self.needs | extra
 
-    def weights_from_gramian(
-        self, gramian: np.ndarray, system: GradientSystem
-    ) -> tuple[np.ndarray, Mapping[str, Any]]:
+    def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         raise NotImplementedError(f"{type(self).__name__} must implement weights_from_gramian()")
 
     def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:

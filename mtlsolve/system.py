@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -220,8 +221,11 @@ class GradientSystem:
                 try:
                     check_gramian(K, max(self.roundoff, GIVEN_GRAMIAN_SLACK))
                 except InvalidSystemError as exc:
-                    tiny = float(_torch().finfo(self._gramian.dtype).tiny if is_torch(self._gramian)
-                                 else np.finfo(self._gramian.dtype).tiny)
+                    tiny = float(
+                        _torch().finfo(self._gramian.dtype).tiny
+                        if is_torch(self._gramian)
+                        else np.finfo(self._gramian.dtype).tiny
+                    )
                     if (np.abs(np.diag(K)) < tiny).any() and (np.diag(K) != 0).any():
                         raise InvalidSystemError(
                             f"{exc}; its diagonal holds values below the normal range of {self._gramian.dtype} "
@@ -285,7 +289,7 @@ class GradientSystem:
             raise NonFiniteError("the task-gradient matrix holds NaN or Inf")
         self._cache["matrix_checked"] = True
 
-    def replace(self, **changes: Any) -> "GradientSystem":
+    def replace(self, **changes: Any) -> GradientSystem:
         """A new system with some of ``matrix, gramian, losses, extras, kind`` changed."""
         fields = {
             "matrix": self._matrix,

@@ -19,7 +19,7 @@ needs_install() {
 
 if needs_install; then
   echo "setting up $VENV ..." >&2
-  "$PY" -m venv "$VENV"
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"  # an existing venv (e.g. --system-site-packages) is kept
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q torch==2.13.0
   "$VENV/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[dev]" -e examples/mtlsolve-example-plugin

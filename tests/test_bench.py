@@ -40,8 +40,19 @@ def read_png(path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    argv = ["bench", "--solvers", "ls,mgda,epo", "--sections", "toy,fonseca,digits", "--quick",
-            "--steps", "6", "--out", str(out), "--no-progress"]
+    argv = [
+        "bench",
+        "--solvers",
+        "ls,mgda,epo",
+        "--sections",
+        "toy,fonseca,digits",
+        "--quick",
+        "--steps",
+        "6",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     return out, json.loads((out / "results.json").read_text()), (out / "results.md").read_text()
 
@@ -95,8 +106,10 @@ def test_tiny_run_writes_tables_json_and_pngs(tiny_run, capsys):
 
 def test_delta_m_from_known_numbers():
     # baselines per seed: task i's accuracy from the run that trained task i alone
-    stl_runs = [[{"acc_task1": 0.9, "acc_task2": 0.1}, {"acc_task1": 0.7, "acc_task2": 0.2}],
-                [{"acc_task1": 0.1, "acc_task2": 0.8}, {"acc_task1": 0.1, "acc_task2": 0.6}]]
+    stl_runs = [
+        [{"acc_task1": 0.9, "acc_task2": 0.1}, {"acc_task1": 0.7, "acc_task2": 0.2}],
+        [{"acc_task1": 0.1, "acc_task2": 0.8}, {"acc_task1": 0.1, "acc_task2": 0.6}],
+    ]
     base = training.baseline_accuracies(stl_runs)
     assert base == [[0.9, 0.8], [0.7, 0.6]]
     runs = [{"acc_task1": 0.84, "acc_task2": 0.63}, {"note": "error: boom"}]
@@ -134,8 +147,18 @@ def failing_solver():
 
 
 def test_a_failing_solver_is_a_table_row(failing_solver, tmp_path, capsys):
-    argv = ["bench", "--solvers", f"{failing_solver},ls", "--sections", "toy,linreg,digits", "--quick",
-            "--steps", "3", "--out", str(tmp_path)]
+    argv = [
+        "bench",
+        "--solvers",
+        f"{failing_solver},ls",
+        "--sections",
+        "toy,linreg,digits",
+        "--quick",
+        "--steps",
+        "3",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(argv) == 0
     out, err = capsys.readouterr()
     assert "8/8" in err and "%|" not in out  # the progress bar (2 solvers x toy, linreg; + 2 baselines) on stderr
@@ -157,8 +180,20 @@ def test_a_failing_solver_is_a_table_row(failing_solver, tmp_path, capsys):
 def test_config_file_labels_hyperparameters_and_seeds(tmp_path, capsys):
     config = tmp_path / "solvers.yaml"
     config.write_text("solvers:\n  - ls\n  - {name: cagrad, c: 0.2, label: CAGrad-0.2}\n  - {name: cagrad, c: -1}\n")
-    argv = ["bench", "--config", str(config), "--sections", "toy", "--steps", "5", "--seeds", "2",
-            "--out", str(tmp_path), "--no-progress"]
+    argv = [
+        "bench",
+        "--config",
+        str(config),
+        "--sections",
+        "toy",
+        "--steps",
+        "5",
+        "--seeds",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     rows = table_rows(out, "| solver | on front")

@@ -32,9 +32,9 @@ from hypothesis import strategies as st
 import mtlsolve
 from mtlsolve import PROPERTIES, Need
 from mtlsolve.testing import check_solver
-from mtlsolve.testing.robustness import PRECISION_EXEMPT
 from mtlsolve.testing import conformance as ct
 from mtlsolve.testing.conformance import MIN_TASKS, REQUIRED  # noqa: F401 - test_robustness.py reads them here
+from mtlsolve.testing.robustness import PRECISION_EXEMPT
 
 # A step that certifies nothing (ConvergenceWarning) is legitimate on the degenerate systems here;
 # tests/test_robustness.py checks that warning, its fallback and its certificate precisely.

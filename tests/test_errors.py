@@ -16,6 +16,7 @@ BUILTINS = {
     errors.InvalidSystemError: ValueError,
     errors.NonFiniteError: ValueError,
     errors.UnknownSolverError: LookupError,
+    errors.UnknownStrategyError: LookupError,
     errors.InvalidConfigError: ValueError,
     errors.PluginError: Exception,
     errors.SolverError: RuntimeError,

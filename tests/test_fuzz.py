@@ -61,8 +61,13 @@ def examples_per_solver() -> int:
 
 
 PER_SOLVER = examples_per_solver()
-FUZZ = settings(max_examples=PER_SOLVER, derandomize=True, database=None, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=PER_SOLVER,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @st.composite

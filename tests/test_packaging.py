@@ -16,8 +16,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_regular_install_has_namespaced_packages_and_entry_points(tmp_path):
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
-         str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(ROOT),
+        ],
         check=True,
         capture_output=True,
     )
@@ -33,8 +43,9 @@ def test_regular_install_has_namespaced_packages_and_entry_points(tmp_path):
         "print(len(mtlsolve.available()))"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[0].startswith(str(target))
     assert out[1] == "mtlsolve"
     assert int(out[2]) >= 8

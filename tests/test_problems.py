@@ -97,8 +97,10 @@ def test_multidigits_structure(digits_data):
     d = digits_data
     assert d.x_train.shape == (6000, 10, 10) and d.x_test.shape == (2000, 10, 10)
     assert d.x_train.dtype == np.uint8 and d.x_train.max() <= 16
-    for x, y, sources, corners in ((d.x_train, d.y_train, d.sources_train, d.offsets_train),
-                                   (d.x_test, d.y_test, d.sources_test, d.offsets_test)):
+    for x, y, sources, corners in (
+        (d.x_train, d.y_train, d.sources_train, d.offsets_train),
+        (d.x_test, d.y_test, d.sources_test, d.offsets_test),
+    ):
         assert (corners == np.array([[0, 0], [2, 2]])).all()  # top-left at (0, 0), bottom-right at (2, 2)
         assert (sources[:, 0] != sources[:, 1]).all()
         assert np.array_equal(y, src.target[sources])
@@ -126,8 +128,10 @@ def test_multimnist_structure(monkeypatch):
     images = X.reshape(-1, 28, 28).astype(np.uint8)
     d = multimnist(seed=0, n_train=300, n_test=100)
     assert d.x_train.shape == (300, 36, 36) and d.x_test.shape == (100, 36, 36)
-    for x, labels, sources, corners in ((d.x_train, d.y_train, d.sources_train, d.offsets_train),
-                                        (d.x_test, d.y_test, d.sources_test, d.offsets_test)):
+    for x, labels, sources, corners in (
+        (d.x_train, d.y_train, d.sources_train, d.offsets_train),
+        (d.x_test, d.y_test, d.sources_test, d.offsets_test),
+    ):
         top_left, bottom_right = corners[:, 0], corners[:, 1]
         assert ((top_left >= 0) & (top_left <= 3)).all() and ((bottom_right >= 5) & (bottom_right <= 8)).all()
         assert np.array_equal(labels, y[sources])

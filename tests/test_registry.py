@@ -24,7 +24,14 @@ import numpy as np
 import pytest
 
 import mtlsolve
-from mtlsolve import GramianWeighting, InvalidConfigError, PluginError, PluginWarning, UnknownSolverError
+from mtlsolve import (
+    GramianWeighting,
+    InvalidConfigError,
+    PluginError,
+    PluginWarning,
+    UnknownSolverError,
+    UnknownStrategyError,
+)
 from mtlsolve.registry import Registry, hyperparameters, normalise
 from mtlsolve.solver import Need
 
@@ -142,7 +149,9 @@ def test_normalise():
     assert normalise("Nash_MTL") == normalise("nash-mtl") == normalise("NashMTL") == normalise("nash mtl") == "nashmtl"
 
 
-@pytest.mark.parametrize("name", ["nash_like_mtl", "Nash-Like-MTL", "NASH_LIKE_MTL", "nashlikemtl", "NashLike", "nash-like"])
+@pytest.mark.parametrize(
+    "name", ["nash_like_mtl", "Nash-Like-MTL", "NASH_LIKE_MTL", "nashlikemtl", "NashLike", "nash-like"]
+)
 def test_names_are_case_dash_and_underscore_insensitive(local, name):
     entry, preset = local.resolve(name)
     assert entry.cls is _NashLike and entry.name == "nash_like_mtl" and preset == {}
@@ -189,10 +198,33 @@ def test_unknown_name_lists_the_valid_ones(local):
         local.resolve(3)
 
 
+def test_unknown_names_suggest_the_closest():
+    with pytest.raises(UnknownSolverError, match=r"no solver named 'mgd'; available: .*; did you mean 'mgda'"):
+        mtlsolve.get("mgd")
+    with pytest.raises(UnknownSolverError, match=r"; did you mean 'mean'\?$"):  # an alias, as its class spells it
+        mtlsolve.get("meen")
+    with pytest.raises(UnknownSolverError) as info:
+        mtlsolve.get("definitely-not-a-solver")
+    assert "did you mean" not in str(info.value)  # nothing close: no guess
+
+
+def test_unknown_strategy_is_a_lookup_error_and_an_invalid_config():
+    with pytest.raises(UnknownStrategyError, match=r"no strategy named 'stgv'; available: .*; did you mean 'stgu'\?$"):
+        mtlsolve.get_strategy("stgv")
+    with pytest.raises(LookupError, match="did you mean 'teleport'"):
+        mtlsolve.strategy_from_config({"name": "teleprt"})
+    assert issubclass(UnknownStrategyError, InvalidConfigError)  # callers catching InvalidConfigError still do
+
+
 def test_unknown_and_invalid_arguments_list_the_fields(local):
-    with pytest.raises(InvalidConfigError, match=r"unknown argument\(s\) \['stpe'\]; valid fields: loss_transform=None, step=1.0, mode$"):
+    with pytest.raises(
+        InvalidConfigError,
+        match=r"unknown argument\(s\) \['stpe'\]; valid fields: loss_transform=None, step=1.0, mode$",
+    ):
         local.get("nash_like_mtl", stpe=2, mode="a")
-    with pytest.raises(InvalidConfigError, match=r"invalid argument .*step.*; valid fields: loss_transform=None, step=1.0, mode"):
+    with pytest.raises(
+        InvalidConfigError, match=r"invalid argument .*step.*; valid fields: loss_transform=None, step=1.0, mode"
+    ):
         local.get("nash_like_mtl", step=-1.0, mode="a")
     with pytest.raises(InvalidConfigError, match="invalid argument .*mode"):
         local.get("nash_like_mtl")  # a required field is missing
@@ -262,13 +294,17 @@ def test_a_plugin_that_exits_at_import_warns_and_the_host_lives(site, source):
     site("mtlsolve-fake-exit", source=source)
     site("mtlsolve-fake-good", solver="fake_good")
     reg = Registry()
-    with pytest.warns(PluginWarning, match=r"distribution 'mtlsolve-fake-exit' failed to load \((SystemExit|GeneratorExit)"):
+    with pytest.warns(
+        PluginWarning, match=r"distribution 'mtlsolve-fake-exit' failed to load \((SystemExit|GeneratorExit)"
+    ):
         names = reg.available()
     assert "fake_good" in names and "ls" in names
 
 
 def test_a_plugin_whose_hook_exits_warns_and_the_rest_works(site):
-    source = "import sys\nfrom mtlsolve import hookimpl\n\n@hookimpl\ndef register_solvers(register):\n    sys.exit(1)\n"
+    source = (
+        "import sys\nfrom mtlsolve import hookimpl\n\n@hookimpl\ndef register_solvers(register):\n    sys.exit(1)\n"
+    )
     site("mtlsolve-fake-hook-exit", source=source)
     site("mtlsolve-fake-good", solver="fake_good")
     reg = Registry()
@@ -284,8 +320,7 @@ def test_a_keyboard_interrupt_while_loading_a_plugin_is_not_swallowed(site):
 
 def test_a_plugin_whose_hook_raises_warns_and_the_rest_works(site):
     source = (
-        "from mtlsolve import hookimpl\n\n@hookimpl\ndef register_solvers(register):\n"
-        "    raise KeyError('bad hook')\n"
+        "from mtlsolve import hookimpl\n\n@hookimpl\ndef register_solvers(register):\n    raise KeyError('bad hook')\n"
     )
     site("mtlsolve-fake-hook", source=source)
     site("mtlsolve-fake-good", solver="fake_good")
@@ -296,7 +331,10 @@ def test_a_plugin_whose_hook_raises_warns_and_the_rest_works(site):
 
 @pytest.mark.parametrize("first", [0, 1])
 def test_two_plugins_claiming_one_name_warn_naming_both_and_the_first_wins(site, first):
-    plugins = [site("mtlsolve-fake-a", solver="fake_same", value=1.0), site("mtlsolve-fake-b", solver="fake_same", value=2.0)]
+    plugins = [
+        site("mtlsolve-fake-a", solver="fake_same", value=1.0),
+        site("mtlsolve-fake-b", solver="fake_same", value=2.0),
+    ]
     winner, loser = plugins[first], plugins[1 - first]
     reg = Registry(entry_points=lambda: own_entry_points() + winner.entry_points() + loser.entry_points())
     with pytest.warns(PluginWarning) as record:
@@ -423,7 +461,7 @@ def test_the_process_registry_reload_finds_a_new_plugin(site):
     assert "fake_late" not in mtlsolve.available()
 
 
-_BAD_CLASSES = '''
+_BAD_CLASSES = """
 from mtlsolve import Solver
 
 
@@ -462,7 +500,7 @@ class BadAliases(Constant):
 
 class NotASolver:
     name = "not_a_solver"
-'''
+"""
 
 _PROBLEMS = {
     "NotAttrs": "is not an attrs class",

@@ -142,8 +142,9 @@ def _scale_factor(case: rb.Case, rng: np.random.Generator) -> float:
     return 2.0 ** int(rng.choice([lo, hi]) if rng.random() < 0.5 else rng.integers(lo, hi + 1))
 
 
-def comparative_problem(name: str, prop: str, case: rb.Case, rng: np.random.Generator,
-                        c: float | None = None) -> str | None:
+def comparative_problem(
+    name: str, prop: str, case: rb.Case, rng: np.random.Generator, c: float | None = None
+) -> str | None:
     """Whether ``prop`` holds between results on ``case`` and on its transform (None: it holds, or is
     undecidable: an error, an unconverged step, or a system too ill-conditioned for the dtype).
     ``c``: the scale factor of the scaling properties (default: drawn by :func:`_scale_factor`)."""
@@ -231,8 +232,14 @@ def precision_failures(name: str, G: np.ndarray, losses: np.ndarray, seed: int =
         case = rb.Case("well_conditioned", G, losses, dtype, seed)
         out = solve(name, case)
         if out.result is None or not out.converged:
-            failures.append(Failure(name, "(iii) float32 failed where float64 converged", m * n,
-                                    f"{out.error or 'unconverged'}: {case.describe()}"))
+            failures.append(
+                Failure(
+                    name,
+                    "(iii) float32 failed where float64 converged",
+                    m * n,
+                    f"{out.error or 'unconverged'}: {case.describe()}",
+                )
+            )
             continue
         tol = case.tol * rb.normalised_condition(case.G)  # a solve on K amplifies the rounding of K by up to κ
         S = rb.scale_of(case.G, ref.result)
@@ -276,9 +283,15 @@ def sweep_invalid_gramian(name: str, kind: str) -> list[Failure]:
             out = rb.check_call(lambda: step(make(name), None, L, rb.cast(K, dtype)))
             if not isinstance(out.error, InvalidSystemError):
                 got = "a result" if out.error is None else f"{type(out.error).__name__}: {out.error}"
-                failures.append(Failure(name, f"invalid Gramian accepted ({kind})", m * m,
-                                        f"{dtype}, m={m}: got {got}\n    K = "
-                                        + np.array2string(K, precision=6, separator=", ").replace("\n", "\n        ")))
+                failures.append(
+                    Failure(
+                        name,
+                        f"invalid Gramian accepted ({kind})",
+                        m * m,
+                        f"{dtype}, m={m}: got {got}\n    K = "
+                        + np.array2string(K, precision=6, separator=", ").replace("\n", "\n        "),
+                    )
+                )
     return failures
 
 

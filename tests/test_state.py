@@ -76,7 +76,9 @@ def as_numpy(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: as_numpy(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return np.asarray(x, dtype=np.float64) if all(isinstance(v, (int, float)) for v in x) else [as_numpy(v) for v in x]
+        return (
+            np.asarray(x, dtype=np.float64) if all(isinstance(v, (int, float)) for v in x) else [as_numpy(v) for v in x]
+        )
     return x
 
 
@@ -99,7 +101,9 @@ def assert_same_result(a: mtlsolve.Result, b: mtlsolve.Result) -> None:
         assert (x is None) == (y is None)
         if x is not None:
             assert type(x) is type(y) and x.dtype == y.dtype
-            np.testing.assert_array_equal(as_numpy(x) if torch.is_tensor(x) else x, as_numpy(y) if torch.is_tensor(y) else y)
+            np.testing.assert_array_equal(
+                as_numpy(x) if torch.is_tensor(x) else x, as_numpy(y) if torch.is_tensor(y) else y
+            )
 
 
 def trained(name: str, inputs: str, steps: int = 6, **kwargs: Any) -> tuple[mtlsolve.Solver, list]:
@@ -136,7 +140,9 @@ def test_checkpoint_round_trip_continues_bit_identically(name, inputs):
     assert_same_state(fresh.state_dict(), solver.state_dict())
 
 
-@pytest.mark.parametrize("base", [{"name": "gradvac", "seed": 1}, "dwa", "famo", "uw", "modo", {"name": "pcgrad", "seed": 2}])
+@pytest.mark.parametrize(
+    "base", [{"name": "gradvac", "seed": 1}, "dwa", "famo", "uw", "modo", {"name": "pcgrad", "seed": 2}]
+)
 def test_cr_mogm_state_holds_its_base_state(base):
     solver, tail = trained("cr_mogm", "numpy-float64", base=base)
     state = solver.state_dict()
@@ -259,7 +265,7 @@ def test_a_changed_number_of_tasks_is_refused_until_reset(name):
     if "m" not in solver.state_dict():  # rlw, pcgrad, graddrop: only a generator, valid for any m
         pytest.skip(f"{name}'s state does not depend on m")
     before = solver.state_dict()
-    (G, L), = systems(make(name), 1, "numpy-float64", m=4, seed=9)
+    ((G, L),) = systems(make(name), 1, "numpy-float64", m=4, seed=9)
     with pytest.raises(InvalidSystemError, match="reset"):
         step(solver, G, L)
     assert_same_state(solver.state_dict(), before)

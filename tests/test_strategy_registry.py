@@ -31,9 +31,15 @@ from mtlsolve.strategy import settings_for
 @pytest.mark.parametrize(
     "name, cls",
     [
-        ("cost", COSTSettings), ("COST", COSTSettings), ("teleport", COSTSettings),
-        ("stgu", STGUSettings), ("Sel-Update", STGUSettings), ("task_grouping", STGUSettings),
-        ("mtgd", MTGDSettings), ("MGD", MTGDSettings), ("mtl-mto", MTGDSettings),
+        ("cost", COSTSettings),
+        ("COST", COSTSettings),
+        ("teleport", COSTSettings),
+        ("stgu", STGUSettings),
+        ("Sel-Update", STGUSettings),
+        ("task_grouping", STGUSettings),
+        ("mtgd", MTGDSettings),
+        ("MGD", MTGDSettings),
+        ("mtl-mto", MTGDSettings),
     ],
 )
 def test_builtin_strategies_are_found_by_name_and_alias(name, cls):
@@ -156,8 +162,11 @@ def test_the_runtime_object_runs_with_the_settings_it_was_built_from():
     assert type(built) is STGU and built.settings is settings
     by_keywords = STGU(optimizer=torch.optim.SGD(model.parameters(), lr=0.1), model=model, warmup_iters=3, seed=1)
     assert by_keywords.settings == settings
-    by_config = from_config({"strategy": "stgu", "warmup_iters": 3, "seed": 1}, model=model,
-                            optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    by_config = from_config(
+        {"strategy": "stgu", "warmup_iters": 3, "seed": 1},
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+    )
     assert by_config.settings == settings
     with pytest.raises(InvalidConfigError, match="not both"):
         STGU(optimizer=torch.optim.SGD(model.parameters(), lr=0.1), settings=settings, seed=2)
@@ -196,12 +205,12 @@ def register_strategies(register):
         register(cls)
 '''
 
-_RUNTIME = '''
+_RUNTIME = """
 class Warmup:
     def __init__(self, *, settings, model):
         self.settings = settings
         self.model = model
-'''
+"""
 
 
 @pytest.fixture
@@ -211,7 +220,11 @@ def site(tmp_path, monkeypatch):
     made: list[str] = []
 
     def install(
-        distribution: str, *, name: str = "fake_warmup", extra: str = "", classes: str = "(WarmupSettings,)",
+        distribution: str,
+        *,
+        name: str = "fake_warmup",
+        extra: str = "",
+        classes: str = "(WarmupSettings,)",
         source: str | None = None,
     ):
         module = f"fake_mtlsolve_strategy_{uuid.uuid4().hex[:10]}"
@@ -257,15 +270,18 @@ def test_a_third_party_strategy_is_found_through_its_hook(site):
 def test_a_third_party_strategy_cannot_shadow_a_builtin(site):
     site("mtlsolve-fake-shadow-strategy", name="cost")
     reg = Registry()
-    with pytest.warns(PluginWarning, match=r"strategy name 'cost' from distribution 'mtlsolve-fake-shadow-strategy'.*"
-                                           r"with 'cost' from distribution 'mtlsolve'"):
+    with pytest.warns(
+        PluginWarning,
+        match=r"strategy name 'cost' from distribution 'mtlsolve-fake-shadow-strategy'.*"
+        r"with 'cost' from distribution 'mtlsolve'",
+    ):
         entry, _ = reg.resolve_strategy("cost")
     assert entry.cls is COSTSettings
     with pytest.raises(InvalidConfigError, match="no strategy named"):  # a refused class registers no alias
         reg.resolve_strategy("warm_start")
 
 
-_BAD = '''
+_BAD = """
 class NotSettings:
     name = "not_settings"
 
@@ -284,17 +300,23 @@ class BadRuntime(WarmupSettings):
 class BadName(WarmupSettings):
     name: ClassVar[str] = "Bad-Name"
     aliases: ClassVar[dict] = {}
-'''
+"""
 
 
 def test_invalid_strategy_classes_are_rejected_with_a_warning(site):
-    site("mtlsolve-fake-bad-strategy", extra=_BAD, classes="(NotSettings, NotAttrs, BadRuntime, BadName, WarmupSettings)")
+    site(
+        "mtlsolve-fake-bad-strategy", extra=_BAD, classes="(NotSettings, NotAttrs, BadRuntime, BadName, WarmupSettings)"
+    )
     reg = Registry()
     with pytest.warns(PluginWarning) as record:
         names = reg.available_strategies()
     messages = [str(w.message) for w in record]
-    problems = ["is not a subclass of mtlsolve.strategy.StrategySettings", "is not an attrs class",
-                "neither a class nor a 'module:Class' path", "invalid canonical name 'Bad-Name'"]
+    problems = [
+        "is not a subclass of mtlsolve.strategy.StrategySettings",
+        "is not an attrs class",
+        "neither a class nor a 'module:Class' path",
+        "invalid canonical name 'Bad-Name'",
+    ]
     assert len(messages) == len(problems)
     for problem, message in zip(problems, messages):
         assert problem in message and "distribution 'mtlsolve-fake-bad-strategy'" in message

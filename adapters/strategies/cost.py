@@ -53,7 +53,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import attrs
 import numpy as np
@@ -116,6 +117,28 @@ class _Bound(nn.Module):
         return self.loss_fn(self.model, batch)
 
 
+def _check_runtime(model: Any, optimizer: Any, loss_fn: Any) -> None:
+    """Raise :class:`InvalidConfigError` unless COST got a module, an optimiser and a callable loss."""
+    if not isinstance(model, nn.Module):
+        raise InvalidConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise InvalidConfigError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not callable(loss_fn):
+        raise InvalidConfigError(f"loss_fn must be callable, got {loss_fn!r}")
+
+
+@attrs.define
+class _AdapterRun:
+    """How the adapter optimisation of one teleport went: the steps taken, whether a non-finite objective
+    stopped it, the last objective terms and the contour deviations (``monitor``; ``contour="batch"``)."""
+
+    steps: int = 0
+    aborted: bool = False
+    last: dict[str, float] = attrs.Factory(dict)
+    deviations: list[float] = attrs.Factory(list)
+    batch_deviation: float = 0.0
+
+
 @attrs.frozen(kw_only=True)
 class StepInfo:
     """What :meth:`COST.train_step` did.
@@ -172,12 +195,7 @@ class COST:
         **options: Any,
     ) -> None:
         self.settings: COSTSettings = settings_for(COSTSettings, settings, options)
-        if not isinstance(model, nn.Module):
-            raise InvalidConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise InvalidConfigError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if not callable(loss_fn):
-            raise InvalidConfigError(f"loss_fn must be callable, got {loss_fn!r}")
+        _check_runtime(model, optimizer, loss_fn)
         self.model = model
         self.optimizer = optimizer
         self.shared = shared
@@ -196,33 +214,43 @@ class COST:
         self._layers: list[nn.Module] = []
         config = self.settings
         if config.htr and not isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-            raise InvalidConfigError(f"htr=True reuses Adam/AdamW moments; got {type(self.optimizer).__name__} (pass htr=False)")
+            raise InvalidConfigError(
+                f"htr=True reuses Adam/AdamW moments; got {type(self.optimizer).__name__} (pass htr=False)"
+            )
         self.solver = _resolve(config.base)
         self.adapter = MultiTaskBackward(
             self.solver, self.shared, max_norm=config.max_norm, scaler=self.scaler, **config.backward_options
         )
         model_ids = {id(p) for p in self.model.parameters()}
         if any(id(p) not in model_ids for p in self.adapter.shared):
-            raise InvalidConfigError("every shared tensor must be a parameter of model (the teleport perturbs it by name)")
+            raise InvalidConfigError(
+                "every shared tensor must be a parameter of model (the teleport perturbs it by name)"
+            )
+        self._layers = self._lora_layers()
+
+    def _lora_layers(self) -> list[nn.Module]:
+        """The layers that get LoRA adapters: ``lora_targets``, or every Linear/Conv layer whose weight is shared."""
         shared_ids = {id(p) for p in self.adapter.shared}
-        if config.lora_targets is None:
-            self._layers = [
-                mod for mod in self.model.modules() if isinstance(mod, _lora.LAYERS) and id(mod.weight) in shared_ids
-            ]
-            if not self._layers:
-                raise InvalidConfigError("no Linear/Conv layer has a shared weight; name the LoRA targets with lora_targets")
-        else:
-            self._layers = []
-            for name in config.lora_targets:
-                try:
-                    mod = self.model.get_submodule(name)
-                except AttributeError:
-                    raise InvalidConfigError(f"LoRA target {name!r} is not a submodule of model") from None
-                if not isinstance(mod, _lora.LAYERS):
-                    raise InvalidConfigError(f"LoRA target {name!r} is a {type(mod).__name__}, not a Linear/Conv layer")
-                if id(mod.weight) not in shared_ids:
-                    raise InvalidConfigError(f"LoRA target {name!r} is not part of the shared parameters")
-                self._layers.append(mod)
+        if self.settings.lora_targets is not None:
+            return [self._lora_target(name, shared_ids) for name in self.settings.lora_targets]
+        layers = [mod for mod in self.model.modules() if isinstance(mod, _lora.LAYERS) and id(mod.weight) in shared_ids]
+        if not layers:
+            raise InvalidConfigError(
+                "no Linear/Conv layer has a shared weight; name the LoRA targets with lora_targets"
+            )
+        return layers
+
+    def _lora_target(self, name: str, shared_ids: set[int]) -> nn.Module:
+        """The submodule ``name`` of the model, checked to be a Linear/Conv layer with a shared weight."""
+        try:
+            mod = self.model.get_submodule(name)
+        except AttributeError:
+            raise InvalidConfigError(f"LoRA target {name!r} is not a submodule of model") from None
+        if not isinstance(mod, _lora.LAYERS):
+            raise InvalidConfigError(f"LoRA target {name!r} is a {type(mod).__name__}, not a Linear/Conv layer")
+        if id(mod.weight) not in shared_ids:
+            raise InvalidConfigError(f"LoRA target {name!r} is not part of the shared parameters")
+        return mod
 
     # ------------------------------------------------------------------ loop
     @property
@@ -278,7 +306,10 @@ class COST:
         """Keep g_prev, apply a pending HTR modulation and step the optimiser through the adapter."""
         if self.settings.htr and not diagnostics.skipped:
             self._g_prev = torch.cat(
-                [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1) for p in self.adapter.shared]
+                [
+                    (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)
+                    for p in self.adapter.shared
+                ]
             ).clone()
         if self._htr_pending is not None:
             self._apply_htr()
@@ -326,8 +357,12 @@ class COST:
         self.adapter.load_state_dict(snapshot)
         cosines, g0 = mean_cosines(K)
         record = self._teleport(batch, K)
-        record.update(losses=diagnostics.losses.tolist(), cos_before=cosines.tolist(),
-                      min_cos_before=float(cosines.min()), g0_norm_before=g0)
+        record.update(
+            losses=diagnostics.losses.tolist(),
+            cos_before=cosines.tolist(),
+            min_cos_before=float(cosines.min()),
+            g0_norm_before=g0,
+        )
         after = None
         if self.settings.after_teleport == "step":
             losses = self.loss_fn(self.model, batch)
@@ -336,8 +371,12 @@ class COST:
             K2 = after.gramian if K2 is None else K2
             if K2 is not None:
                 cos2, g02 = mean_cosines(K2)
-                record.update(losses_after=after.losses.tolist(), cos_after=cos2.tolist(),
-                              min_cos_after=float(cos2.min()), g0_norm_after=g02)
+                record.update(
+                    losses_after=after.losses.tolist(),
+                    cos_after=cos2.tolist(),
+                    min_cos_after=float(cos2.min()),
+                    g0_norm_after=g02,
+                )
             self._finish(batch, after)
         else:
             self._step += 1
@@ -366,59 +405,19 @@ class COST:
     def _teleport(self, batch: Any, K: np.ndarray) -> dict[str, Any]:
         """Inject, optimise and merge the adapters; apply HTR. Returns the teleport record."""
         shared = self.adapter.shared
-        device = shared[0].device
         m = len(K)
         norms = np.sqrt(np.clip(np.diag(K), 0.0, None))
         ratios = m * (1.0 - norms / norms.sum()) if norms.sum() > 0 else np.ones(m)
         loader = self.teleport_loader if self.teleport_loader is not None else [batch]
         before = [p.detach().clone() for p in shared]
-        gen = self._generator(device)
+        gen = self._generator(shared[0].device)
         was_training = self.model.training
         self.model.eval()
-        deviations: list[float] = []
-        batch_deviation = 0.0
-        last: dict[str, float] = {}
-        steps, aborted = 0, False
         try:
             config = self.settings
             targets = self._mean_losses(loader) if (config.contour == "dataset" or config.monitor) else None
-            adapters = _lora.inject(self._layers, config.lora_rank, config.lora_alpha / config.lora_rank, gen)
-            params = [t for a in adapters for t in (a.A, a.B)]
-            lr = config.lora_lr if config.lora_lr is not None else self.optimizer.param_groups[0]["lr"]
-            inner = torch.optim.Adam(params, lr=lr)
-            named = self._perturbed(params)
-            bound = _Bound(self.model, self.loss_fn)
-            R = None
-            for _ in range(self.settings.tele_rounds):
-                for b in loader:
-                    L = self.loss_fn(self.model, b)
-                    if R is None:
-                        R = torch.as_tensor(ratios, dtype=L.dtype, device=L.device)
-                    if self.settings.contour == "batch":
-                        with torch.no_grad(), _lora.disabled(adapters):
-                            target = self.loss_fn(self.model, b).detach()
-                        gap = ((L.detach() - target).abs() / target.abs().clamp_min(1e-12)).max()
-                        batch_deviation = max(batch_deviation, float(gap))
-                    else:
-                        target = targets.to(L.dtype)
-                    invariance = (L - target).abs().mean()
-                    sharpness = self._sharpness(bound, batch, R, named, gen)
-                    objective = self.settings.w_inv * invariance - self.settings.w_sharp * sharpness
-                    if not bool(torch.isfinite(objective)):
-                        aborted = True
-                        break
-                    grads = torch.autograd.grad(objective, params)
-                    for t, g in zip(params, grads):
-                        t.grad = g
-                    inner.step()
-                    steps += 1
-                    last = {"invariance": invariance.item(), "sharpness": sharpness.item()}
-                    if self.settings.monitor:
-                        mean = self._mean_losses(loader)
-                        deviations.append(float(((mean - targets).abs() / targets.abs().clamp_min(1e-12)).max()))
-                if aborted:
-                    break
-            (_lora.discard if aborted else _lora.merge)(self._layers)
+            run = self._optimise_adapters(batch, loader, targets, ratios, gen)
+            (_lora.discard if run.aborted else _lora.merge)(self._layers)
         except BaseException:
             _lora.discard(self._layers)
             raise
@@ -433,17 +432,66 @@ class COST:
             "epoch": self._epoch,
             "targets": None if targets is None else targets.tolist(),
             "ratios": ratios.tolist(),
-            "adapter_steps": steps,
-            "aborted": aborted,
-            "objective": last,
-            "deviation": deviations,
-            "max_deviation": max(deviations) if deviations else None,
-            "batch_deviation": batch_deviation if self.settings.contour == "batch" else None,
+            "adapter_steps": run.steps,
+            "aborted": run.aborted,
+            "objective": run.last,
+            "deviation": run.deviations,
+            "max_deviation": max(run.deviations) if run.deviations else None,
+            "batch_deviation": run.batch_deviation if self.settings.contour == "batch" else None,
             "displacement": float(torch.linalg.vector_norm(delta)),
         }
-        record.update(self._htr_decision(delta, aborted))
+        record.update(self._htr_decision(delta, run.aborted))
         self.records.append(record)
         return record
+
+    def _optimise_adapters(
+        self, batch: Any, loader: Iterable[Any], targets: torch.Tensor | None, ratios: np.ndarray, gen: torch.Generator
+    ) -> _AdapterRun:
+        """Inject the LoRA adapters and run ``tele_rounds`` passes of Adam over ``loader`` on
+        w_inv · invariance − w_sharp · sharpness (docs/methods.md#cost, step 3); stops at a non-finite objective."""
+        config = self.settings
+        adapters = _lora.inject(self._layers, config.lora_rank, config.lora_alpha / config.lora_rank, gen)
+        params = [t for a in adapters for t in (a.A, a.B)]
+        lr = config.lora_lr if config.lora_lr is not None else self.optimizer.param_groups[0]["lr"]
+        inner = torch.optim.Adam(params, lr=lr)
+        named = self._perturbed(params)
+        bound = _Bound(self.model, self.loss_fn)
+        run = _AdapterRun()
+        R = None
+        for _ in range(config.tele_rounds):
+            for b in loader:
+                L = self.loss_fn(self.model, b)
+                if R is None:
+                    R = torch.as_tensor(ratios, dtype=L.dtype, device=L.device)
+                invariance = (L - self._contour(b, L, targets, adapters, run)).abs().mean()
+                sharpness = self._sharpness(bound, batch, R, named, gen)
+                objective = config.w_inv * invariance - config.w_sharp * sharpness
+                if not bool(torch.isfinite(objective)):
+                    run.aborted = True
+                    return run
+                grads = torch.autograd.grad(objective, params)
+                for t, g in zip(params, grads):
+                    t.grad = g
+                inner.step()
+                run.steps += 1
+                run.last = {"invariance": invariance.item(), "sharpness": sharpness.item()}
+                if config.monitor:
+                    mean = self._mean_losses(loader)
+                    run.deviations.append(float(((mean - targets).abs() / targets.abs().clamp_min(1e-12)).max()))
+        return run
+
+    def _contour(
+        self, b: Any, L: torch.Tensor, targets: torch.Tensor | None, adapters: list[_lora.LoRA], run: _AdapterRun
+    ) -> torch.Tensor:
+        """The losses L* the adapters keep batch ``b`` at: the dataset means ``targets``, or (``contour="batch"``)
+        the batch's own losses without the adapters, whose largest relative gap to ``L`` goes to ``run``."""
+        if self.settings.contour != "batch":
+            return targets.to(L.dtype)
+        with torch.no_grad(), _lora.disabled(adapters):
+            target = self.loss_fn(self.model, b).detach()
+        gap = ((L.detach() - target).abs() / target.abs().clamp_min(1e-12)).max()
+        run.batch_deviation = max(run.batch_deviation, float(gap))
+        return target
 
     def _perturbed(self, adapter_params: list[torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
         """(functional_call key, tensor) of every parameter the sharpness noise perturbs."""

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 import numpy as np
@@ -94,8 +95,12 @@ def _clone_optimizer(optimizer: Any, template: torch.nn.Module, model: torch.nn.
         missing = [p for p in group["params"] if id(p) not in index]
         if missing:
             raise InvalidConfigError(f"{LABEL}: the optimizer holds parameters that are not the model's")
-        groups.append({**{k: v for k, v in group.items() if k != "params"},
-                       "params": [params[index[id(p)]] for p in group["params"]]})
+        groups.append(
+            {
+                **{k: v for k, v in group.items() if k != "params"},
+                "params": [params[index[id(p)]] for p in group["params"]],
+            }
+        )
     clone = type(optimizer)(groups, **optimizer.defaults)
     clone.load_state_dict(optimizer.state_dict())
     return clone
@@ -167,7 +172,9 @@ class MTGD:
         if config.transfer_layers is not None:
             chosen = [n for n in names if any(n == p or n.startswith(p + ".") for p in config.transfer_layers)]
             if not chosen:
-                raise InvalidConfigError(f"{LABEL}: transfer_layers {config.transfer_layers} match no parameter of {names}")
+                raise InvalidConfigError(
+                    f"{LABEL}: transfer_layers {config.transfer_layers} match no parameter of {names}"
+                )
         else:
             chosen = shared_names
         self._transfer_names = chosen
@@ -251,7 +258,10 @@ class MTGD:
         for k, model in enumerate(self.models):
             after = None
             if self.adapters[k].capabilities.post_step:
-                after = (lambda k=k, model=model: self._inner_losses(k, _loss_vector(closure(model))))
+
+                def after(k=k, model=model):
+                    return self._inner_losses(k, _loss_vector(closure(model)))
+
             self.adapters[k].step(self.optimizers[k], closure=after)
         if delta is not None:
             with torch.no_grad():

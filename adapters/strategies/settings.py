@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import attrs
@@ -19,35 +19,19 @@ import numpy as np
 
 from mtlsolve.errors import InvalidConfigError
 from mtlsolve.strategy import StrategySettings, check_solver_spec
-from mtlsolve.validation import vector_converter
-
-_in = attrs.validators.in_
-_optional = attrs.validators.optional
-
-
-def _integer(minimum: int) -> Callable[[Any, attrs.Attribute, Any], None]:
-    """An int (not a bool) of at least ``minimum``."""
-
-    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{attribute.name} must be an integer ≥ {minimum}, got {value!r}")
-
-    return check
-
-
-def _positive(instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
-
-
-def _non_negative(instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{attribute.name} must be a non-negative number, got {value!r}")
-
-
-def _flag(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{attribute.name} must be True or False, got {value!r}")
+from mtlsolve.validation import (
+    count,
+    flag,
+    in_range,
+    integer_at_least,
+    non_negative,
+    non_negative_int,
+    one_of,
+    optional,
+    optional_seed,
+    positive,
+    vector_converter,
+)
 
 
 def _names(value: Any) -> tuple[str, ...] | None:
@@ -74,11 +58,6 @@ PERTURB = ("shared", "all")
 AFTER_TELEPORT = ("step", "skip")
 
 
-def _fraction(instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"{attribute.name} must be in (0, 1], got {value!r}")
-
-
 @attrs.frozen(kw_only=True)
 class COSTSettings(StrategySettings):
     """Settings of COST, continual optimisation with symmetry teleportation (Zhou, Meng, Wu, Zhao, Miao,
@@ -90,36 +69,41 @@ class COSTSettings(StrategySettings):
     paper: ClassVar[str] = "Zhou, Meng, Wu, Zhao, Miao — NeurIPS 2025 — arXiv 2503.04046"
 
     base: Any = attrs.field(factory=lambda: {"name": "fairgrad", "alpha": 2.0}, validator=check_solver_spec)
-    trigger: str = attrs.field(default="dominated_any", validator=_in(TRIGGERS))
-    trigger_fraction: float = attrs.field(default=0.5, converter=float, validator=_fraction)
-    start_epoch: int = attrs.field(default=0, validator=_integer(0))
-    start_step: int = attrs.field(default=0, validator=_integer(0))
-    max_teleports_per_epoch: int = attrs.field(default=1, validator=_integer(0))
-    lora_rank: int = attrs.field(default=5, validator=_integer(1))
-    lora_alpha: float = attrs.field(default=8.0, converter=float, validator=_positive)
+    trigger: str = attrs.field(default="dominated_any", validator=one_of(*TRIGGERS))
+    trigger_fraction: float = attrs.field(default=0.5, converter=float, validator=in_range(0.0, 1.0, closed="right"))
+    start_epoch: int = attrs.field(default=0, validator=non_negative_int)
+    start_step: int = attrs.field(default=0, validator=non_negative_int)
+    max_teleports_per_epoch: int = attrs.field(default=1, validator=non_negative_int)
+    lora_rank: int = attrs.field(default=5, validator=count)
+    lora_alpha: float = attrs.field(default=8.0, converter=float, validator=positive)
     lora_targets: tuple[str, ...] | None = attrs.field(default=None, converter=_names)
-    lora_lr: float | None = attrs.field(default=None, validator=_optional(_positive))
-    tele_rounds: int = attrs.field(default=2, validator=_integer(1))
-    sharp_samples: int = attrs.field(default=5, validator=_integer(1))
-    sharp_radius: float = attrs.field(default=1e-4, converter=float, validator=_positive)
-    w_inv: float = attrs.field(default=10.0, converter=float, validator=_non_negative)
-    w_sharp: float = attrs.field(default=0.5, converter=float, validator=_non_negative)
-    sharpness_grad: str = attrs.field(default="full", validator=_in(SHARPNESS_GRADS))
-    perturb: str = attrs.field(default="shared", validator=_in(PERTURB))
-    contour: str = attrs.field(default="dataset", validator=_in(CONTOURS))
-    after_teleport: str = attrs.field(default="step", validator=_in(AFTER_TELEPORT))
-    htr: bool = attrs.field(default=True, validator=_flag)
-    max_norm: float | None = attrs.field(default=1.0, validator=_optional(_positive))
+    lora_lr: float | None = attrs.field(default=None, validator=optional(positive))
+    tele_rounds: int = attrs.field(default=2, validator=count)
+    sharp_samples: int = attrs.field(default=5, validator=count)
+    sharp_radius: float = attrs.field(default=1e-4, converter=float, validator=positive)
+    w_inv: float = attrs.field(default=10.0, converter=float, validator=non_negative)
+    w_sharp: float = attrs.field(default=0.5, converter=float, validator=non_negative)
+    sharpness_grad: str = attrs.field(default="full", validator=one_of(*SHARPNESS_GRADS))
+    perturb: str = attrs.field(default="shared", validator=one_of(*PERTURB))
+    contour: str = attrs.field(default="dataset", validator=one_of(*CONTOURS))
+    after_teleport: str = attrs.field(default="step", validator=one_of(*AFTER_TELEPORT))
+    htr: bool = attrs.field(default=True, validator=flag)
+    max_norm: float | None = attrs.field(default=1.0, validator=optional(positive))
     backward_options: Mapping[str, Any] = attrs.field(factory=dict, converter=_options)
-    monitor: bool = attrs.field(default=False, validator=_flag)
-    seed: int | None = attrs.field(default=None, validator=_optional(_integer(0)))
+    monitor: bool = attrs.field(default=False, validator=flag)
+    seed: int | None = attrs.field(default=None, validator=optional_seed)
 
     def __attrs_post_init__(self) -> None:
         clash = {"solver", "shared", "max_norm", "scaler"} & set(self.backward_options)
         if clash:
             raise InvalidConfigError(f"backward_options cannot set {sorted(clash)}; they are COST settings")
-        if self.backward_options.get("grads", "shared") != "shared" or self.backward_options.get("accumulation_steps", 1) != 1:
-            raise InvalidConfigError("backward_options: COST needs per-task gradients of the shared parameters, one batch per step")
+        if (
+            self.backward_options.get("grads", "shared") != "shared"
+            or self.backward_options.get("accumulation_steps", 1) != 1
+        ):
+            raise InvalidConfigError(
+                "backward_options: COST needs per-task gradients of the shared parameters, one batch per step"
+            )
 
 
 # ------------------------------------------------------------------------------------------ STGU
@@ -155,31 +139,33 @@ class STGUSettings(StrategySettings):
 
     solver: Any = attrs.field(default="ls", validator=check_solver_spec)
     backward_options: Mapping[str, Any] = attrs.field(factory=dict, converter=_options)
-    affinity_beta: float = attrs.field(default=1e-3, converter=float, validator=[_positive, attrs.validators.le(1.0)])
-    warmup_iters: int = attrs.field(default=100, validator=_integer(0))
-    regroup_every: int = attrs.field(default=1, validator=_integer(1))
-    attribution: str = attrs.field(default="causal", validator=_in(ATTRIBUTIONS))
-    final_forward: bool = attrs.field(default=False, validator=_flag)
-    group_norm: bool = attrs.field(default=False, validator=_flag)
+    affinity_beta: float = attrs.field(default=1e-3, converter=float, validator=in_range(0.0, 1.0, closed="right"))
+    warmup_iters: int = attrs.field(default=100, validator=non_negative_int)
+    regroup_every: int = attrs.field(default=1, validator=count)
+    attribution: str = attrs.field(default="causal", validator=one_of(*ATTRIBUTIONS))
+    final_forward: bool = attrs.field(default=False, validator=flag)
+    group_norm: bool = attrs.field(default=False, validator=flag)
     task_specific_lr_mult: float | None = attrs.field(
-        default=None, converter=attrs.converters.optional(float), validator=_optional(_positive)
+        default=None, converter=attrs.converters.optional(float), validator=optional(positive)
     )
     initial_groups: Groups | None = attrs.field(default=None, converter=_groups)
     loss_weights: tuple[float, ...] | None = attrs.field(default=None, converter=vector_converter("loss_weights"))
     ap_preference: float | None = attrs.field(default=None, converter=attrs.converters.optional(float))
-    ap_damping: float = attrs.field(default=0.5, converter=float, validator=[attrs.validators.ge(0.5), attrs.validators.lt(1.0)])
-    ap_convergence_iter: int = attrs.field(default=50, validator=_integer(1))
-    ap_max_iter: int = attrs.field(default=200, validator=_integer(1))
-    ap_retries: int = attrs.field(default=10, validator=_integer(1))
-    ap_backend: str = attrs.field(default="auto", validator=_in(AP_BACKENDS))
-    eps: float = attrs.field(default=1e-8, converter=float, validator=_positive)
-    seed: int | None = attrs.field(default=None, validator=_optional(_integer(0)))
+    ap_damping: float = attrs.field(default=0.5, converter=float, validator=in_range(0.5, 1.0, closed="left"))
+    ap_convergence_iter: int = attrs.field(default=50, validator=count)
+    ap_max_iter: int = attrs.field(default=200, validator=count)
+    ap_retries: int = attrs.field(default=10, validator=count)
+    ap_backend: str = attrs.field(default="auto", validator=one_of(*AP_BACKENDS))
+    eps: float = attrs.field(default=1e-8, converter=float, validator=positive)
+    seed: int | None = attrs.field(default=None, validator=optional_seed)
 
     def __attrs_post_init__(self) -> None:
         if self.initial_groups is not None and self.loss_weights is not None:
             m = sum(map(len, self.initial_groups))
             if len(self.loss_weights) != m:
-                raise InvalidConfigError(f"loss_weights has {len(self.loss_weights)} entries, initial_groups covers {m} tasks")
+                raise InvalidConfigError(
+                    f"loss_weights has {len(self.loss_weights)} entries, initial_groups covers {m} tasks"
+                )
 
 
 # ------------------------------------------------------------------------------------------ MTGD
@@ -222,14 +208,14 @@ class MTGDSettings(StrategySettings):
     runtime: ClassVar[str] = "mtlsolve.adapters.strategies.mtgd:MTGD"
     paper: ClassVar[str] = "Bai, Gupta, Ong — arXiv 2403.16162 (2024); Bai et al. — Memetic Computing 12:355–369 (2020)"
 
-    num_tasks: int | None = attrs.field(default=None, validator=_optional(_integer(2)))
-    n_models: int | None = attrs.field(default=None, validator=_optional(_integer(1)))
+    num_tasks: int | None = attrs.field(default=None, validator=optional(integer_at_least(2)))
+    n_models: int | None = attrs.field(default=None, validator=optional(count))
     preferences: tuple[tuple[float, ...], ...] | None = attrs.field(default=None, converter=_preferences)
-    scalarization: str = attrs.field(default="linear", validator=_in(SCALARIZATIONS))
+    scalarization: str = attrs.field(default="linear", validator=one_of(*SCALARIZATIONS))
     ideal: tuple[float, ...] | None = attrs.field(default=None, converter=vector_converter("ideal"))
     solver: Any = attrs.field(default=None, validator=check_solver_spec)
-    alpha: float = attrs.field(default=1.0, converter=float, validator=_non_negative)
-    neighbors: int | None = attrs.field(default=2, validator=_optional(_integer(1)))
+    alpha: float = attrs.field(default=1.0, converter=float, validator=non_negative)
+    neighbors: int | None = attrs.field(default=2, validator=optional(count))
     transfer_layers: tuple[str, ...] | None = attrs.field(default=None, converter=_names)
     reference: tuple[float, ...] | None = attrs.field(default=None, converter=vector_converter("reference"))
     backward_options: Mapping[str, Any] = attrs.field(factory=dict, converter=_options)

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 import numpy as np
@@ -118,8 +119,10 @@ class STGU:
             mult = float(m if config.task_specific_lr_mult is None else config.task_specific_lr_mult)
             self._split_param_groups(mult)
         owned = {id(p) for params in self._task_params for p in params}
-        source = self.model.parameters() if self.model is not None else (
-            p for group in self.optimizer.param_groups for p in group["params"]
+        source = (
+            self.model.parameters()
+            if self.model is not None
+            else (p for group in self.optimizer.param_groups for p in group["params"])
         )
         seen: set[int] = set()
         for p in source:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -33,7 +34,7 @@ class Spec:
     config: Mapping[str, Any]
 
     @classmethod
-    def parse(cls, item: str | Mapping[str, Any]) -> "Spec":
+    def parse(cls, item: str | Mapping[str, Any]) -> Spec:
         """A spec from a name or alias, or from a mapping with ``name``, hyperparameters and an optional ``label``."""
         if isinstance(item, str):
             entry, preset = registry.resolve(item.strip())
@@ -97,7 +98,7 @@ class PeakMemory:
         self.cuda = str(device).startswith("cuda")
         self.mib: float | None = None
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.cuda:
             import torch
 
@@ -184,8 +185,11 @@ def _num(v: float, digits: int) -> str:
     return f"{v:.{digits}f}" if abs(v) < 1e4 else f"{v:.4g}"
 
 
-def markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]],
-             formats: Mapping[str, Callable[[Any], str]] | None = None) -> str:
+def markdown(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    formats: Mapping[str, Callable[[Any], str]] | None = None,
+) -> str:
     """A GitHub Markdown table: ``columns`` is (key, header) pairs; columns nobody fills are dropped."""
     formats = formats or {}
     cols = [(k, h) for k, h in columns if any(r.get(k) not in (None, "") for r in rows)]

@@ -8,7 +8,8 @@ Adam; every point has its own solver instance, called directly on its 2 x n task
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +29,9 @@ FONSECA_EXACT_HV = {"fonseca": 0.34212, "fonseca_convex": 5.0 / 6.0}
 FONSECA_PROBLEMS: dict[str, Callable] = {"fonseca": fonseca, "fonseca_convex": fonseca_convex}
 
 
-def optimise(objective: Callable, x0, solvers: Sequence, steps: int, lr: float, *, bounds: float | None = None,
-             record: int = 0):
+def optimise(
+    objective: Callable, x0, solvers: Sequence, steps: int, lr: float, *, bounds: float | None = None, record: int = 0
+):
     """Adam on a population x (P x n), solver i combining point i's task gradients.
 
     Returns the final x, the recorded trajectory ((record+1) x P x n; empty when ``record`` is 0)
@@ -47,19 +49,8 @@ def optimise(objective: Callable, x0, solvers: Sequence, steps: int, lr: float, 
     trajectory = [x.detach().clone()] if record else []
     for step in range(steps):
         f = objective(x)
-        m = f.shape[1]
         opt.zero_grad(set_to_none=False)
-        if gradient:
-            grads = [torch.autograd.grad(f[:, k].sum(), x, retain_graph=k < m - 1)[0] for k in range(m)]
-            G = torch.stack(grads, dim=1)  # P x m x n
-            t0 = time.perf_counter()
-            x.grad = torch.stack([s(G[i], losses=f[i].detach()).direction for i, s in enumerate(solvers)])
-            spent += (time.perf_counter() - t0) * (step > 0 or steps == 1)
-        else:
-            t0 = time.perf_counter()
-            total = sum(s.objective(f[i]) for i, s in enumerate(solvers))
-            spent += (time.perf_counter() - t0) * (step > 0 or steps == 1)
-            total.backward()
+        spent += set_gradient(x, f, solvers, gradient) * (step > 0 or steps == 1)
         if solver_opt is None:  # learnable solver parameters (UW) exist after the first call
             params = [p for s in solvers for p in s.parameters()]
             if params:
@@ -68,20 +59,46 @@ def optimise(objective: Callable, x0, solvers: Sequence, steps: int, lr: float, 
         if solver_opt is not None:
             solver_opt.step()
             solver_opt.zero_grad()
-        if bounds is not None:
-            with torch.no_grad():
-                x.clamp_(-bounds, bounds)
-        if solvers[0].capabilities.post_step:
-            with torch.no_grad():
-                f_after = objective(x)
-            for i, s in enumerate(solvers):
-                s.after_step(f_after[i])
+        after_step(objective, x, solvers, bounds)
         if not torch.isfinite(x).all():
             raise MtlsolveError(f"the iterate became non-finite at step {step}")
         if every and ((step + 1) % every == 0 or step + 1 == steps):
             trajectory.append(x.detach().clone())
     traj = torch.stack(trajectory).numpy() if record else np.empty(0)
     return x.detach(), traj, spent / max(steps - 1, 1)
+
+
+def set_gradient(x, f, solvers: Sequence, gradient: bool) -> float:
+    """Set ``x.grad``: solver i's direction from point i's task gradients (``gradient``), or the gradient of
+    the sum of the solvers' loss objectives. Returns the seconds spent inside the solvers."""
+    import torch
+
+    m = f.shape[1]
+    if gradient:
+        grads = [torch.autograd.grad(f[:, k].sum(), x, retain_graph=k < m - 1)[0] for k in range(m)]
+        G = torch.stack(grads, dim=1)  # P x m x n
+        t0 = time.perf_counter()
+        x.grad = torch.stack([s(G[i], losses=f[i].detach()).direction for i, s in enumerate(solvers)])
+        return time.perf_counter() - t0
+    t0 = time.perf_counter()
+    total = sum(s.objective(f[i]) for i, s in enumerate(solvers))
+    seconds = time.perf_counter() - t0
+    total.backward()
+    return seconds
+
+
+def after_step(objective: Callable, x, solvers: Sequence, bounds: float | None) -> None:
+    """Clamp x to ``bounds`` and show the solvers that read the losses after a step (``post_step``) the new losses."""
+    import torch
+
+    if bounds is not None:
+        with torch.no_grad():
+            x.clamp_(-bounds, bounds)
+    if solvers[0].capabilities.post_step:
+        with torch.no_grad():
+            f_after = objective(x)
+        for i, s in enumerate(solvers):
+            s.after_step(f_after[i])
 
 
 # ------------------------------------------------------------------------- toy
@@ -107,9 +124,15 @@ def run_toy(spec: Spec, seed: int, *, steps: int, lr: float, scale: str, record:
     gap = (final[:, 1] - TOY_FRONT_X2).abs()
     on_front = int(((gap < 0.05) & (final[:, 0].abs() <= 7.0)).sum())
     f_final = toy(final, "none")
-    return {**row, "on_front": on_front, "mean_final_f": [float(v) for v in f_final.mean(0)],
-            "max_front_gap": float(gap.max()), "ms_per_step": 1e3 * spent,
-            "final_x": final.tolist(), "trajectory": traj.round(4).tolist()}
+    return {
+        **row,
+        "on_front": on_front,
+        "mean_final_f": [float(v) for v in f_final.mean(0)],
+        "max_front_gap": float(gap.max()),
+        "ms_per_step": 1e3 * spent,
+        "final_x": final.tolist(),
+        "trajectory": traj.round(4).tolist(),
+    }
 
 
 # ---------------------------------------------------------------- Fonseca–Fleming

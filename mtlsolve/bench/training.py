@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +40,9 @@ def _representation_skip(solver) -> str | None:
 
 
 # ------------------------------------------------------------ linear regression
-def run_linreg(spec: Spec, seed: int, *, tasks: Sequence[int], steps: int, warmup: int = 2,
-               device: str = "cpu") -> dict[str, Any]:
+def run_linreg(
+    spec: Spec, seed: int, *, tasks: Sequence[int], steps: int, warmup: int = 2, device: str = "cpu"
+) -> dict[str, Any]:
     """ms per optimiser step (forward, adapter backward, solver, Adam) for each number of tasks m."""
     import torch
 
@@ -93,7 +95,7 @@ class DataUnavailable(Exception):
     """A paired-digit problem's source data cannot be loaded (its package is missing)."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_digits_problem(problem: str, seed: int = 0):
     """(x_train, y_train, x_test, y_test) as torch tensors: images (N, 1, C, C) in [0, 1], labels (N, 2)."""
     import torch
@@ -112,8 +114,7 @@ def load_digits_problem(problem: str, seed: int = 0):
     def images(x: np.ndarray):
         return torch.from_numpy(x.astype(np.float32) / scale).unsqueeze(1)
 
-    return (images(data.x_train), torch.from_numpy(data.y_train), images(data.x_test),
-            torch.from_numpy(data.y_test))
+    return (images(data.x_train), torch.from_numpy(data.y_train), images(data.x_test), torch.from_numpy(data.y_test))
 
 
 def make_trunk(kind: str, canvas: int):
@@ -124,8 +125,15 @@ def make_trunk(kind: str, canvas: int):
         return nn.Sequential(nn.Flatten(), nn.Linear(canvas * canvas, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU()), 64
     side = ((canvas - 4) // 2 - 4) // 2
     trunk = nn.Sequential(
-        nn.Conv2d(1, 10, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(10, 20, 5), nn.MaxPool2d(2), nn.ReLU(),
-        nn.Flatten(), nn.Linear(20 * side * side, 50), nn.ReLU(),
+        nn.Conv2d(1, 10, 5),
+        nn.MaxPool2d(2),
+        nn.ReLU(),
+        nn.Conv2d(10, 20, 5),
+        nn.MaxPool2d(2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(20 * side * side, 50),
+        nn.ReLU(),
     )
     return trunk, 50
 
@@ -140,11 +148,19 @@ def two_heads(trunk, width: int, classes: int = 10, tasks: int = 2):
     return model
 
 
-def train_digits(spec: Spec, problem: str, seed: int, *, steps: int, batch_size: int, lr: float,
-                 device: str = "cpu", data_seed: int = 0) -> dict[str, Any]:
+def train_digits(
+    spec: Spec,
+    problem: str,
+    seed: int,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    device: str = "cpu",
+    data_seed: int = 0,
+) -> dict[str, Any]:
     """Train one model with one solver; per-task test accuracy, ms per step and peak memory."""
     import torch
-    import torch.nn.functional as F
 
     row: dict[str, Any] = {"solver": spec.label}
     try:
@@ -160,44 +176,70 @@ def train_digits(spec: Spec, problem: str, seed: int, *, steps: int, batch_size:
     except RUN_ERRORS as exc:
         return {**row, "note": "skipped: " + short_error(exc)}
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    b = batches(solver)
-    gen = torch.Generator().manual_seed(seed)
-    n = len(x_train)
-    order, pos = torch.randperm(n, generator=gen), 0
-
-    def draw():
-        nonlocal order, pos
-        if pos + batch_size > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-            adapter.end_epoch()
-        idx = order[pos : pos + batch_size].to(device)
-        pos += batch_size
-        return idx
-
-    def forward(idx):
-        H = model.trunk(x_train[idx])
-        losses = torch.stack([F.cross_entropy(h(H), y_train[idx, k]) for k, h in enumerate(model.heads)])
-        return losses, H
-
+    per_step = batches(solver)
+    epochs = Epochs(len(x_train), batch_size, seed, adapter.end_epoch, device)
     try:
         with PeakMemory(device) as memory:
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                picks = [draw() for _ in range(b)]
-                outs = [forward(idx) for idx in picks]
-                if b == 1:
-                    adapter.backward(outs[0][0], features=outs[0][1])
-                else:
-                    adapter.backward([losses for losses, _ in outs])
-                adapter.step(opt, closure=lambda: forward(picks[0])[0])
-            _sync(device)
-            elapsed = time.perf_counter() - t0
+            elapsed = timed_steps(model, adapter, opt, (x_train, y_train), epochs, per_step, steps, device)
     except RUN_ERRORS as exc:
         return {**row, "note": "error: " + short_error(exc)}
     acc = evaluate(model, x_test, y_test)
-    return {**row, "acc_task1": acc[0], "acc_task2": acc[1], "ms_per_step": 1e3 * elapsed / steps,
-            "peak_mib": memory.mib}
+    return {
+        **row,
+        "acc_task1": acc[0],
+        "acc_task2": acc[1],
+        "ms_per_step": 1e3 * elapsed / steps,
+        "peak_mib": memory.mib,
+    }
+
+
+class Epochs:
+    """Minibatch indices drawn without replacement from a seeded permutation of ``n`` samples; a fresh
+    permutation, and ``end_epoch()``, when the current one has no full batch left."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, end_epoch: Callable[[], None], device: str) -> None:
+        import torch
+
+        self.n, self.batch_size, self.end_epoch, self.device = n, batch_size, end_epoch, device
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order, self.pos = torch.randperm(n, generator=self.generator), 0
+
+    def draw(self):
+        import torch
+
+        if self.pos + self.batch_size > self.n:
+            self.order, self.pos = torch.randperm(self.n, generator=self.generator), 0
+            self.end_epoch()
+        idx = self.order[self.pos : self.pos + self.batch_size].to(self.device)
+        self.pos += self.batch_size
+        return idx
+
+
+def digit_losses(model, x, y, idx):
+    """The per-task cross-entropy losses on the samples ``idx``, and the shared features they were computed from."""
+    import torch
+    import torch.nn.functional as F
+
+    H = model.trunk(x[idx])
+    losses = torch.stack([F.cross_entropy(h(H), y[idx, k]) for k, h in enumerate(model.heads)])
+    return losses, H
+
+
+def timed_steps(model, adapter, opt, data, epochs: Epochs, per_step: int, steps: int, device: str) -> float:
+    """Seconds for ``steps`` optimiser steps, each reading ``per_step`` minibatches of ``data`` = (x, y)."""
+    x, y = data
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        picks = [epochs.draw() for _ in range(per_step)]
+        outs = [digit_losses(model, x, y, idx) for idx in picks]
+        if per_step == 1:
+            adapter.backward(outs[0][0], features=outs[0][1])
+        else:
+            adapter.backward([losses for losses, _ in outs])
+        adapter.step(opt, closure=lambda: digit_losses(model, x, y, picks[0])[0])
+    _sync(device)
+    return time.perf_counter() - t0
 
 
 def evaluate(model, x, y, chunk: int = 1024) -> list[float]:
@@ -236,4 +278,3 @@ def baseline_accuracies(stl_runs: Sequence[Sequence[Mapping[str, Any]]]) -> list
             raise RuntimeError(f"a single-task baseline failed: {[r.get('note') for r in seed_runs]}")
         per_seed.append([seed_runs[i][f"acc_task{i + 1}"] for i in range(len(seed_runs))])
     return per_seed
-

@@ -7,7 +7,8 @@ reused: a call only assigns parameter values and solves (no recompilation).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mtlsolve.errors import SolverError
 

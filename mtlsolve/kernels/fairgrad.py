@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtlsolve.errors import SolverError
 from mtlsolve.gramian import certificate_tolerance, rank_threshold
 from mtlsolve.kernels import _cvx
 from mtlsolve.kernels._dense import RIDGE, as_kernel_array, chol_solve, cholesky
@@ -356,7 +357,10 @@ def _polish(Ks: np.ndarray, c: np.ndarray, a: np.ndarray, alpha: float) -> np.nd
 
     best, best_residual = a, residual(a)
     for _ in range(20):
-        a = a - np.linalg.solve(Ks + np.diag(c * a ** (p - 2.0) / alpha), Ks @ a - c * a ** (p - 1.0))
+        try:
+            a = a - np.linalg.solve(Ks + np.diag(c * a ** (p - 2.0) / alpha), Ks @ a - c * a ** (p - 1.0))
+        except np.linalg.LinAlgError:  # K' + diag(c·a^{p−2}/α) is positive definite unless a diverged
+            raise SolverError("no minimiser: the conic solution diverges (0 ∈ conv{g_i})") from None
         if not (a > 0).all():
             break
         r = residual(a)

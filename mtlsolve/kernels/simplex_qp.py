@@ -171,9 +171,7 @@ def kkt_residual(Q: np.ndarray, q: np.ndarray | None, w: np.ndarray, scales: np.
     return float(_kkt_residual(Q, q, as_kernel_array(w), scales))
 
 
-def certified_min_norm(
-    K: np.ndarray, roundoff: float, *, scales: np.ndarray | None = None
-) -> tuple[np.ndarray, dict]:
+def certified_min_norm(K: np.ndarray, roundoff: float, *, scales: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """:func:`min_norm_simplex` with its certificate: (w, diagnostics).
 
     The active-set solve runs on K, or on its PSD part where K is indefinite beyond the ridge

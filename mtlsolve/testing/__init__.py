@@ -50,11 +50,38 @@ def check_solver(
     is checked by :func:`~mtlsolve.testing.robustness.check_call`.
     """
     t = target(solver, args=args, min_tasks=min_tasks, extras=extras)
-    c = conformance
+    cases = _cases(t, max_examples)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        _run(t, "metadata", lambda: conformance.check_metadata(t))
+        for label, check, params, examples in cases:
+            _run(t, label, _given(check, t, params, examples))
+
+
+#: one conformance check to run: (label, check, its keyword arguments, hypothesis examples)
+Case = tuple[str, Callable[..., None], dict[str, Any], int]
+
+
+def _cases(t: Target, max_examples: int) -> list[Case]:
+    """Every check :func:`check_solver` runs after the metadata, in the order it runs them."""
     needs = t.needs()
-    backends = [(lib, dev) for lib, dev in c.BACKENDS if dev == "cpu" or torch.cuda.is_available()]
-    cases: list[tuple[str, Callable[..., None], dict[str, Any], int]] = []
-    cases += [
+    backends = [(lib, dev) for lib, dev in conformance.BACKENDS if dev == "cpu" or torch.cuda.is_available()]
+    claimed: list[Case] = [
+        (f"claimed property {prop}", CHECKERS[prop], {}, max_examples * 5 // 2) for prop in sorted(t.cls.properties)
+    ]
+    return (
+        _call_cases(needs, backends, max_examples)
+        + _bad_input_cases(t, max_examples)
+        + [("state round trip", conformance.check_state_round_trip, {}, max(1, max_examples * 5 // 8))]
+        + _agreement_cases(backends, max_examples)
+        + claimed
+    )
+
+
+def _call_cases(needs: frozenset[Need], backends: list[tuple[str, str]], max_examples: int) -> list[Case]:
+    """The result on every backend and dtype, the calls with fewer inputs, and determinism."""
+    c = conformance
+    cases: list[Case] = [
         (f"result {lib}-{dev} {dtype}", c.check_result, {"dtype": dtype, "backend": lib, "device": dev}, max_examples)
         for lib, dev in backends
         for dtype in c.DTYPES
@@ -64,7 +91,13 @@ def check_solver(
     if Need.MATRIX not in needs:
         cases.append(("Gramian only", c.check_gramian_only, {}, max_examples))
     cases.append(("deterministic", c.check_deterministic, {}, max_examples))
-    cases += [
+    return cases
+
+
+def _bad_input_cases(t: Target, max_examples: int) -> list[Case]:
+    """The degenerate systems, then a NaN or an infinity in every input the solver reads."""
+    c = conformance
+    degenerate: list[Case] = [
         (
             f"degenerate {case} {lib} {dtype}",
             c.check_degenerate,
@@ -74,7 +107,7 @@ def check_solver(
         for case in c.DEGENERATE
         for lib, dtype in c.DEGENERATE_BACKENDS
     ]
-    cases += [
+    non_finite: list[Case] = [
         (
             f"non-finite {bad} in the {where} ({lib})",
             c.check_non_finite,
@@ -85,27 +118,22 @@ def check_solver(
         for bad in (np.nan, np.inf)
         for lib in ("numpy", "torch")
     ]
-    cases.append(("state round trip", c.check_state_round_trip, {}, max(1, max_examples * 5 // 8)))
-    cases += [
+    return degenerate + non_finite
+
+
+def _agreement_cases(backends: list[tuple[str, str]], max_examples: int) -> list[Case]:
+    """Every backend and dtype but numpy float64 against numpy float64."""
+    return [
         (
             f"agrees with numpy float64: {lib}-{dev} {dtype}",
-            c.check_backends_agree,
+            conformance.check_backends_agree,
             {"backend": lib, "device": dev, "dtype": dtype},
             max_examples,
         )
         for lib, dev in backends
-        for dtype in c.DTYPES
+        for dtype in conformance.DTYPES
         if (lib, dtype) != ("numpy", "float64")
     ]
-    cases += [
-        (f"claimed property {prop}", CHECKERS[prop], {}, max_examples * 5 // 2) for prop in sorted(t.cls.properties)
-    ]
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        _run(t, "metadata", lambda: c.check_metadata(t))
-        for label, check, params, examples in cases:
-            _run(t, label, _given(check, t, params, examples))
 
 
 def _given(check: Callable[..., None], t: Target, params: dict[str, Any], examples: int) -> Callable[[], None]:

@@ -22,7 +22,7 @@ import math
 import signal
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,45 +176,70 @@ def tiny_rows(rng: np.random.Generator, m: int, n: int, low: float = 1e-22, high
 def _draw(family: str, rng: np.random.Generator, m: int, n: int, dtype: str) -> tuple[np.ndarray, str]:
     """A matrix of a family with its parameters drawn from ``rng``, and a note naming them."""
     low, high = scale_range(dtype)
-    if family == "gaussian":
-        c = 10.0 ** rng.uniform(-1, 1)
-        return gaussian(rng, m, n, c), f"scale={c:.3g}"
-    if family == "conditioned":
-        kappa = 10.0 ** rng.uniform(0, 12)
-        return conditioned(rng, m, n, kappa), f"kappa={kappa:.3g}"
-    if family == "scaled":  # every row the same scale: the scale-invariance case
-        return row_scaled(rng, m, n, low, high, mixed=False), "uniform row scale"
-    if family == "mixed_scales":
-        return row_scaled(rng, m, n, low, high, mixed=True), "per-row scales"
-    if family == "dependent":
-        if n < m and rng.random() < 0.5:  # n < m: dependent by dimension
-            return gaussian(rng, m, n), "n < m"
-        return dependent(rng, m, n), "exact integer combinations"
-    if family == "opposed":
-        gap = 10.0 ** -rng.integers(0, 17)
-        return opposed(rng, m, n, gap), f"gap={gap:.0e}"
-    if family == "hull_zero":
-        gap = float(rng.choice([0.0, 1e-12, 1e-8, 1e-4]))
-        return hull_zero(rng, m, n, gap), f"gap={gap:.0e}"
-    if family == "zero_rows":
-        return zero_rows(rng, m, n), "zero rows"
-    if family == "tiny_rows":
-        return tiny_rows(rng, m, n), "rows of norm 1e-22…1e-18"
-    raise ValueError(f"unknown family {family!r}")
+    if family not in _DRAWS:
+        raise ValueError(f"unknown family {family!r}")
+    return _DRAWS[family](rng, m, n, low, high)
+
+
+def _draw_gaussian(rng: np.random.Generator, m: int, n: int, low: float, high: float) -> tuple[np.ndarray, str]:
+    c = 10.0 ** rng.uniform(-1, 1)
+    return gaussian(rng, m, n, c), f"scale={c:.3g}"
+
+
+def _draw_conditioned(rng: np.random.Generator, m: int, n: int, low: float, high: float) -> tuple[np.ndarray, str]:
+    kappa = 10.0 ** rng.uniform(0, 12)
+    return conditioned(rng, m, n, kappa), f"kappa={kappa:.3g}"
+
+
+def _draw_scaled(rng: np.random.Generator, m: int, n: int, low: float, high: float) -> tuple[np.ndarray, str]:
+    """Every row the same scale: the scale-invariance case."""
+    return row_scaled(rng, m, n, low, high, mixed=False), "uniform row scale"
+
+
+def _draw_mixed_scales(rng: np.random.Generator, m: int, n: int, low: float, high: float) -> tuple[np.ndarray, str]:
+    return row_scaled(rng, m, n, low, high, mixed=True), "per-row scales"
+
+
+def _draw_dependent(rng: np.random.Generator, m: int, n: int, low: float, high: float) -> tuple[np.ndarray, str]:
+    if n < m and rng.random() < 0.5:  # n < m: dependent by dimension
+        return gaussian(rng, m, n), "n < m"
+    return dependent(rng, m, n), "exact integer combinations"
+
+
+def _draw_opposed(rng: np.random.Generator, m: int, n: int, low: float, high: float) -> tuple[np.ndarray, str]:
+    gap = 10.0 ** -rng.integers(0, 17)
+    return opposed(rng, m, n, gap), f"gap={gap:.0e}"
+
+
+def _draw_hull_zero(rng: np.random.Generator, m: int, n: int, low: float, high: float) -> tuple[np.ndarray, str]:
+    gap = float(rng.choice([0.0, 1e-12, 1e-8, 1e-4]))
+    return hull_zero(rng, m, n, gap), f"gap={gap:.0e}"
+
+
+def _draw_zero_rows(rng: np.random.Generator, m: int, n: int, low: float, high: float) -> tuple[np.ndarray, str]:
+    return zero_rows(rng, m, n), "zero rows"
+
+
+def _draw_tiny_rows(rng: np.random.Generator, m: int, n: int, low: float, high: float) -> tuple[np.ndarray, str]:
+    return tiny_rows(rng, m, n), "rows of norm 1e-22…1e-18"
+
+
+#: how each family's parameters are drawn: (rng, m, n, lowest and highest row scale of the dtype) -> (G, note)
+_DRAWS: dict[str, Callable[[np.random.Generator, int, int, float, float], tuple[np.ndarray, str]]] = {
+    "gaussian": _draw_gaussian,
+    "conditioned": _draw_conditioned,
+    "scaled": _draw_scaled,
+    "mixed_scales": _draw_mixed_scales,
+    "dependent": _draw_dependent,
+    "opposed": _draw_opposed,
+    "hull_zero": _draw_hull_zero,
+    "zero_rows": _draw_zero_rows,
+    "tiny_rows": _draw_tiny_rows,
+}
 
 
 #: the generated families (``system(family, ...)``)
-FAMILIES = (
-    "gaussian",
-    "conditioned",
-    "scaled",
-    "mixed_scales",
-    "dependent",
-    "opposed",
-    "hull_zero",
-    "zero_rows",
-    "tiny_rows",
-)
+FAMILIES = tuple(_DRAWS)
 
 
 @dataclass(frozen=True)
@@ -376,6 +401,16 @@ def check_call(call: Callable[[], mtlsolve.Result], seconds: float = 60.0) -> Ou
     ``residual``, ``tolerance`` reports all three, converged is a bool, and converged ==
     (residual <= tolerance).
     """
+    out = _outcome(call, seconds)
+    if out.result is None:
+        return out
+    out.problems += _non_finite_outputs(out.result)
+    out.problems += _certificate_problems(out.result.diagnostics, bool(out.warned))
+    return out
+
+
+def _outcome(call: Callable[[], mtlsolve.Result], seconds: float) -> Outcome:
+    """The result or error of ``call()`` and its ConvergenceWarnings, with any error that breaks (i)."""
     out = Outcome()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -394,17 +429,26 @@ def check_call(call: Callable[[], mtlsolve.Result], seconds: float = 60.0) -> Ou
             out.error = exc
             out.problems.append(("(i) non-mtlsolve exception", f"{type(exc).__name__}: {exc}"))
     out.warned = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
-    r = out.result
-    if r is None:
-        return out
+    return out
+
+
+def _non_finite_outputs(r: mtlsolve.Result) -> list[tuple[str, str]]:
+    """(i): a NaN or an infinity in the direction or the weights."""
+    problems = []
     for what in ("direction", "weights"):
         x = getattr(r, what)
         if x is not None and not np.isfinite(as64(x)).all():
-            out.problems.append(("(i) non-finite output", f"{what} = {as64(x)}"))
-    diagnostics = r.diagnostics
+            problems.append(("(i) non-finite output", f"{what} = {as64(x)}"))
+    return problems
+
+
+def _certificate_problems(diagnostics: Mapping[str, Any], warned: bool) -> list[tuple[str, str]]:
+    """(ii) and (iv): an unconverged result warns and names its fallback; the certificate is complete,
+    ``converged`` a bool, and converged == (residual <= tolerance)."""
+    problems = []
     converged = diagnostics.get("converged")
     if converged is not None and type(converged) is not bool:  # the base class tests `is True`/`is False`
-        out.problems.append(
+        problems.append(
             (
                 "(iv) 'converged' not a Python bool",
                 f"{type(converged).__module__}.{type(converged).__name__} {converged!r}",
@@ -412,25 +456,34 @@ def check_call(call: Callable[[], mtlsolve.Result], seconds: float = 60.0) -> Ou
         )
         converged = bool(converged)
     if converged is False:
-        if not out.warned:
-            out.problems.append(("(ii) unconverged without ConvergenceWarning", f"diagnostics {sorted(diagnostics)}"))
-        fallback = diagnostics.get("fallback")
-        if not (isinstance(fallback, str) and fallback.strip()):
-            out.problems.append(("(ii) unconverged without a named fallback", f"fallback = {fallback!r}"))
-    residual, tol = diagnostics.get("residual"), diagnostics.get("tolerance")
+        problems += _unconverged_problems(diagnostics, warned)
+    return problems + _certificate_consistency(converged, diagnostics.get("residual"), diagnostics.get("tolerance"))
+
+
+def _unconverged_problems(diagnostics: Mapping[str, Any], warned: bool) -> list[tuple[str, str]]:
+    """(ii): an unconverged result issued a ConvergenceWarning and names its ``fallback``."""
+    problems = []
+    if not warned:
+        problems.append(("(ii) unconverged without ConvergenceWarning", f"diagnostics {sorted(diagnostics)}"))
+    fallback = diagnostics.get("fallback")
+    if not (isinstance(fallback, str) and fallback.strip()):
+        problems.append(("(ii) unconverged without a named fallback", f"fallback = {fallback!r}"))
+    return problems
+
+
+def _certificate_consistency(converged: bool | None, residual: Any, tol: Any) -> list[tuple[str, str]]:
+    """(iv): all or none of converged, residual and tolerance, and converged == (residual <= tolerance)."""
     if residual is not None and tol is not None and converged is not None:
         if converged != bool(residual <= tol):
-            out.problems.append(
+            return [
                 (
                     "(iv) converged != (residual <= tolerance)",
                     f"converged = {converged}, residual {residual:.3g}, tolerance {tol:.3g}",
                 )
-            )
+            ]
     elif residual is not None or tol is not None or converged is not None:
-        out.problems.append(
-            ("(iv) incomplete certificate", f"converged {converged!r}, residual {residual!r}, tolerance {tol!r}")
-        )
-    return out
+        return [("(iv) incomplete certificate", f"converged {converged!r}, residual {residual!r}, tolerance {tol!r}")]
+    return []
 
 
 # ----------------------------------------------------- claimed properties

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -23,19 +24,10 @@ from mtlsolve.plugins.full_matrix._common import (
 from mtlsolve.plugins.loss_weighting._common import checked_counts
 from mtlsolve.solver import Need, Result, Solver
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import in_range, non_negative
 
 #: LibMTL's shift inside the log: h_i = ∇log(L_i + 1e-8)
 LOG_EPS = 1e-8
-
-
-def _non_negative(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (np.isfinite(value) and value >= 0):
-        raise ValueError(f"{attribute.name} must be a non-negative number, got {value!r}")
-
-
-def _momentum(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{attribute.name} must be in [0, 1) (Algorithm 1's EMA coefficient), got {value!r}")
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -65,8 +57,8 @@ class DBMTL(Solver):
     paper: ClassVar[str] = "Lin, Jiang, Ye, Zhang, Chen, Chen, Liu, Tsang, Kwok — arXiv 2308.12029"
     state_schema: ClassVar[Mapping[str, Any]] = {"n": (), "step": (), "buffer": ("m", "n")}
 
-    beta: float = attrs.field(default=0.9, converter=float, validator=_momentum)
-    beta_sigma: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
+    beta: float = attrs.field(default=0.9, converter=float, validator=in_range(0.0, 1.0, closed="left"))
+    beta_sigma: float = attrs.field(default=0.0, converter=float, validator=non_negative)
 
     def check(self, system: GradientSystem) -> None:
         reject_representation(system, self.name)

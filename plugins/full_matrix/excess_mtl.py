@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -13,19 +14,10 @@ from mtlsolve.plugins.full_matrix._common import match, state_for, working
 from mtlsolve.plugins.loss_weighting._common import checked_counts, checked_non_negative
 from mtlsolve.solver import REDUCTIONS, Need, Weighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import non_negative_int, one_of, positive
 
 #: the AdaGrad shift inside the square root (LibMTL, official code, TorchJD)
 ADAGRAD_EPS = 1e-7
-
-
-def _positive(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
-
-
-def _non_negative_int(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{attribute.name} must be a non-negative integer, got {value!r}")
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -66,9 +58,9 @@ class ExcessMTL(Weighting):
         "baseline": ("m",),
     }
 
-    robust_step_size: float = attrs.field(default=1e-2, converter=float, validator=_positive)
-    reduction: str = attrs.field(default="sum", validator=attrs.validators.in_(REDUCTIONS))
-    n_warmup_steps: int = attrs.field(default=1, validator=_non_negative_int)
+    robust_step_size: float = attrs.field(default=1e-2, converter=float, validator=positive)
+    reduction: str = attrs.field(default="sum", validator=one_of(*REDUCTIONS))
+    n_warmup_steps: int = attrs.field(default=1, validator=non_negative_int)
 
     def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         G = working(system.matrix)

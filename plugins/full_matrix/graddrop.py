@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -10,9 +11,9 @@ import numpy as np
 from mtlsolve._array import is_torch, like
 from mtlsolve.errors import InvalidSystemError, NonFiniteError
 from mtlsolve.plugins.full_matrix._common import match
-from mtlsolve.plugins.loss_weighting._common import optional_seed
 from mtlsolve.solver import Need, Result, Solver
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import one_of, optional_seed
 
 INPUTS = ("representation", "params")
 
@@ -52,13 +53,11 @@ class GradDrop(Solver):
     needs: ClassVar[frozenset[Need]] = frozenset({Need.MATRIX})
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "positive_homogeneous"})
     randomized: ClassVar[bool] = True
-    paper: ClassVar[str] = (
-        "Chen, Ngiam, Huang, Luong, Kretzschmar, Chai, Anguelov — NeurIPS 2020 — arXiv 2010.06808"
-    )
+    paper: ClassVar[str] = "Chen, Ngiam, Huang, Luong, Kretzschmar, Chai, Anguelov — NeurIPS 2020 — arXiv 2010.06808"
     state_schema: ClassVar[Mapping[str, Any]] = {"rng": None}  # the generator's state
 
     leak: float | tuple[float, ...] = attrs.field(default=0.0, converter=_leak)
-    on: str = attrs.field(default="representation", validator=attrs.validators.in_(INPUTS))
+    on: str = attrs.field(default="representation", validator=one_of(*INPUTS))
     seed: int | None = attrs.field(default=None, validator=optional_seed)
 
     def solve(self, system: GradientSystem) -> Result:

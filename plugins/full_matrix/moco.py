@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -24,13 +25,9 @@ from mtlsolve.plugins.full_matrix._common import (
 from mtlsolve.plugins.loss_weighting._common import checked_counts
 from mtlsolve.solver import Need, Result, Solver
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import in_range, non_negative, one_of
 
 LAMBDA_UPDATES = ("softmax", "project")
-
-
-def _non_negative(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (np.isfinite(value) and value >= 0):
-        raise ValueError(f"{attribute.name} must be a non-negative number, got {value!r}")
 
 
 def project_simplex(v: np.ndarray) -> np.ndarray:
@@ -45,11 +42,6 @@ def project_simplex(v: np.ndarray) -> np.ndarray:
 def _softmax(v: np.ndarray) -> np.ndarray:
     e = np.exp(v - v.max())
     return e / e.sum()
-
-
-def _step_size(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"{attribute.name} must be in (0, 1] (the tracking step size), got {value!r}")
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -81,12 +73,12 @@ class MoCo(Solver):
     paper: ClassVar[str] = "Fernando, Shen, Liu, Chaudhury, Murugesan, Chen — ICLR 2023 — arXiv 2210.12624"
     state_schema: ClassVar[Mapping[str, Any]] = {"n": (), "step": (), "y": ("m", "n"), "lambda": ("m",)}
 
-    beta: float = attrs.field(default=0.5, converter=float, validator=_step_size)
-    beta_sigma: float = attrs.field(default=0.5, converter=float, validator=_non_negative)
-    gamma: float = attrs.field(default=0.1, converter=float, validator=_non_negative)
-    gamma_sigma: float = attrs.field(default=0.5, converter=float, validator=_non_negative)
-    rho: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
-    lambda_update: str = attrs.field(default="softmax", validator=attrs.validators.in_(LAMBDA_UPDATES))
+    beta: float = attrs.field(default=0.5, converter=float, validator=in_range(0.0, 1.0, closed="right"))
+    beta_sigma: float = attrs.field(default=0.5, converter=float, validator=non_negative)
+    gamma: float = attrs.field(default=0.1, converter=float, validator=non_negative)
+    gamma_sigma: float = attrs.field(default=0.5, converter=float, validator=non_negative)
+    rho: float = attrs.field(default=0.0, converter=float, validator=non_negative)
+    lambda_update: str = attrs.field(default="softmax", validator=one_of(*LAMBDA_UPDATES))
 
     def check(self, system: GradientSystem) -> None:
         reject_representation(system, self.name)

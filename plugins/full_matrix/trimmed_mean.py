@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -11,11 +12,7 @@ from mtlsolve._array import is_torch
 from mtlsolve.errors import InvalidSystemError
 from mtlsolve.solver import Need, Result, Solver
 from mtlsolve.system import GradientSystem
-
-
-def _non_negative_int(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{attribute.name} must be a non-negative integer, got {value!r}")
+from mtlsolve.validation import non_negative_int
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -34,7 +31,7 @@ class TrimmedMean(Solver):
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "positive_homogeneous"})
     paper: ClassVar[str] = "Yin, Chen, Ramchandran, Bartlett — ICML 2018 — arXiv 1803.01498"
 
-    trim_number: int = attrs.field(validator=_non_negative_int)
+    trim_number: int = attrs.field(validator=non_negative_int)
 
     def solve(self, system: GradientSystem) -> Result:
         G = system.matrix

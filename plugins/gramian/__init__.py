@@ -22,6 +22,23 @@ from mtlsolve.plugins.gramian.upgrad import UPGrad
 
 @hookimpl
 def register_solvers(register):
-    for cls in (AlignedMTL, CAGrad, ConFIG, CRMOGM, DualProj, FairGrad, GradNorm, GradVac, IMTLG, IMTLHybrid, Krum, MGDA,
-                MoDo, NashMTL, PCGrad, SDMGrad, UPGrad):
+    for cls in (
+        AlignedMTL,
+        CAGrad,
+        ConFIG,
+        CRMOGM,
+        DualProj,
+        FairGrad,
+        GradNorm,
+        GradVac,
+        IMTLG,
+        IMTLHybrid,
+        Krum,
+        MGDA,
+        MoDo,
+        NashMTL,
+        PCGrad,
+        SDMGrad,
+        UPGrad,
+    ):
         register(cls)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -10,19 +11,15 @@ import scipy.linalg
 
 from mtlsolve.errors import InvalidSystemError
 from mtlsolve.gramian import certificate_tolerance, normalised, rank_threshold
+from mtlsolve.gramian import norms as gradient_norms
 from mtlsolve.solver import REDUCTIONS, GramianWeighting
 from mtlsolve.system import GradientSystem
-from mtlsolve.validation import vector_converter
+from mtlsolve.validation import non_negative, one_of, optional, vector_converter
 
 SCALE_MODES = ("min", "median", "rmse")
 
 
 _TASK_WEIGHTS = vector_converter("task_weights")
-
-
-def _optional_non_negative(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and not (np.isfinite(value) and value >= 0):
-        raise ValueError(f"{attribute.name} must be a non-negative number or None, got {value!r}")
 
 
 def balance_matrix(
@@ -106,7 +103,7 @@ def balance_certificate(gramian: np.ndarray, B: np.ndarray, scale: float, V: np.
         return 0.0, float(certificate_tolerance(roundoff))
     P = V @ V.T
     residual = float(np.abs(B @ gramian @ B / scale - P).max())
-    spread = float(((np.abs(B) @ np.sqrt(np.clip(np.diag(gramian), 0.0, None))) ** 2).max() / scale)
+    spread = float(((np.abs(B) @ gradient_norms(gramian)) ** 2).max() / scale)
     return residual, float(certificate_tolerance(roundoff, max(spread, 1.0)))
 
 
@@ -138,14 +135,12 @@ class AlignedMTL(GramianWeighting):
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "positive_homogeneous"})
     paper: ClassVar[str] = "Senushkin, Patakin, Kuznetsov, Konushin — CVPR 2023 — arXiv 2305.19000"
 
-    scale_mode: str = attrs.field(default="min", validator=attrs.validators.in_(SCALE_MODES))
-    reduction: str = attrs.field(default="mean", validator=attrs.validators.in_(REDUCTIONS))
+    scale_mode: str = attrs.field(default="min", validator=one_of(*SCALE_MODES))
+    reduction: str = attrs.field(default="mean", validator=one_of(*REDUCTIONS))
     task_weights: tuple[float, ...] | None = attrs.field(default=None, converter=_TASK_WEIGHTS)
-    rank_tol: float | None = attrs.field(default=None, validator=_optional_non_negative)
+    rank_tol: float | None = attrs.field(default=None, validator=optional(non_negative))
 
-    def weights_from_gramian(
-        self, gramian: np.ndarray, system: GradientSystem
-    ) -> tuple[np.ndarray, Mapping[str, Any]]:
+    def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         m = gramian.shape[0]
         if self.task_weights is None:
             w = np.full(m, 1.0 if self.reduction == "sum" else 1.0 / m)
@@ -156,8 +151,13 @@ class AlignedMTL(GramianWeighting):
         rho = system.roundoff
         B, scale, lam, V = _balance(gramian, self.rank_tol, self.scale_mode, rho)
         residual, tolerance = balance_certificate(gramian, B, scale, V, rho)
-        diagnostics = {"rank": int(lam.size), "scale": scale, "residual": residual, "tolerance": tolerance,
-                       "converged": bool(residual <= tolerance)}
+        diagnostics = {
+            "rank": int(lam.size),
+            "scale": scale,
+            "residual": residual,
+            "tolerance": tolerance,
+            "converged": bool(residual <= tolerance),
+        }
         if lam.size:
             diagnostics["condition_number"] = float(lam[-1] / lam[0])
         else:

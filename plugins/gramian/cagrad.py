@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from mtlsolve.solver import REDUCTIONS, GramianWeighting, reduce_weights
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import non_negative, one_of
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -43,15 +45,11 @@ class CAGrad(GramianWeighting):
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "positive_homogeneous"})
     paper: ClassVar[str] = "Liu, Liu, Jin, Stone, Liu — NeurIPS 2021 — arXiv 2110.14048"
 
-    c: float = attrs.field(
-        default=0.4, converter=float, validator=[attrs.validators.ge(0.0), attrs.validators.lt(np.inf)]
-    )
-    rescale: int = attrs.field(default=1, validator=attrs.validators.in_((0, 1, 2)))
-    reduction: str = attrs.field(default="mean", validator=attrs.validators.in_(REDUCTIONS))
+    c: float = attrs.field(default=0.4, converter=float, validator=non_negative)
+    rescale: int = attrs.field(default=1, validator=one_of(0, 1, 2))
+    reduction: str = attrs.field(default="mean", validator=one_of(*REDUCTIONS))
 
-    def weights_from_gramian(
-        self, gramian: np.ndarray, system: GradientSystem
-    ) -> tuple[np.ndarray, Mapping[str, Any]]:
+    def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         from mtlsolve.kernels.cagrad import certified_cagrad
 
         m = gramian.shape[0]

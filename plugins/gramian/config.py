@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -12,14 +13,9 @@ from mtlsolve.errors import InvalidSystemError
 from mtlsolve.gramian import certificate_tolerance, normalised, rank_threshold
 from mtlsolve.solver import GramianWeighting
 from mtlsolve.system import GradientSystem
-from mtlsolve.validation import vector_converter
+from mtlsolve.validation import flag, non_negative, optional, vector_converter
 
 _PREFERENCE = vector_converter("preference")
-
-
-def _optional_non_negative(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and not (np.isfinite(value) and value >= 0):
-        raise ValueError(f"{attribute.name} must be a non-negative number or None, got {value!r}")
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -54,12 +50,10 @@ class ConFIG(GramianWeighting):
     paper: ClassVar[str] = "Liu, Chu, Thuerey — ICLR 2025 — arXiv 2408.11104"
 
     preference: tuple[float, ...] | None = attrs.field(default=None, converter=_PREFERENCE)
-    least_squares: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
-    rank_tol: float | None = attrs.field(default=None, validator=_optional_non_negative)
+    least_squares: bool = attrs.field(default=False, validator=flag)
+    rank_tol: float | None = attrs.field(default=None, validator=optional(non_negative))
 
-    def weights_from_gramian(
-        self, gramian: np.ndarray, system: GradientSystem
-    ) -> tuple[np.ndarray, Mapping[str, Any]]:
+    def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         m = gramian.shape[0]
         if self.preference is None:
             p = np.ones(m)
@@ -89,15 +83,25 @@ class ConFIG(GramianWeighting):
         reached = unit @ x  # the projection of p onto the range of K̄
         tolerance = float(certificate_tolerance(rho))
         if norm_sq <= 0.0 or reached @ reached <= max(cutoff, rank_threshold(m, rho)) * (p @ p):
-            return np.zeros(m), {"rank": rank, "converged": False, "fallback": "zero update", "residual": float("inf"),
-                                 "tolerance": tolerance,
-                                 "message": "config: p is orthogonal to the range of the unit gradients; d = 0"}
+            return np.zeros(m), {
+                "rank": rank,
+                "converged": False,
+                "fallback": "zero update",
+                "residual": float("inf"),
+                "tolerance": tolerance,
+                "message": "config: p is orthogonal to the range of the unit gradients; d = 0",
+            }
         error = reached - p
         if projector is not None:
             error = projector @ error
         residual = float(np.abs(error).max() / (np.abs(x).sum() + np.abs(p).max()))
         w = (Ka.sum() / norm_sq) * a
-        diagnostics = {"rank": rank, "residual": residual, "tolerance": tolerance, "converged": bool(residual <= tolerance)}
+        diagnostics = {
+            "rank": rank,
+            "residual": residual,
+            "tolerance": tolerance,
+            "converged": bool(residual <= tolerance),
+        }
         if not diagnostics["converged"]:
             diagnostics["fallback"] = "none: the uncertified result is returned"
         return w, diagnostics

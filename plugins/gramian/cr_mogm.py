@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from mtlsolve.errors import StateError
 from mtlsolve.solver import DECLARATIONS, Capabilities, Need, Result, Solver, Weighting, _lock_of
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import in_range
 
 
 def _as_weighting(value: Any) -> Weighting:
@@ -26,11 +28,6 @@ def _as_weighting(value: Any) -> Weighting:
         kind = type(solver).__name__ if isinstance(solver, Solver) else repr(solver)
         raise ValueError(f"cr_mogm wraps a weighting (a solver returning weights), got {kind}")
     return solver
-
-
-def _unit_interval(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{attribute.name} must be in [0, 1], got {value!r}")
 
 
 class _FromBase:
@@ -87,7 +84,7 @@ class CRMOGM(Weighting):
     state_schema: ClassVar[Mapping[str, Any]] = {"lambda": ("m",)}  # and "base": the wrapped solver's state
 
     base: Weighting = attrs.field(default="mgda", converter=_as_weighting)
-    alpha: float = attrs.field(default=0.9, converter=float, validator=_unit_interval)
+    alpha: float = attrs.field(default=0.9, converter=float, validator=in_range(0.0, 1.0))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Result:
         # the base's state changes inside this call too: restore it as well when the call raises

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from mtlsolve.solver import GramianWeighting
 from mtlsolve.system import GradientSystem
-
-_COUNT = [attrs.validators.instance_of(int), attrs.validators.ge(1)]
-
-
-def _positive(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
+from mtlsolve.validation import count, in_range, positive
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -57,15 +52,11 @@ class FairGrad(GramianWeighting):
     paper: ClassVar[str] = "Ban & Ji — ICML 2024 — arXiv 2402.15638"
     state_schema: ClassVar[Mapping[str, Any]] = {"w": ("m",)}
 
-    alpha: float = attrs.field(default=1.0, converter=float, validator=_positive)
-    max_iter: int = attrs.field(default=100, validator=_COUNT)
-    tol: float = attrs.field(
-        default=1e-10, converter=float, validator=[attrs.validators.gt(0.0), attrs.validators.lt(1.0)]
-    )
+    alpha: float = attrs.field(default=1.0, converter=float, validator=positive)
+    max_iter: int = attrs.field(default=100, validator=count)
+    tol: float = attrs.field(default=1e-10, converter=float, validator=in_range(0.0, 1.0, closed="neither"))
 
-    def weights_from_gramian(
-        self, gramian: np.ndarray, system: GradientSystem
-    ) -> tuple[np.ndarray, Mapping[str, Any]]:
+    def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         from mtlsolve.kernels.fairgrad import (
             NO_SOLUTION,
             STATUS,
@@ -92,7 +83,9 @@ class FairGrad(GramianWeighting):
             diagnostics = {"iterations": iterations, "zero_tasks": int(m - keep.sum())}
             if status == NO_SOLUTION:
                 mu, threshold = hull_distance(K), no_solution_threshold(len(K), rho)
-                reason = f"{STATUS[NO_SOLUTION]} within round-off (‖d_min‖² = {mu:.3g} ≤ {threshold:.3g} for unit gradients)"
+                reason = (
+                    f"{STATUS[NO_SOLUTION]} within round-off (‖d_min‖² = {mu:.3g} ≤ {threshold:.3g} for unit gradients)"
+                )
                 diagnostics.update(hull_distance=mu, no_solution=True)
         residual, tolerance, certified = fairgrad_certificate(K, solved, self.alpha, rho, self.tol)
         if keep.any() and status != NO_SOLUTION and certified:
@@ -102,7 +95,8 @@ class FairGrad(GramianWeighting):
             return w, {**diagnostics, "residual": residual, "tolerance": tolerance, "converged": True}
         if keep.any() and status != NO_SOLUTION:
             reason = f"{STATUS[status]} but not certified: " + (
-                f"residual {residual:.3g} above tolerance {tolerance:.3g}" if np.isfinite(residual)
+                f"residual {residual:.3g} above tolerance {tolerance:.3g}"
+                if np.isfinite(residual)
                 else "some g_i·d is not positive beyond the Gramian's round-off"
             )
         previous = state.get("w")
@@ -110,5 +104,11 @@ class FairGrad(GramianWeighting):
             w, fallback, kept = np.array(previous), "previous weights", "kept the previous w"
         else:
             fallback, kept = "zero update", "returned w = 0 (d = 0)"
-        return w, {**diagnostics, "converged": False, "fallback": fallback, "residual": float("inf"),
-                   "tolerance": tolerance, "message": f"fairgrad: {reason}; {kept}"}
+        return w, {
+            **diagnostics,
+            "converged": False,
+            "fallback": fallback,
+            "residual": float("inf"),
+            "tolerance": tolerance,
+            "message": f"fairgrad: {reason}; {kept}",
+        }

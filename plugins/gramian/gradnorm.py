@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from mtlsolve._array import is_torch, to_numpy64
 from mtlsolve.errors import InvalidSystemError
-from mtlsolve.plugins.gramian.modo import _non_negative
+from mtlsolve.gramian import norms as gradient_norms
 from mtlsolve.plugins.loss_weighting._common import checked_counts, checked_positive, keep_dtypes
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import non_negative, one_of
 
 PARAMS = ("last_shared", "all_shared")
 PARAMETERISATIONS = ("raw", "softmax")
@@ -63,10 +65,10 @@ class GradNorm(Weighting):
     post_step_losses: ClassVar[bool] = False
     paper: ClassVar[str] = "Chen, Badrinarayanan, Lee, Rabinovich — ICML 2018 — arXiv 1711.02257"
 
-    alpha: float = attrs.field(default=1.5, converter=float, validator=_non_negative)
-    params: str = attrs.field(default="last_shared", validator=attrs.validators.in_(PARAMS))
-    parameterisation: str = attrs.field(default="raw", validator=attrs.validators.in_(PARAMETERISATIONS))
-    initial_loss: str = attrs.field(default="first_step", validator=attrs.validators.in_(INITIAL_LOSSES))
+    alpha: float = attrs.field(default=1.5, converter=float, validator=non_negative)
+    params: str = attrs.field(default="last_shared", validator=one_of(*PARAMS))
+    parameterisation: str = attrs.field(default="raw", validator=one_of(*PARAMETERISATIONS))
+    initial_loss: str = attrs.field(default="first_step", validator=one_of(*INITIAL_LOSSES))
 
     @property
     def grads(self) -> str | None:  # type: ignore[override]
@@ -100,7 +102,7 @@ class GradNorm(Weighting):
         state = self._state
         theta = to_numpy64(p)
         w = self._weights_of(theta)
-        norms = np.sqrt(np.clip(np.diag(K), 0.0, None))
+        norms = gradient_norms(K)
         if self.initial_loss == "first_epoch_mean" and "initial" not in state:
             state["epoch_sum"] = state.get("epoch_sum", np.zeros(m)) + L
             state["epoch_count"] = state.get("epoch_count", 0) + 1

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from mtlsolve.solver import REDUCTIONS, GramianWeighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import in_range, one_of, optional_seed
 
 EMA_UPDATES = ("every_step", "conflict_only")
-
-
-def _unit_interval(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{attribute.name} must be in [0, 1], got {value!r}")
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -50,15 +47,13 @@ class GradVac(GramianWeighting):
     paper: ClassVar[str] = "Wang, Tsvetkov, Firat, Cao — ICLR 2021 — arXiv 2010.05874"
     state_schema: ClassVar[Mapping[str, Any]] = {"targets": ("m", "m"), "rng": None}
 
-    beta: float = attrs.field(default=0.5, converter=float, validator=_unit_interval)
-    ema_update: str = attrs.field(default="every_step", validator=attrs.validators.in_(EMA_UPDATES))
-    group_type: int = attrs.field(default=0, validator=attrs.validators.in_((0,)))
-    reduction: str = attrs.field(default="sum", validator=attrs.validators.in_(REDUCTIONS))
-    seed: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.instance_of(int)))
+    beta: float = attrs.field(default=0.5, converter=float, validator=in_range(0.0, 1.0))
+    ema_update: str = attrs.field(default="every_step", validator=one_of(*EMA_UPDATES))
+    group_type: int = attrs.field(default=0, validator=one_of(0))
+    reduction: str = attrs.field(default="sum", validator=one_of(*REDUCTIONS))
+    seed: int | None = attrs.field(default=None, validator=optional_seed)
 
-    def weights_from_gramian(
-        self, gramian: np.ndarray, system: GradientSystem
-    ) -> tuple[np.ndarray, Mapping[str, Any]]:
+    def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         from mtlsolve.kernels.gradvac import gradvac_coefficients
         from mtlsolve.kernels.pcgrad import random_orders
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -11,16 +12,7 @@ import scipy.linalg.lapack
 from mtlsolve.gramian import certificate_tolerance, normalised, rank_threshold
 from mtlsolve.solver import GramianWeighting
 from mtlsolve.system import GradientSystem
-
-
-def _optional_positive(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be a positive number or None, got {value!r}")
-
-
-def _positive(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
+from mtlsolve.validation import one_of, optional, positive
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -63,13 +55,11 @@ class IMTLG(GramianWeighting):
         "Liu, Li, Kuang, Xue, Chen, Yang, Liao, Zhang — ICLR 2021 (OpenReview IMPnRXEWpvr; no arXiv id)"
     )
 
-    singular: str = attrs.field(default="pinv", validator=attrs.validators.in_(("pinv", "ridge")))
-    rtol: float | None = attrs.field(default=None, validator=_optional_positive)
-    ridge: float = attrs.field(default=1e-8, validator=_positive)
+    singular: str = attrs.field(default="pinv", validator=one_of("pinv", "ridge"))
+    rtol: float | None = attrs.field(default=None, validator=optional(positive))
+    ridge: float = attrs.field(default=1e-8, validator=positive)
 
-    def weights_from_gramian(
-        self, gramian: np.ndarray, system: GradientSystem
-    ) -> tuple[np.ndarray, Mapping[str, Any]]:
+    def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         m = gramian.shape[0]
         rho = system.roundoff
         if self.singular == "pinv":  # the common full-rank case in one compiled call
@@ -82,8 +72,14 @@ class IMTLG(GramianWeighting):
             if status == SOLVED:
                 tolerance = float(certificate_tolerance(rho))
                 converged = bool(residual <= tolerance)
-                diagnostics = {"rank": m, "degenerate": False, "residual": float(residual), "tolerance": tolerance,
-                               "converged": converged, "projection_spread": float(spread)}
+                diagnostics = {
+                    "rank": m,
+                    "degenerate": False,
+                    "residual": float(residual),
+                    "tolerance": tolerance,
+                    "converged": converged,
+                    "projection_spread": float(spread),
+                }
                 if not converged:
                     diagnostics["fallback"] = "none: the uncertified result is returned"
                 return w, diagnostics
@@ -125,13 +121,20 @@ class IMTLG(GramianWeighting):
         tolerance = float(certificate_tolerance(rho))
         if degenerate:
             message = "every gradient is zero" if not n.any() else "1ᵀK⁺n vanishes to round-off: α is unbounded"
-            return np.zeros(m), {**diagnostics, "converged": False, "fallback": "zero update", "residual": float("inf"),
-                                 "tolerance": tolerance, "message": f"imtl_g: {message}; returned α = 0 (d = 0)"}
+            return np.zeros(m), {
+                **diagnostics,
+                "converged": False,
+                "fallback": "zero update",
+                "residual": float("inf"),
+                "tolerance": tolerance,
+                "message": f"imtl_g: {message}; returned α = 0 (d = 0)",
+            }
         w = x / total
         residual, spread = _certificate(residual_matrix, x, n, basis)
         residual = float(max(residual, abs(w.sum() - 1.0) / np.abs(w).sum()))
-        diagnostics.update(residual=residual, tolerance=tolerance, converged=bool(residual <= tolerance),
-                           projection_spread=spread)
+        diagnostics.update(
+            residual=residual, tolerance=tolerance, converged=bool(residual <= tolerance), projection_spread=spread
+        )
         if not diagnostics["converged"]:
             diagnostics["fallback"] = "none: the uncertified result is returned"
         return w, diagnostics

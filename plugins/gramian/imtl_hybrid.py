@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from mtlsolve.plugins.gramian.imtl_g import IMTLG
-from mtlsolve.plugins.loss_weighting._common import finite
 from mtlsolve.plugins.loss_weighting._learnable import LearnableScales
 from mtlsolve.plugins.loss_weighting.imtl_l import scaled_losses_objective
 from mtlsolve.solver import Need
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import finite
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -51,9 +52,7 @@ class IMTLHybrid(LearnableScales, IMTLG):
     def value(self, s: Any, losses: Any) -> Any:
         return scaled_losses_objective(s, losses)
 
-    def weights_from_gramian(
-        self, gramian: np.ndarray, system: GradientSystem
-    ) -> tuple[np.ndarray, Mapping[str, Any]]:
+    def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         system.losses64  # noqa: B018 - the weights do not read L, but NaN or Inf losses must raise
         scale = np.exp(self.scales(system))
         scaled, diagnostics = super().weights_from_gramian(gramian * np.outer(scale, scale), system)

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from mtlsolve.errors import InvalidSystemError
+from mtlsolve.gramian import norms as gradient_norms
 from mtlsolve.solver import GramianWeighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import count, non_negative_int, one_of
 
 DISTANCES = ("squared", "euclidean")
-
-
-def _int_at_least(low: int):
-    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{attribute.name} must be an integer ≥ {low}, got {value!r}")
-
-    return check
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -41,13 +36,11 @@ class Krum(GramianWeighting):
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "positive_homogeneous"})
     paper: ClassVar[str] = "Blanchard, El Mhamdi, Guerraoui, Stainer — NeurIPS 2017 — arXiv 1703.02757"
 
-    n_byzantine: int = attrs.field(validator=_int_at_least(0))
-    n_selected: int = attrs.field(default=1, validator=_int_at_least(1))
-    distance: str = attrs.field(default="squared", validator=attrs.validators.in_(DISTANCES))
+    n_byzantine: int = attrs.field(validator=non_negative_int)
+    n_selected: int = attrs.field(default=1, validator=count)
+    distance: str = attrs.field(default="squared", validator=one_of(*DISTANCES))
 
-    def weights_from_gramian(
-        self, gramian: np.ndarray, system: GradientSystem
-    ) -> tuple[np.ndarray, Mapping[str, Any]]:
+    def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         m, f, k = gramian.shape[0], int(self.n_byzantine), int(self.n_selected)
         least = 2 * f + 3 if self.distance == "squared" else f + 3
         if m < least:
@@ -67,7 +60,7 @@ class Krum(GramianWeighting):
         # scores equal within the Gramian's round-off are ties: the tied rows at the k-th place share
         # its weight, so the choice never depends on the order of the tasks. |δ‖g_i − g_j‖²| ≤
         # 4ρ(n_i + n_j)² (and the square root of that for unsquared distances)
-        norms = np.sqrt(np.clip(diag, 0.0, None))
+        norms = gradient_norms(gramian)
         pair = 4.0 * system.roundoff * (norms[:, None] + norms[nearest]) ** 2
         error = (np.sqrt(pair) if self.distance == "euclidean" else pair).sum(axis=1)
         kth = np.argsort(scores, kind="stable")[k - 1]

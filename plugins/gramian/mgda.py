@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from mtlsolve.errors import InvalidSystemError
+from mtlsolve.gramian import norms as gradient_norms
 from mtlsolve.solver import REDUCTIONS, GramianWeighting, Need, reduce_weights
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import one_of
 
 NORMALISATIONS = ("none", "l2", "loss", "loss+")
 
@@ -48,16 +51,14 @@ class MGDA(GramianWeighting):
     )
     paper: ClassVar[str] = "Sener & Koltun — NeurIPS 2018 — arXiv 1810.04650"
 
-    normalisation: str = attrs.field(default="none", validator=attrs.validators.in_(NORMALISATIONS))
-    reduction: str = attrs.field(default="mean", validator=attrs.validators.in_(REDUCTIONS))
+    normalisation: str = attrs.field(default="none", validator=one_of(*NORMALISATIONS))
+    reduction: str = attrs.field(default="mean", validator=one_of(*REDUCTIONS))
 
     def requirements(self) -> frozenset[Need]:
         needs = super().requirements()
         return needs | {Need.LOSSES} if self.normalisation in ("loss", "loss+") else needs
 
-    def weights_from_gramian(
-        self, gramian: np.ndarray, system: GradientSystem
-    ) -> tuple[np.ndarray, Mapping[str, Any]]:
+    def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         from mtlsolve.kernels.simplex_qp import certified_min_norm
 
         scale = self._inverse_norms(gramian, system)
@@ -74,7 +75,7 @@ class MGDA(GramianWeighting):
             return None
         norms = np.ones(gramian.shape[0])
         if self.normalisation in ("l2", "loss+"):
-            norms = np.sqrt(np.clip(np.diag(gramian), 0.0, None))
+            norms = gradient_norms(gramian)
             norms[norms <= np.finfo(np.float64).tiny] = 1.0
         if self.normalisation in ("loss", "loss+"):
             losses = system.losses64

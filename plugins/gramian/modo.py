@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from mtlsolve.solver import GramianWeighting
 from mtlsolve.system import GradientSystem
-
-
-def _positive(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
-
-
-def _non_negative(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (np.isfinite(value) and value >= 0):
-        raise ValueError(f"{attribute.name} must be a non-negative number, got {value!r}")
+from mtlsolve.validation import non_negative, positive
 
 
 def simplex_residual(x: np.ndarray) -> float:
@@ -54,12 +46,10 @@ class MoDo(GramianWeighting):
     paper: ClassVar[str] = "Chen, Fernando, Ying, Chen — NeurIPS 2023 (JMLR 2024) — arXiv 2305.20057"
     state_schema: ClassVar[Mapping[str, Any]] = {"lambda": ("m",)}
 
-    gamma: float = attrs.field(default=1e-3, converter=float, validator=_positive)
-    rho: float = attrs.field(default=0.1, converter=float, validator=_non_negative)
+    gamma: float = attrs.field(default=1e-3, converter=float, validator=positive)
+    rho: float = attrs.field(default=0.1, converter=float, validator=non_negative)
 
-    def weights_from_gramian(
-        self, gramian: np.ndarray, system: GradientSystem
-    ) -> tuple[np.ndarray, Mapping[str, Any]]:
+    def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         from mtlsolve.kernels.simplex_projection import project_simplex
 
         m = gramian.shape[0] // 3

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from mtlsolve.solver import GramianWeighting
 from mtlsolve.system import GradientSystem
-
-_COUNT = [attrs.validators.instance_of(int), attrs.validators.ge(1)]
+from mtlsolve.validation import count, in_range
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -44,20 +44,14 @@ class NashMTL(GramianWeighting):
     aliases: ClassVar[Mapping[str, Mapping[str, Any]]] = {"nash": {}}
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "scale_invariant", "non_conflicting"})
     stateful: ClassVar[bool] = True
-    paper: ClassVar[str] = (
-        "Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya — ICML 2022 — arXiv 2202.01017"
-    )
+    paper: ClassVar[str] = "Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya — ICML 2022 — arXiv 2202.01017"
     state_schema: ClassVar[Mapping[str, Any]] = {"step": (), "alpha": ("m",)}
 
-    update_weights_every: int = attrs.field(default=1, validator=_COUNT)
-    max_iter: int = attrs.field(default=100, validator=_COUNT)
-    tol: float = attrs.field(
-        default=1e-10, converter=float, validator=[attrs.validators.gt(0.0), attrs.validators.lt(1.0)]
-    )
+    update_weights_every: int = attrs.field(default=1, validator=count)
+    max_iter: int = attrs.field(default=100, validator=count)
+    tol: float = attrs.field(default=1e-10, converter=float, validator=in_range(0.0, 1.0, closed="neither"))
 
-    def weights_from_gramian(
-        self, gramian: np.ndarray, system: GradientSystem
-    ) -> tuple[np.ndarray, Mapping[str, Any]]:
+    def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         from mtlsolve.kernels.nash import (
             NO_SOLUTION,
             STATUS,
@@ -76,7 +70,10 @@ class NashMTL(GramianWeighting):
             return np.array(previous), {"updated": False}  # reused by design: no solve, no certificate
         rho = system.roundoff
         alpha, iterations, status, _ = nash_weights(
-            gramian, None if previous is None else np.array(previous), tol=self.tol, max_iter=self.max_iter,
+            gramian,
+            None if previous is None else np.array(previous),
+            tol=self.tol,
+            max_iter=self.max_iter,
             roundoff=rho,
         )
         diagnostics: dict[str, Any] = {"updated": True, "iterations": iterations}
@@ -86,20 +83,26 @@ class NashMTL(GramianWeighting):
                 state["alpha"] = alpha.tolist()
                 return alpha, {**diagnostics, "residual": residual, "tolerance": tolerance, "converged": True}
             reason = f"{STATUS[status]} but not certified: " + (
-                f"residual {residual:.3g} above tolerance {tolerance:.3g}" if np.isfinite(residual)
+                f"residual {residual:.3g} above tolerance {tolerance:.3g}"
+                if np.isfinite(residual)
                 else "some g_i·d is not positive beyond the Gramian's round-off"
             )
         else:
             mu, threshold = hull_distance(gramian), no_solution_threshold(m, rho)
             diagnostics.update(hull_distance=mu, no_solution=True)
-            reason = f"{STATUS[NO_SOLUTION]} within round-off (‖d_min‖² = {mu:.3g} ≤ {threshold:.3g} for unit gradients)"
+            reason = (
+                f"{STATUS[NO_SOLUTION]} within round-off (‖d_min‖² = {mu:.3g} ≤ {threshold:.3g} for unit gradients)"
+            )
         if previous is not None:
             weights, fallback, kept = np.array(previous), "previous weights", "kept the previous α"
         else:
             weights, fallback, kept = np.zeros(m), "zero update", "returned α = 0 (d = 0)"
         tolerance = nash_certificate(gramian, alpha, rho, self.tol)[1]
         diagnostics.update(
-            converged=False, fallback=fallback, residual=float("inf"), tolerance=tolerance,
+            converged=False,
+            fallback=fallback,
+            residual=float("inf"),
+            tolerance=tolerance,
             message=f"nash_mtl: {reason}; {kept}",
         )
         return weights, diagnostics

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from mtlsolve.solver import REDUCTIONS, GramianWeighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import one_of, optional_seed
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -33,12 +35,10 @@ class PCGrad(GramianWeighting):
     paper: ClassVar[str] = "Yu, Kumar, Gupta, Levine, Hausman, Finn — NeurIPS 2020 — arXiv 2001.06782"
     state_schema: ClassVar[Mapping[str, Any]] = {"rng": None}
 
-    reduction: str = attrs.field(default="sum", validator=attrs.validators.in_(REDUCTIONS))
-    seed: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.instance_of(int)))
+    reduction: str = attrs.field(default="sum", validator=one_of(*REDUCTIONS))
+    seed: int | None = attrs.field(default=None, validator=optional_seed)
 
-    def weights_from_gramian(
-        self, gramian: np.ndarray, system: GradientSystem
-    ) -> tuple[np.ndarray, Mapping[str, Any]]:
+    def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         from mtlsolve.kernels.pcgrad import pcgrad_coefficients, random_orders
 
         m = gramian.shape[0]

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
-from mtlsolve.plugins.gramian.modo import _non_negative, _positive, simplex_residual
+from mtlsolve.gramian import norms as gradient_norms
+from mtlsolve.plugins.gramian.modo import simplex_residual
 from mtlsolve.solver import GramianWeighting
 from mtlsolve.system import GradientSystem
-
-
-def _positive_int(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
-
-
-def _momentum(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{attribute.name} must be in [0, 1), got {value!r}")
+from mtlsolve.validation import count, in_range, non_negative, positive
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -60,14 +53,12 @@ class SDMGrad(GramianWeighting):
     paper: ClassVar[str] = "Xiao, Ban, Ji — NeurIPS 2023 — arXiv 2305.18409"
     state_schema: ClassVar[Mapping[str, Any]] = {"w": ("m",)}
 
-    lambda_: float = attrs.field(default=0.3, converter=float, validator=_non_negative)
-    n_iter: int = attrs.field(default=20, validator=_positive_int)
-    lr: float = attrs.field(default=5.0, converter=float, validator=_positive)
-    momentum: float = attrs.field(default=0.5, converter=float, validator=_momentum)
+    lambda_: float = attrs.field(default=0.3, converter=float, validator=non_negative)
+    n_iter: int = attrs.field(default=20, validator=count)
+    lr: float = attrs.field(default=5.0, converter=float, validator=positive)
+    momentum: float = attrs.field(default=0.5, converter=float, validator=in_range(0.0, 1.0, closed="left"))
 
-    def weights_from_gramian(
-        self, gramian: np.ndarray, system: GradientSystem
-    ) -> tuple[np.ndarray, Mapping[str, Any]]:
+    def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         from mtlsolve.kernels.simplex_projection import projected_sgd
 
         m = gramian.shape[0] // 3
@@ -75,7 +66,7 @@ class SDMGrad(GramianWeighting):
         cross = gramian[:m, m : 2 * m]
         scale = float(np.sqrt(np.clip(np.diag(cross), 0.0, None)).mean())
         if not scale > 0:  # every g_i^ξ·g_i^ξ′ ≤ 0: the geometric mean of the two batches' norms
-            norms = np.sqrt(np.clip(np.diag(gramian), 0.0, None))
+            norms = gradient_norms(gramian)
             scale = float(np.sqrt(norms[:m] * norms[m : 2 * m]).mean())
         if scale > 0:
             cross = cross / scale**2

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -11,8 +12,7 @@ from mtlsolve.errors import InvalidSystemError
 from mtlsolve.gramian import certificate_tolerance, psd_part, rank_threshold
 from mtlsolve.solver import REDUCTIONS, GramianWeighting
 from mtlsolve.system import GradientSystem
-from mtlsolve.validation import vector_converter
-
+from mtlsolve.validation import non_negative, one_of, vector_converter
 
 _optional_pref = vector_converter("pref", non_negative=True)
 
@@ -40,17 +40,15 @@ class DualConeWeighting(GramianWeighting):
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant"})
     paper: ClassVar[str] = "Quinton & Rey — arXiv 2406.16232 (2024)"
 
-    norm_eps: float = attrs.field(default=1e-4, converter=float, validator=attrs.validators.ge(0.0))
-    reg_eps: float = attrs.field(default=1e-4, converter=float, validator=attrs.validators.ge(0.0))
-    reduction: str = attrs.field(default="mean", validator=attrs.validators.in_(REDUCTIONS))
+    norm_eps: float = attrs.field(default=1e-4, converter=float, validator=non_negative)
+    reg_eps: float = attrs.field(default=1e-4, converter=float, validator=non_negative)
+    reduction: str = attrs.field(default="mean", validator=one_of(*REDUCTIONS))
 
     def preferences(self, m: int) -> tuple[np.ndarray, float]:
         """(U, c): the vectors u_r (rows of U) whose projections v_r are summed, w = Σ_r v_r / c."""
         raise NotImplementedError(f"{type(self).__name__} must implement preferences()")
 
-    def weights_from_gramian(
-        self, gramian: np.ndarray, system: GradientSystem
-    ) -> tuple[np.ndarray, Mapping[str, Any]]:
+    def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         from mtlsolve.kernels.cone_projection import dual_cone_certificate, dual_cone_weights, regularised
 
         m = gramian.shape[0]
@@ -65,8 +63,12 @@ class DualConeWeighting(GramianWeighting):
         residual = dual_cone_certificate(K_given, U, V)
         tolerance = float(certificate_tolerance(system.roundoff))
         converged = bool(residual <= tolerance)  # an iteration cap with a certified iterate is a solve
-        diagnostics: dict[str, Any] = {"iterations": int(iterations), "residual": residual, "tolerance": tolerance,
-                                       "converged": converged}
+        diagnostics: dict[str, Any] = {
+            "iterations": int(iterations),
+            "residual": residual,
+            "tolerance": tolerance,
+            "converged": converged,
+        }
         if not converged:
             diagnostics["fallback"] = "none: the uncertified result is returned"
             diagnostics["message"] = f"{self.name}: " + (

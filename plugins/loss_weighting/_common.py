@@ -4,40 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import numpy as np
-
 
 from mtlsolve._array import is_torch
 from mtlsolve.errors import InvalidSystemError, StateError
 from mtlsolve.validation import vector_converter
-
-
-def finite(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not np.isfinite(value):
-        raise ValueError(f"{attribute.name} must be a finite number, got {value!r}")
-
-
-def positive(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
-
-
-def non_negative(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not (np.isfinite(value) and value >= 0):
-        raise ValueError(f"{attribute.name} must be a non-negative number, got {value!r}")
-
-
-def non_negative_int(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{attribute.name} must be a non-negative integer, got {value!r}")
-
-
-def optional_seed(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    """None or a non-negative integer (what ``numpy.random.PCG64`` accepts)."""
-    if value is not None:
-        non_negative_int(instance, attribute, value)
-
 
 #: the converter of a vector hyperparameter whose name the error message need not give
 optional_vector = vector_converter("the vector")

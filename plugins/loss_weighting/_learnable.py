@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from mtlsolve._array import is_torch, to_numpy64
-from mtlsolve.plugins.loss_weighting._common import finite, keep_dtypes, objective_losses
+from mtlsolve.plugins.loss_weighting._common import keep_dtypes, objective_losses
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import finite
 
 
 class LearnableScales:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from mtlsolve.errors import InvalidSystemError, StateError
-from mtlsolve.plugins.loss_weighting._common import checked_counts, positive, softmax
+from mtlsolve.plugins.loss_weighting._common import checked_counts, softmax
 from mtlsolve.solver import REDUCTIONS, Need, Weighting, reduce_weights
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import one_of, positive
 
 
 def _period(value: Any) -> str | int:
@@ -57,7 +59,7 @@ class DynamicWeightAverage(Weighting):
 
     temperature: float = attrs.field(default=2.0, converter=float, validator=positive)
     period: str | int = attrs.field(default="epoch", converter=_period)
-    reduction: str = attrs.field(default="sum", validator=attrs.validators.in_(REDUCTIONS))
+    reduction: str = attrs.field(default="sum", validator=one_of(*REDUCTIONS))
 
     def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         L = system.losses64
@@ -107,5 +109,7 @@ class DynamicWeightAverage(Weighting):
         if history is not None and not 1 <= len(history) <= 2:
             raise StateError(f"dwa state entry 'history' holds {len(history)} epoch means, not 1 or 2")
         if buffer is not None and len(buffer) != 2 * self.period:
-            raise StateError(f"dwa(period={self.period}) state entry 'buffer' has {len(buffer)} rows, not {2 * self.period}")
+            raise StateError(
+                f"dwa(period={self.period}) state entry 'buffer' has {len(buffer)} rows, not {2 * self.period}"
+            )
         return checked_counts(checked, self.name, "count", "calls")

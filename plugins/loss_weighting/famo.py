@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -12,9 +13,7 @@ from mtlsolve.plugins.loss_weighting._common import (
     checked_counts,
     checked_positive,
     losses_vector,
-    non_negative,
     objective_losses,
-    positive,
     positive_losses,
     softmax,
     vector_converter,
@@ -22,6 +21,7 @@ from mtlsolve.plugins.loss_weighting._common import (
 )
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import non_negative, positive
 
 #: torch.optim.Adam's defaults, used by the reference implementations for the logits
 ADAM_BETAS = (0.9, 0.999)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -11,6 +12,7 @@ from mtlsolve.errors import InvalidSystemError
 from mtlsolve.plugins.loss_weighting._common import vector_converter
 from mtlsolve.solver import REDUCTIONS, Need, Weighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import one_of
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -32,8 +34,10 @@ class LinearScalarization(Weighting):
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "positive_homogeneous", "linear"})
     paper: ClassVar[str] = "linear scalarisation (classic; no single source)"
 
-    reduction: str = attrs.field(default="sum", validator=attrs.validators.in_(REDUCTIONS))
-    weights_: tuple[float, ...] | None = attrs.field(default=None, converter=vector_converter("weights"), alias="weights")
+    reduction: str = attrs.field(default="sum", validator=one_of(*REDUCTIONS))
+    weights_: tuple[float, ...] | None = attrs.field(
+        default=None, converter=vector_converter("weights"), alias="weights"
+    )
 
     def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         m = system.m

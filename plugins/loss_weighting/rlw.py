@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
-from mtlsolve.plugins.loss_weighting._common import optional_seed
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import one_of, optional_seed
 
 DISTRIBUTIONS = ("normal", "uniform", "dirichlet")
 
@@ -33,7 +34,7 @@ class RandomLossWeighting(Weighting):
     paper: ClassVar[str] = "Lin, Ye, Zhang, Tsang — TMLR 2022 — arXiv 2111.10603"
     state_schema: ClassVar[Mapping[str, Any]] = {"rng": None}  # the generator's state
 
-    distribution: str = attrs.field(default="normal", validator=attrs.validators.in_(DISTRIBUTIONS))
+    distribution: str = attrs.field(default="normal", validator=one_of(*DISTRIBUTIONS))
     seed: int | None = attrs.field(default=None, validator=optional_seed)
 
     def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -11,6 +12,7 @@ from mtlsolve.errors import InvalidSystemError
 from mtlsolve.plugins.loss_weighting._common import positive_losses, vector_converter, vector_for
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import one_of
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -36,8 +38,10 @@ class ScaleInvariant(Weighting):
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "positive_homogeneous", "linear"})
     paper: ClassVar[str] = "Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya — ICML 2022 — arXiv 2202.01017"
 
-    transform: str = attrs.field(default="log", validator=attrs.validators.in_(("log", "log1p")))
-    weights_: tuple[float, ...] | None = attrs.field(default=None, converter=vector_converter("weights"), alias="weights")
+    transform: str = attrs.field(default="log", validator=one_of("log", "log1p"))
+    weights_: tuple[float, ...] | None = attrs.field(
+        default=None, converter=vector_converter("weights"), alias="weights"
+    )
 
     def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         L = system.losses64

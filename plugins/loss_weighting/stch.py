@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -11,14 +12,13 @@ from mtlsolve.errors import SolverError
 from mtlsolve.plugins.loss_weighting._common import (
     checked_counts,
     checked_positive,
-    non_negative_int,
-    positive,
     positive_losses,
     vector_converter,
 )
 from mtlsolve.plugins.pareto._common import preference_and_ideal
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import non_negative_int, one_of, positive
 
 
 def smooth_max(y: np.ndarray, mu: float) -> tuple[float, np.ndarray]:
@@ -61,7 +61,7 @@ class SmoothTchebycheff(Weighting):
 
     mu: float = attrs.field(default=1.0, converter=float, validator=positive)
     warmup_epoch: int = attrs.field(default=4, validator=non_negative_int)
-    mode: str = attrs.field(default="official", validator=attrs.validators.in_(("official", "raw")))
+    mode: str = attrs.field(default="official", validator=one_of("official", "raw"))
     preference: tuple[float, ...] | None = attrs.field(default=None, converter=vector_converter("preference"))
     ideal: tuple[float, ...] | None = attrs.field(default=None, converter=vector_converter("ideal"))
 

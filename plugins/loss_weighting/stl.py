@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from mtlsolve.errors import InvalidSystemError
-from mtlsolve.plugins.loss_weighting._common import non_negative_int
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import non_negative_int
 
 
 @attrs.define(kw_only=True, eq=False)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from mtlsolve.plugins.loss_weighting._learnable import LogScaleWeighting
+from mtlsolve.validation import one_of
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -27,7 +29,7 @@ class UncertaintyWeighting(LogScaleWeighting):
     aliases: ClassVar[Mapping[str, Mapping[str, Any]]] = {"uncertainty": {}, "uncertainty_weighting": {}}
     paper: ClassVar[str] = "Kendall, Gal, Cipolla — CVPR 2018 — arXiv 1705.07115"
 
-    form: str = attrs.field(default="regression", validator=attrs.validators.in_(("regression", "classification")))
+    form: str = attrs.field(default="regression", validator=one_of("regression", "classification"))
 
     def value(self, s: Any, losses: Any) -> Any:
         import torch

@@ -6,8 +6,8 @@ Gramian: EPO, PMGDA and the Pareto MTL subproblem. Populations: Pareto MTL and H
 over the default (λ uniform 1/m, z = 0)."""
 
 from mtlsolve import hookimpl
-from mtlsolve.plugins.pareto.epo import EPO
 from mtlsolve.plugins.pareto.cosmos import COSMOS
+from mtlsolve.plugins.pareto.epo import EPO
 from mtlsolve.plugins.pareto.hvgrad import HVGrad
 from mtlsolve.plugins.pareto.pbi import PBI
 from mtlsolve.plugins.pareto.pmgda import PMGDA

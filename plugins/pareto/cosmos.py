@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
-from mtlsolve.plugins.loss_weighting._common import non_negative, positive
 from mtlsolve.plugins.pareto._common import optional_vector, preference_and_ideal
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import non_negative, one_of, optional_seed, positive
 
 FORMS = ("paper", "libmoon")
 
@@ -46,8 +47,8 @@ class COSMOS(Weighting):
     penalty: float = attrs.field(converter=float, validator=non_negative)
     preference: tuple[float, ...] | None = attrs.field(default=None, converter=optional_vector)
     concentration: float = attrs.field(default=1.0, converter=float, validator=positive)
-    form: str = attrs.field(default="paper", validator=attrs.validators.in_(FORMS))
-    seed: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.instance_of(int)))
+    form: str = attrs.field(default="paper", validator=one_of(*FORMS))
+    seed: int | None = attrs.field(default=None, validator=optional_seed)
 
     def sample_preference(self, m: int) -> np.ndarray:
         """Draw the preference the next call will use (when neither the extras nor the field give one)."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -11,6 +12,7 @@ from mtlsolve.errors import InvalidSystemError
 from mtlsolve.plugins.pareto._common import optional_vector, preference_and_ideal
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import non_negative
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -45,7 +47,7 @@ class EPO(Weighting):
     # no properties claimed: the LP optimum may be non-unique (then a vertex is returned)
     paper: ClassVar[str] = "Mahapatra & Rajan — ICML 2020 (PMLR 119)"
 
-    eps: float = attrs.field(default=1e-4, converter=float, validator=attrs.validators.ge(0.0))
+    eps: float = attrs.field(default=1e-4, converter=float, validator=non_negative)
     preference: tuple[float, ...] | None = attrs.field(default=None, converter=optional_vector)
 
     def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -13,6 +14,7 @@ from mtlsolve.metrics import hypervolume
 from mtlsolve.plugins.pareto._common import optional_vector
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import flag, non_negative_int
 
 
 def hypervolume_gradient(points: Any, reference: Any) -> np.ndarray:
@@ -56,9 +58,7 @@ def nondominated_layers(P: np.ndarray) -> np.ndarray:
     """The non-dominated sorting layer of every point (0 = the non-dominated set); equal
     points share a layer."""
     K = len(P)
-    dominated_by = [
-        {j for j in range(K) if (P[j] <= P[k]).all() and (P[j] < P[k]).any()} for k in range(K)
-    ]
+    dominated_by = [{j for j in range(K) if (P[j] <= P[k]).all() and (P[j] < P[k]).any()} for k in range(K)]
     layer = np.full(K, -1)
     level = 0
     while (layer < 0).any():
@@ -124,10 +124,10 @@ class HVGrad(Weighting):
     paper: ClassVar[str] = "Deist, Grewal, Dankers, Alderliesten, Bosman — EMO 2023 — arXiv 2102.04523"
     state_schema: ClassVar[Mapping[str, Any]] = {"reference": ("m",)}
 
-    index: int = attrs.field(default=0, converter=int, validator=attrs.validators.ge(0))
+    index: int = attrs.field(default=0, converter=int, validator=non_negative_int)
     reference: tuple[float, ...] | None = attrs.field(default=None, converter=optional_vector)
-    fronts: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-    normalize: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    fronts: bool = attrs.field(default=True, validator=flag)
+    normalize: bool = attrs.field(default=True, validator=flag)
 
     def weights(self, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         m = system.m

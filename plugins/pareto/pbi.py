@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
-from mtlsolve.plugins.loss_weighting._common import non_negative
 from mtlsolve.plugins.pareto._common import optional_vector, preference_and_ideal
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import non_negative
 
 #: added under the root of d₂ so that its gradient stays finite at d₂ = 0 (as TorchJD)
 PBI_EPS = 1e-12

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
+from mtlsolve.gramian import norms as gradient_norms
 from mtlsolve.kernels import _cvx
-from mtlsolve.plugins.loss_weighting._common import non_negative
 from mtlsolve.plugins.pareto._common import optional_vector, preference_and_ideal
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
-
-
-def _unit_interval(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (np.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{attribute.name} must lie in [0, 1], got {value!r}")
+from mtlsolve.validation import in_range, non_negative
 
 
 def ray_distance(losses: np.ndarray, preference: np.ndarray) -> tuple[float, np.ndarray]:
@@ -43,7 +40,7 @@ def correction_problem(K: np.ndarray, jhf: np.ndarray, sigma: float):
     m = K.shape[0]
     E = np.vstack([np.eye(m), jhf[None, :]])
     Kt = E @ K @ E.T
-    norms = np.sqrt(np.clip(np.diag(Kt), 0.0, None))
+    norms = gradient_norms(Kt)
     inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
     return Kt * inverse[None, :], norms
 
@@ -190,7 +187,7 @@ class PMGDA(Weighting):
     needs: ClassVar[frozenset[Need]] = frozenset({Need.GRAMIAN, Need.LOSSES})
     paper: ClassVar[str] = "Zhang, Lin, Zhang — IEEE TETCI 2024 — arXiv 2402.09492"
 
-    sigma: float = attrs.field(default=0.1, converter=float, validator=_unit_interval)
+    sigma: float = attrs.field(default=0.1, converter=float, validator=in_range(0.0, 1.0))
     h_tol: float = attrs.field(default=1e-2, converter=float, validator=non_negative)
     preference: tuple[float, ...] | None = attrs.field(default=None, converter=optional_vector)
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from mtlsolve._array import to_numpy64
 from mtlsolve.errors import InvalidSystemError
+from mtlsolve.gramian import norms as gradient_norms
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import count, flag, non_negative_int
 
 
 def _optional_matrix(value: Any) -> tuple[tuple[float, ...], ...] | None:
@@ -98,11 +101,11 @@ class ParetoMTL(Weighting):
     paper: ClassVar[str] = "Lin, Zhen, Li, Zhang, Kwong — NeurIPS 2019 — arXiv 1912.12854"
     state_schema: ClassVar[Mapping[str, Any]] = {"phase": (), "warmup_steps": ()}
 
-    index: int = attrs.field(default=0, converter=int, validator=attrs.validators.ge(0))
+    index: int = attrs.field(default=0, converter=int, validator=non_negative_int)
     preferences: tuple[tuple[float, ...], ...] | None = attrs.field(default=None, converter=_optional_matrix)
-    n_preferences: int = attrs.field(default=5, converter=int, validator=attrs.validators.ge(1))
+    n_preferences: int = attrs.field(default=5, converter=int, validator=count)
     max_warmup_steps: int | None = attrs.field(default=None, converter=_optional_count)
-    normalize: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    normalize: bool = attrs.field(default=False, validator=flag)
 
     def preference_set(self, m: int) -> np.ndarray:
         """The K x m unit preference vectors used for m tasks."""
@@ -135,7 +138,7 @@ class ParetoMTL(Weighting):
                 state["warmup_steps"] = done + 1
         E = D[active] if phase == 1 else np.vstack([np.eye(m), D[active]])
         # the round-off of E K Eᵀ scales with |E|·n, not with the (possibly cancelling) norms of E G
-        norms = np.sqrt(np.clip(np.diag(K), 0.0, None))
+        norms = gradient_norms(K)
         beta, info = certified_min_norm(E @ K @ E.T, system.roundoff, scales=np.abs(E) @ norms)
         w = beta @ E
         if self.normalize:

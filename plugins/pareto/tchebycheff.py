@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from mtlsolve.plugins.pareto._common import optional_vector, preference_and_ideal
 from mtlsolve.solver import Need, Weighting
 from mtlsolve.system import GradientSystem
+from mtlsolve.validation import flag
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -33,7 +35,7 @@ class Tchebycheff(Weighting):
 
     preference: tuple[float, ...] | None = attrs.field(default=None, converter=optional_vector)
     ideal: tuple[float, ...] | None = attrs.field(default=None, converter=optional_vector)
-    weighted_value: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    weighted_value: bool = attrs.field(default=True, validator=flag)
 
     def _scale(self, lam: np.ndarray) -> np.ndarray:
         """The per-task factor a_i of the value max_i a_i(L_i − z_i)."""

@@ -8,7 +8,8 @@ combined ẑ = Zᵀw through the encoder once. Any other Gramian weighting runs 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 

@@ -23,8 +23,7 @@ from adapter_testing import (
     per_task,
     sign_mask,
 )
-from mtlsolve.adapters import MultiTaskBackward
-from mtlsolve.adapters import _grads
+from mtlsolve.adapters import MultiTaskBackward, _grads
 from mtlsolve.errors import InvalidSystemError, SolverError
 from mtlsolve.plugins.loss_weighting.ls import LinearScalarization
 
@@ -191,7 +190,7 @@ def test_gramian_path_peak_memory_below_holding_the_matrix(tmp_path):
     script.write_text(
         """
 import gc, sys, torch
-sys.path.insert(0, %r)
+sys.path.insert(0, HELPERS)
 from adapter_testing import NormWeighting
 from mtlsolve.adapters import MultiTaskBackward
 torch.manual_seed(0)
@@ -217,8 +216,7 @@ for path in ("gramian", "matrix", "gramian", "matrix"):  # the first two load co
     trunk.zero_grad(set_to_none=True); heads.zero_grad(set_to_none=True)
 n = sum(p.numel() for p in trunk.parameters())
 print(m * n * 4, *out[2:])
-"""
-        % str(__import__("pathlib").Path(__file__).parent)
+""".replace("HELPERS", repr(str(__import__("pathlib").Path(__file__).parent)))
     )
     # a fixed mmap threshold makes glibc return every large block to the system when torch frees it,
     # so the peak resident size follows the live tensors
@@ -637,3 +635,23 @@ def test_matrix_is_built_once_in_the_chosen_dtype():
     MultiTaskBackward(Spy(), shared=net.trunk, matrix_dtype=torch.float64).backward(L)
     assert seen == [(torch.float64, G.shape)]
     np.testing.assert_allclose(flat_grad(_params(net.trunk)), sign_mask(G), rtol=1e-5, atol=1e-7)
+
+
+def test_a_missing_closure_raises_before_the_optimiser_steps():
+    """FAMO reads the losses after the step: without ``closure=`` the step is refused before any
+    parameter moves, so the gradients written by backward() are still there to step with."""
+    import mtlsolve
+
+    net = TwoTaskNet(dtype=torch.float64)
+    x, y = data(dtype=torch.float64)
+    adapter = MultiTaskBackward(mtlsolve.get("famo"), shared=net.trunk)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    adapter.backward(net.losses(x, y))
+    before = [p.detach().clone() for p in net.parameters()]
+    grads = [None if p.grad is None else p.grad.clone() for p in net.parameters()]
+    with pytest.raises(SolverError, match="closure"):
+        adapter.step(optimizer)
+    for p, b, g in zip(net.parameters(), before, grads):
+        assert torch.equal(p, b)
+        assert (p.grad is None) == (g is None) and (g is None or torch.equal(p.grad, g))
+    assert adapter.step(optimizer, closure=lambda: net.losses(x, y))

@@ -305,8 +305,10 @@ def test_a_failed_backward_changes_nothing(name, options, at, fault, monkeypatch
     for m, a in ((model, adapter), (twin_model, twin_adapter)):
         out = _step(a, m, 10 + at)
         assert (out is None) == (at + 1 < k)
-    assert _grads_equal(_grads([*model.parameters(), *adapter.parameters()]),
-                        _grads([*twin_model.parameters(), *twin_adapter.parameters()]))
+    assert _grads_equal(
+        _grads([*model.parameters(), *adapter.parameters()]),
+        _grads([*twin_model.parameters(), *twin_adapter.parameters()]),
+    )
     assert _same(adapter.state_dict(), twin_adapter.state_dict())
 
 

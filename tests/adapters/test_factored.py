@@ -29,8 +29,13 @@ class Net(torch.nn.Module):
             )
         elif kind == "big_conv":  # 616 conv parameters of 812: one more backward writes their update
             self.trunk = torch.nn.Sequential(
-                torch.nn.Conv2d(2, 8, 3), torch.nn.Conv2d(8, 6, 3, padding=1), torch.nn.ReLU(),
-                torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(24, 8), torch.nn.Tanh(),
+                torch.nn.Conv2d(2, 8, 3),
+                torch.nn.Conv2d(8, 6, 3, padding=1),
+                torch.nn.ReLU(),
+                torch.nn.AdaptiveAvgPool2d(2),
+                torch.nn.Flatten(),
+                torch.nn.Linear(24, 8),
+                torch.nn.Tanh(),
             )
         else:
             self.trunk = torch.nn.Sequential(
@@ -41,7 +46,9 @@ class Net(torch.nn.Module):
         self.to(DT)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        first, relu, second, tanh = (self.trunk[i] for i in range(4)) if self.kind not in ("conv", "big_conv") else [None] * 4
+        first, relu, second, tanh = (
+            (self.trunk[i] for i in range(4)) if self.kind not in ("conv", "big_conv") else [None] * 4
+        )
         if self.kind == "reuse":  # the second layer is applied twice
             return tanh(second(torch.tanh(second(relu(first(x))))))
         if self.kind == "tied":  # the second layer's weight is also used outside the layer

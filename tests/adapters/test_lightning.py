@@ -18,7 +18,9 @@ from mtlsolve.adapters import MultiTaskBackward  # noqa: E402
 from mtlsolve.adapters.lightning import CHECKPOINT_KEY, MultiTaskLightningMixin  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
-    "ignore::UserWarning", "ignore::DeprecationWarning", "ignore::lightning.fabric.utilities.warnings.PossibleUserWarning"
+    "ignore::UserWarning",
+    "ignore::DeprecationWarning",
+    "ignore::lightning.fabric.utilities.warnings.PossibleUserWarning",
 )
 
 N, BATCH = 32, 8  # 4 batches per epoch
@@ -86,7 +88,9 @@ def plain_loop(solver, steps, accumulation_steps=1, autocast=None, scaler=None):
     """The same training with the adapter in a hand-written loop."""
     torch.manual_seed(0)
     net = TwoTaskNet()
-    adapter = MultiTaskBackward(solver_for(solver), shared=net.trunk, accumulation_steps=accumulation_steps, scaler=scaler)
+    adapter = MultiTaskBackward(
+        solver_for(solver), shared=net.trunk, accumulation_steps=accumulation_steps, scaler=scaler
+    )
     representation = adapter.grads == "representation"
     opt = make_optimizer(net)
     adapter.add_parameters_to(opt)  # what on_fit_start does: same param groups

@@ -161,7 +161,9 @@ def test_two_tasks_against_a_scalar_search():
         K = G @ G.T
         w, *_ = cg.cagrad_dual(K, C)
         res = scipy.optimize.minimize_scalar(
-            lambda t: cg.cagrad_objective(K, C, np.array([t, 1 - t])), bounds=(0, 1), method="bounded",
+            lambda t: cg.cagrad_objective(K, C, np.array([t, 1 - t])),
+            bounds=(0, 1),
+            method="bounded",
             options={"xatol": 1e-12},
         )
         assert cg.cagrad_objective(K, C, w) <= res.fun + 1e-12 * K.diagonal().max()
@@ -262,7 +264,6 @@ def test_compiled_once_and_reference_built_once():
 
 # ------------------------------------------------------------------ certificate
 from hard_systems import FAMILIES, gramian_of, hard_matrix  # noqa: E402
-
 from mtlsolve.gramian import psd_repair  # noqa: E402
 from mtlsolve.kernels._dense import normalised_factorable  # noqa: E402
 

@@ -25,8 +25,9 @@ from hypothesis import strategies as st
 
 from mtlsolve.kernels import epo
 
-SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 AGREE = 1e-6  # kernel vs cvxpy on α (the brief's bound), on data scaled to O(1)
 FEAS = 1e-9  # constraint violation of the kernel's α, relative to the row's scale
 
@@ -91,7 +92,7 @@ def test_lp_hand_solved():
 
 # ---------------------------------------------------------------- EPO steps
 def gramians(rng, m, count, kind="full"):
-    for k in range(count):
+    for _ in range(count):
         if kind == "full":
             G = rng.standard_normal((m, m + int(rng.integers(0, 2 * m + 1)))) * rng.uniform(0.3, 3.0, (m, 1))
             G += rng.standard_normal(G.shape[1]) * rng.choice([-1.0, 1.0], (m, 1)) * rng.uniform(0, 1.5)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mtlsolve.errors import SolverError
 from mtlsolve.kernels import fairgrad
 from mtlsolve.kernels import nash as nk
 
@@ -122,7 +123,7 @@ def test_no_solution_is_reported():
         alpha, _, status, res = nk.nash_weights(G @ G.T)
         assert status == nk.NO_SOLUTION and res == 1.0
         np.testing.assert_array_equal(alpha, 0.0)
-    with pytest.raises(Exception):
+    with pytest.raises(SolverError):
         nk.reference_nash_weights(cases[1] @ cases[1].T)
 
 
@@ -198,7 +199,9 @@ def test_nearly_opposed_gradients_are_solved_not_declared_unsolvable():
             assert status == nk.CONVERGED
             root = np.sqrt(1.0 + eps * eps)
             one_plus_cos = eps * eps / (root * (1.0 + root))
-            np.testing.assert_allclose(alpha, 1.0 / (norms * np.sqrt(one_plus_cos)), rtol=max(1e-9, 1e3 * 2.2e-16 / eps**2))
+            np.testing.assert_allclose(
+                alpha, 1.0 / (norms * np.sqrt(one_plus_cos)), rtol=max(1e-9, 1e3 * 2.2e-16 / eps**2)
+            )
             a = alpha * norms
             assert residual(K, alpha) <= 1e3 * np.finfo(float).eps * a.max() * a.sum()
             res, tol, ok = nk.nash_certificate(K, alpha, roundoff=1e-15)

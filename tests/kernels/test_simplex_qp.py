@@ -92,7 +92,7 @@ def test_rank_deficient_matches_reference(m):
 @pytest.mark.parametrize("m", M_VALUES)
 def test_linear_term_matches_reference(m):
     rng = np.random.default_rng(200 + m)
-    for k, K in enumerate(full_rank_gramians(m, rng, count=20)):
+    for K in full_rank_gramians(m, rng, count=20):
         q = rng.standard_normal(m) * np.trace(K) / m
         w, _, converged = sq.simplex_qp(K, q)
         ref = sq.reference_simplex_qp(K, q)
@@ -187,7 +187,6 @@ def test_compiled_once_and_reference_built_once():
 
 # ------------------------------------------------- scale-free KKT certificate
 from hard_systems import FAMILIES, gramian_of, hard_matrix  # noqa: E402
-
 from mtlsolve.gramian import certificate_tolerance  # noqa: E402
 
 #: the reported system: row norms 2e-2, 2e3, 2e-3 (the old ridge 1e-14·max K_ii broke KKT by 6 %)

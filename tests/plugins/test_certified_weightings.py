@@ -370,8 +370,9 @@ def test_float32_agrees_with_float64_on_well_conditioned_systems(name):
         r32 = solve(name, G.astype(np.float32))
         assert r32.diagnostics["converged"]
         tol = 1e3 * EPS32 * np.linalg.cond(G)
-        np.testing.assert_allclose(np.asarray(r32.direction, dtype=np.float64), d64, rtol=tol,
-                                   atol=tol * np.abs(d64).max())
+        np.testing.assert_allclose(
+            np.asarray(r32.direction, dtype=np.float64), d64, rtol=tol, atol=tol * np.abs(d64).max()
+        )
 
 
 # --------------------------------------------------------- closed forms: no certificate

@@ -123,8 +123,12 @@ def test_torch_inputs(dtype):
         expected = reference(G).direction
         d = solver(torch.tensor(G, dtype=dtype)).direction
         assert d.dtype == dtype
-        np.testing.assert_allclose(d.double().numpy(), expected, rtol=1e-4 if dtype == torch.float32 else 1e-12,
-                                   atol=1e-5 if dtype == torch.float32 else 1e-12)
+        np.testing.assert_allclose(
+            d.double().numpy(),
+            expected,
+            rtol=1e-4 if dtype == torch.float32 else 1e-12,
+            atol=1e-5 if dtype == torch.float32 else 1e-12,
+        )
 
 
 def test_alpha_schedule_by_assignment():
@@ -148,8 +152,18 @@ PROTOCOL = ("needs", "batches", "grads", "randomized", "post_step", "post_step_l
 
 @pytest.mark.parametrize(
     "base",
-    ["mgda", "modo", "sdmgrad", "gradnorm", "famo", "uw", {"name": "gradvac", "seed": 1}, {"name": "rlw", "seed": 1},
-     "excess_mtl", {"name": "mgda", "normalisation": "loss"}],
+    [
+        "mgda",
+        "modo",
+        "sdmgrad",
+        "gradnorm",
+        "famo",
+        "uw",
+        {"name": "gradvac", "seed": 1},
+        {"name": "rlw", "seed": 1},
+        "excess_mtl",
+        {"name": "mgda", "normalisation": "loss"},
+    ],
     ids=str,
 )
 def test_an_instance_declares_what_its_base_declares(base):

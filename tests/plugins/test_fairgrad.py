@@ -129,8 +129,9 @@ def test_orthogonal_gradients(alpha):
     for m in (1, 3, 10, 40):
         Q = np.linalg.qr(rng.standard_normal((m + 2, m)))[0].T
         norms = 10.0 ** rng.uniform(-3, 3, m)
-        np.testing.assert_allclose(FairGrad(alpha=alpha)(Q * norms[:, None]).weights,
-                                   norms ** (-2 * alpha / (alpha + 1)), rtol=1e-10)
+        np.testing.assert_allclose(
+            FairGrad(alpha=alpha)(Q * norms[:, None]).weights, norms ** (-2 * alpha / (alpha + 1)), rtol=1e-10
+        )
 
 
 @pytest.mark.parametrize("alpha", ALPHAS)

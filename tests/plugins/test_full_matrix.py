@@ -274,8 +274,9 @@ def test_db_mtl_is_invariant_to_loss_scales():
     plain, scaled = DBMTL(), DBMTL()
     for G, L in steps:
         # scaling L_i by c_i scales its gradient by c_i too
-        np.testing.assert_allclose(scaled(G * c[:, None], losses=L * c).direction, plain(G, losses=L).direction,
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            scaled(G * c[:, None], losses=L * c).direction, plain(G, losses=L).direction, rtol=1e-6
+        )
 
 
 def test_db_mtl_checks():
@@ -372,8 +373,9 @@ def test_trimmed_mean_vectors_and_bounds():
             G = rng.standard_normal((2 * t + 1 + int(rng.integers(0, 4)), 6)) * 10
             d = TrimmedMean(trim_number=t)(G).direction
             assert (d >= G.min(0) - 1e-12).all() and (d <= G.max(0) + 1e-12).all()
-            torch.testing.assert_close(torch.tensor(d), TorchJDTrimmedMean(trim_number=t)(torch.tensor(G)),
-                                       rtol=1e-14, atol=1e-14)
+            torch.testing.assert_close(
+                torch.tensor(d), TorchJDTrimmedMean(trim_number=t)(torch.tensor(G)), rtol=1e-14, atol=1e-14
+            )
 
 
 def test_trimmed_mean_checks():
@@ -449,7 +451,11 @@ def test_db_mtl_half_precision_with_a_zero_loss_is_finite_and_parallel(dtype):
         assert r.direction.dtype == X.dtype and np.isfinite(np64(r.direction)).all()
         expected = full(np64(X), losses=L).direction
         np.testing.assert_allclose(unit(r.direction), unit(expected), atol=1e-2)
-        assert 0 < r.diagnostics["scaled_to_fit"] <= 1 if dtype == torch.bfloat16 else 0 < r.diagnostics["scaled_to_fit"] < 1
+        assert (
+            0 < r.diagnostics["scaled_to_fit"] <= 1
+            if dtype == torch.bfloat16
+            else 0 < r.diagnostics["scaled_to_fit"] < 1
+        )
     assert half._state["buffer"].dtype in (np.float32, torch.float32)
 
 
@@ -492,16 +498,29 @@ def test_excess_mtl_half_precision_is_finite():
 def test_row_norms_do_not_overflow_or_underflow():
     from mtlsolve.plugins.full_matrix._common import row_norms
 
-    for G, expected in ((np.full((2, 4), 1e200), 2e200), (np.full((2, 4), np.float32(1e30)), 2e30),
-                        (np.full((2, 4), 1e-200), 2e-200), (torch.full((2, 4), 1e30), 2e30)):
+    for G, expected in (
+        (np.full((2, 4), 1e200), 2e200),
+        (np.full((2, 4), np.float32(1e30)), 2e30),
+        (np.full((2, 4), 1e-200), 2e-200),
+        (torch.full((2, 4), 1e30), 2e30),
+    ):
         np.testing.assert_allclose(row_norms(G), [expected, expected], rtol=1e-6)
 
 
 @pytest.mark.parametrize(
     ("name", "kwargs"),
-    [("db_mtl", {"beta": 1.0}), ("db_mtl", {"beta": -0.1}), ("db_mtl", {"beta_sigma": -1.0}),
-     ("moco", {"beta": 0.0}), ("moco", {"beta": 1.5}), ("moco", {"gamma": -1.0}), ("moco", {"rho": np.nan}),
-     ("excess_mtl", {"robust_step_size": 0.0}), ("graddrop", {"leak": 1.5}), ("graddrop", {"seed": -3})],
+    [
+        ("db_mtl", {"beta": 1.0}),
+        ("db_mtl", {"beta": -0.1}),
+        ("db_mtl", {"beta_sigma": -1.0}),
+        ("moco", {"beta": 0.0}),
+        ("moco", {"beta": 1.5}),
+        ("moco", {"gamma": -1.0}),
+        ("moco", {"rho": np.nan}),
+        ("excess_mtl", {"robust_step_size": 0.0}),
+        ("graddrop", {"leak": 1.5}),
+        ("graddrop", {"seed": -3}),
+    ],
 )
 def test_hyperparameter_ranges(name, kwargs):
     with pytest.raises(mtlsolve.InvalidConfigError, match=next(iter(kwargs))):

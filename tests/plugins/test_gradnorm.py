@@ -168,7 +168,11 @@ def test_state_round_trip_keeps_the_parameter_object():
 def test_options_and_registration():
     solver = mtlsolve.get("GradNorm")
     assert (solver.alpha, solver.params, solver.parameterisation, solver.initial_loss) == (
-        1.5, "last_shared", "raw", "first_step")
+        1.5,
+        "last_shared",
+        "raw",
+        "first_step",
+    )
     assert solver.grads == "last_shared" and GradNorm(params="all_shared").grads is None
     assert mtlsolve.get("grad_norm").name == "gradnorm"
     assert GradNorm.post_step and not GradNorm.post_step_losses

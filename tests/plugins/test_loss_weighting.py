@@ -96,8 +96,15 @@ def test_names_resolve(name, cls, preset):
 
 
 def test_needs_and_flags():
-    for cls in (ScaleInvariant, UncertaintyWeighting, DynamicWeightAverage, GeometricLoss, IMTLL, FAMO,
-                SmoothTchebycheff):
+    for cls in (
+        ScaleInvariant,
+        UncertaintyWeighting,
+        DynamicWeightAverage,
+        GeometricLoss,
+        IMTLL,
+        FAMO,
+        SmoothTchebycheff,
+    ):
         assert cls.needs == frozenset({Need.LOSSES}), cls
     assert SingleTask.needs == frozenset() and RandomLossWeighting.needs == frozenset()
     assert RandomLossWeighting.randomized and FAMO.post_step and not UncertaintyWeighting.post_step
@@ -169,7 +176,10 @@ def test_gls_weights_and_torchjd_geometric_mean():
     ("solver", "formula"),
     [
         (ScaleInvariant(), lambda L: torch.log(L).sum()),
-        (ScaleInvariant(weights=[0.5, 1.0, 2.0]), lambda L: (torch.tensor([0.5, 1, 2], dtype=F64) * torch.log(L)).sum()),
+        (
+            ScaleInvariant(weights=[0.5, 1.0, 2.0]),
+            lambda L: (torch.tensor([0.5, 1, 2], dtype=F64) * torch.log(L)).sum(),
+        ),
         (ScaleInvariant(transform="log1p"), lambda L: torch.log1p(L).sum()),
         (GeometricLoss(), lambda L: torch.prod(L) ** (1 / 3)),
         (SingleTask(main_task=2), lambda L: L[2]),
@@ -746,8 +756,15 @@ def test_extreme_losses_give_finite_weights():
 
 def test_state_entries_survive_a_weights_only_checkpoint():
     """Every entry is a tensor or a Python number, list or dict: torch.load(weights_only=True) reads it."""
-    solvers = [DynamicWeightAverage(), DynamicWeightAverage(period=2), FAMO(), SmoothTchebycheff(warmup_epoch=0),
-               UncertaintyWeighting(), IMTLL(), RandomLossWeighting(seed=1)]
+    solvers = [
+        DynamicWeightAverage(),
+        DynamicWeightAverage(period=2),
+        FAMO(),
+        SmoothTchebycheff(warmup_epoch=0),
+        UncertaintyWeighting(),
+        IMTLL(),
+        RandomLossWeighting(seed=1),
+    ]
     for solver in solvers:
         for L in ([1.0, 2.0], [0.9, 1.8], [0.8, 1.7]):
             solver(losses=L)
@@ -756,7 +773,9 @@ def test_state_entries_survive_a_weights_only_checkpoint():
             solver.end_epoch()
         state = roundtrip(solver.state_dict())
         assert state["solver"] == solver.name
-        fresh = type(solver)(**{f: getattr(solver, f) for f in ("period", "warmup_epoch", "seed") if hasattr(solver, f)})
+        fresh = type(solver)(
+            **{f: getattr(solver, f) for f in ("period", "warmup_epoch", "seed") if hasattr(solver, f)}
+        )
         fresh.load_state_dict(state)
         L = [0.7, 1.6]
         np.testing.assert_array_equal(fresh(losses=L).weights, solver(losses=L).weights)

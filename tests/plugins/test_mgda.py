@@ -260,7 +260,9 @@ def test_float32_agrees_with_float64():
             a, b = MGDA()(G), MGDA()(G.astype(np.float32))
             assert b.diagnostics["converged"]
             np.testing.assert_allclose(b.weights, a.weights, atol=tol)
-            np.testing.assert_allclose(b.direction, a.direction, atol=tol * np.abs(a.weights) @ np.linalg.norm(G, axis=1))
+            np.testing.assert_allclose(
+                b.direction, a.direction, atol=tol * np.abs(a.weights) @ np.linalg.norm(G, axis=1)
+            )
 
 
 def test_uncertified_step_warns_and_names_its_fallback(monkeypatch):

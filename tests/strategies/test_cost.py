@@ -259,7 +259,7 @@ def test_htr_reset_clears_the_state_and_keeps_the_scheduler():
 
 def test_htr_off_leaves_the_optimizer_alone():
     net, opt, cost, data = build_opposed(htr=False, max_teleports_per_epoch=1)
-    for i, b in enumerate(data[:6]):
+    for b in data[:6]:
         cost.train_step(b)
         cost.end_epoch()
     assert cost.teleports == 6 and {r["htr"] for r in cost.records} == {"off"}
@@ -347,8 +347,11 @@ def test_functional_sharpness_equals_a_perturbed_copy():
     # independent: a plain copy holding the adapted weights, the same draws added in place, in the order
     # of the model's (non-adapter) named parameters
     adapter_ids = {id(t) for t in params}
-    order = [n.replace(".parametrizations.weight.original", ".weight") for n, p in net.named_parameters()
-             if id(p) not in adapter_ids]
+    order = [
+        n.replace(".parametrizations.weight.original", ".weight")
+        for n, p in net.named_parameters()
+        if id(p) not in adapter_ids
+    ]
     merged = Scalar()
     with torch.no_grad():
         for i in (0, 2):
@@ -416,7 +419,10 @@ def test_built_from_a_config_mapping_with_a_named_or_mapped_base():
     assert [id(m) for m in cost._layers] == [id(net.trunk[0]), id(net.trunk[2])]
     cost = from_config(
         {"strategy": "teleport", "base": {"name": "fairgrad", "alpha": 0.5}, "lora_targets": "trunk.2"},
-        model=net, optimizer=opt, shared=net.trunk, loss_fn=sine_losses,
+        model=net,
+        optimizer=opt,
+        shared=net.trunk,
+        loss_fn=sine_losses,
     )
     assert cost.solver.name == "fairgrad" and [id(m) for m in cost._layers] == [id(net.trunk[2])]
     X, Y = sine_problem(64)
@@ -443,7 +449,12 @@ def test_built_from_a_config_mapping_with_a_named_or_mapped_base():
 def test_clear_errors(settings, runtime, match):
     torch.manual_seed(0)
     net = TwoHeadNet()
-    kwargs = {"model": net, "optimizer": torch.optim.Adam(net.parameters()), "shared": net.trunk, "loss_fn": sine_losses}
+    kwargs = {
+        "model": net,
+        "optimizer": torch.optim.Adam(net.parameters()),
+        "shared": net.trunk,
+        "loss_fn": sine_losses,
+    }
     if runtime.get("optimizer") == "sgd":
         kwargs["optimizer"] = torch.optim.SGD(net.parameters(), lr=0.1)
     if runtime.get("shared") == "foreign":
@@ -466,12 +477,21 @@ def train(cost_on: bool, seed: int = 0, **settings):
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     teleport = [(X[i : i + 64], Y[i : i + 64]) for i in range(0, 512, 64)]
     config = {
-        "strategy": "cost", "base": "ls", "lora_rank": 2, "tele_rounds": 1, "start_step": START,
-        "max_teleports_per_epoch": 1 if cost_on else 0, "max_norm": None, "monitor": True, "seed": seed,
+        "strategy": "cost",
+        "base": "ls",
+        "lora_rank": 2,
+        "tele_rounds": 1,
+        "start_step": START,
+        "max_teleports_per_epoch": 1 if cost_on else 0,
+        "max_norm": None,
+        "monitor": True,
+        "seed": seed,
         "lora_lr": 1e-4,
     }
     config.update(settings)
-    cost = from_config(config, model=net, optimizer=opt, shared=net.trunk, loss_fn=sine_losses, teleport_loader=teleport)
+    cost = from_config(
+        config, model=net, optimizer=opt, shared=net.trunk, loss_fn=sine_losses, teleport_loader=teleport
+    )
     gen = torch.Generator().manual_seed(seed + 1)
     for s in range(STEPS):
         idx = torch.randint(0, len(X), (32,), generator=gen)

@@ -102,8 +102,16 @@ def test_step_is_mixing_plus_gradient_step(scalarization, layers):
     x, y = torch.randn(16, 4), torch.randn(16, 2)
     net = Tiny()
     lr, alpha = 0.1, 3.0
-    pop = MTGD(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=lr), num_tasks=2, n_models=5,
-               alpha=alpha, neighbors=2, transfer_layers=layers, scalarization=scalarization)
+    pop = MTGD(
+        model=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=lr),
+        num_tasks=2,
+        n_models=5,
+        alpha=alpha,
+        neighbors=2,
+        transfer_layers=layers,
+        scalarization=scalarization,
+    )
     with torch.no_grad():  # make the models differ, so that the transfer does something
         for model in pop.models:
             for p in model.parameters():
@@ -117,12 +125,16 @@ def test_step_is_mixing_plus_gradient_step(scalarization, layers):
             L = two_losses(before[k], x, y)
             lam = torch.tensor(pop.preferences[k], dtype=L.dtype)
             f = (lam * L).sum() if scalarization == "linear" else (lam * L).max()
-            grads = dict(zip([n for n, _ in before[k].named_parameters()],
-                             torch.autograd.grad(f, list(before[k].parameters()))))
+            grads = dict(
+                zip([n for n, _ in before[k].named_parameters()], torch.autograd.grad(f, list(before[k].parameters())))
+            )
             for name, p in model.named_parameters():
                 mixed = name.split(".")[0] in (layers or ["trunk", "head"])
-                start = (sum(M[k, j] * before[j].get_parameter(name).detach() for j in range(len(before)))
-                         if mixed else before[k].get_parameter(name).detach())
+                start = (
+                    sum(M[k, j] * before[j].get_parameter(name).detach() for j in range(len(before)))
+                    if mixed
+                    else before[k].get_parameter(name).detach()
+                )
                 torch.testing.assert_close(p.detach(), start - lr * grads[name], rtol=1e-5, atol=1e-6)
 
 
@@ -130,8 +142,9 @@ def test_alpha_zero_is_independent_training():
     torch.manual_seed(1)
     x, y = torch.randn(16, 4), torch.randn(16, 2)
     net = Tiny()
-    pop = MTGD(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), num_tasks=2,
-               n_models=3, alpha=0.0)
+    pop = MTGD(
+        model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), num_tasks=2, n_models=3, alpha=0.0
+    )
     refs = [copy.deepcopy(net) for _ in range(3)]
     opts = [torch.optim.SGD(r.parameters(), lr=0.1, momentum=0.9) for r in refs]
     for _ in range(4):
@@ -168,12 +181,16 @@ def test_checkpoint_resume_is_bit_identical():
     def build():
         net = Tiny()
         opt = torch.optim.Adam(net.parameters(), lr=0.01)
-        return from_config({"strategy": "mtgd", "num_tasks": 2, "n_models": 5, "alpha": 5.0}, model=net,
-                           optimizer=opt, scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 2, 0.5))
+        return from_config(
+            {"strategy": "mtgd", "num_tasks": 2, "n_models": 5, "alpha": 5.0},
+            model=net,
+            optimizer=opt,
+            scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 2, 0.5),
+        )
 
     torch.manual_seed(3)
     pop = build()
-    for i, (x, y) in enumerate(data[:5]):
+    for x, y in data[:5]:
         pop.step(lambda model: two_losses(model, x, y))
         pop.end_epoch()
     saved = copy.deepcopy(pop.state_dict())
@@ -199,8 +216,11 @@ def test_config_names():
     with pytest.raises(InvalidConfigError):
         from_config({"strategy": "mtgd"}, model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1))
     with pytest.raises(ValueError):
-        from_config({"strategy": "mtgd", "num_tasks": 2, "alpha": -1}, model=net,
-                    optimizer=torch.optim.SGD(net.parameters(), lr=0.1))
+        from_config(
+            {"strategy": "mtgd", "num_tasks": 2, "alpha": -1},
+            model=net,
+            optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+        )
 
 
 # --------------------------------------------------------------- two-task check
@@ -213,9 +233,18 @@ def population_run(alpha, seed=0, steps=300, every=10, K=7):
     nadir = float(((Yte[:, 0] - Yte[:, 1]) ** 2).mean())
     torch.manual_seed(seed)
     net = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
-    pop = from_config({"strategy": "mtgd", "num_tasks": 2, "n_models": K, "alpha": alpha, "neighbors": 2,
-                       "reference": [1.1 * nadir] * 2},
-                      model=net, optimizer=torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9))
+    pop = from_config(
+        {
+            "strategy": "mtgd",
+            "num_tasks": 2,
+            "n_models": K,
+            "alpha": alpha,
+            "neighbors": 2,
+            "reference": [1.1 * nadir] * 2,
+        },
+        model=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9),
+    )
     loss = lambda model, x, y: ((model(x) - y) ** 2).mean(dim=0)  # noqa: E731
     gen = torch.Generator().manual_seed(seed + 100)
     hv = [pop.hypervolume(pop.evaluate(lambda m: loss(m, Xte, Yte)))]

@@ -41,8 +41,9 @@ def make(seed=0, lr=1e-3, optim=torch.optim.Adam, **settings):
     torch.manual_seed(seed)
     model = Net()
     opt = optim(model.parameters(), lr=lr)
-    stgu = from_config({"strategy": "stgu", "seed": seed, **settings}, model=model, optimizer=opt,
-                       task_param_groups=model.heads)
+    stgu = from_config(
+        {"strategy": "stgu", "seed": seed, **settings}, model=model, optimizer=opt, task_param_groups=model.heads
+    )
     return model, opt, stgu
 
 
@@ -144,8 +145,14 @@ def test_substeps_heads_and_task_specific_lr():
     model = Net()
     lr = 0.1
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    stgu = STGU(optimizer=opt, model=model, task_param_groups=model.heads, initial_groups=[[0, 1, 2], [3, 4, 5]],
-                warmup_iters=10, seed=3)
+    stgu = STGU(
+        optimizer=opt,
+        model=model,
+        task_param_groups=model.heads,
+        initial_groups=[[0, 1, 2], [3, 4, 5]],
+        warmup_iters=10,
+        seed=3,
+    )
     # the heads moved to param groups of their own with lr x m
     head_ids = {id(p) for p in model.heads.parameters()}
     for group in opt.param_groups:
@@ -197,8 +204,16 @@ def test_in_group_solver_is_used():
         torch.manual_seed(0)
         model = Net()
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        stgu = STGU(optimizer=opt, model=model, task_param_groups=model.heads, initial_groups=[[0, 1]] + [[t] for t in range(2, 6)],
-                    solver=solver, warmup_iters=5, seed=0, task_specific_lr_mult=1.0)
+        stgu = STGU(
+            optimizer=opt,
+            model=model,
+            task_param_groups=model.heads,
+            initial_groups=[[0, 1]] + [[t] for t in range(2, 6)],
+            solver=solver,
+            warmup_iters=5,
+            seed=0,
+            task_specific_lr_mult=1.0,
+        )
         start = model.trunk[0].weight.detach().clone()
         calls = []
 
@@ -280,9 +295,11 @@ def test_checkpoint_resume_is_bit_identical():
 
     model, opt, stgu = make(**settings)
     train(model, opt, stgu, batches[:10])
-    saved = {"model": {k: v.clone() for k, v in model.state_dict().items()},
-             "opt": copy.deepcopy(opt.state_dict()),
-             "stgu": stgu.state_dict()}
+    saved = {
+        "model": {k: v.clone() for k, v in model.state_dict().items()},
+        "opt": copy.deepcopy(opt.state_dict()),
+        "stgu": stgu.state_dict(),
+    }
     train(model, opt, stgu, batches[10:])
 
     model2, opt2, stgu2 = make(seed=7, **settings)  # other initial weights, overwritten by the checkpoint
@@ -307,8 +324,9 @@ def test_config_names_and_errors():
     with pytest.raises(ValueError):
         from_config({"strategy": "stgu", "initial_groups": [[0, 1], [1, 2]]}, model=model, optimizer=opt)
     with pytest.raises(InvalidConfigError):
-        from_config({"strategy": "stgu", "loss_weights": [1.0] * 5}, model=model, optimizer=opt,
-                    task_param_groups=model.heads)
+        from_config(
+            {"strategy": "stgu", "loss_weights": [1.0] * 5}, model=model, optimizer=opt, task_param_groups=model.heads
+        )
     with pytest.raises(InvalidConfigError):
         from_config({"strategy": "nope"}, model=model, optimizer=opt)
 

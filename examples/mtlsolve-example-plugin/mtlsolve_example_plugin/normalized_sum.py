@@ -8,12 +8,13 @@ vanishing task drops out instead of producing NaN or Inf.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
-from mtlsolve import GramianWeighting, GradientSystem
+from mtlsolve import GradientSystem, GramianWeighting
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -25,9 +26,7 @@ class NormalizedSum(GramianWeighting):
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "scale_invariant"})
     paper: ClassVar[str] = "none: an example third-party plugin for mtlsolve"
 
-    def weights_from_gramian(
-        self, gramian: np.ndarray, system: GradientSystem
-    ) -> tuple[np.ndarray, Mapping[str, Any]]:
+    def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         sq_norms = np.diag(gramian)
         positive = sq_norms > 0
         w = np.zeros(len(sq_norms))

@@ -27,6 +27,4 @@ class SolverWarmupSettings(StrategySettings):
     paper: ClassVar[str] = "none: an example third-party plugin for mtlsolve"
 
     solver: Any = attrs.field(default="mgda", validator=check_solver_spec)
-    warmup_steps: int = attrs.field(
-        default=100, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)]
-    )
+    warmup_steps: int = attrs.field(default=100, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)])
