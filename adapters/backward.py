@@ -60,6 +60,8 @@ import torch
 from mtlsolve.adapters import _grads, engines
 from mtlsolve.adapters.engines import Batch, Staged
 from mtlsolve.errors import InvalidSystemError, NonFiniteError, SolverError
+from mtlsolve.gramian import cosines as pairwise_cosines
+from mtlsolve.gramian import norms as gradient_norms
 from mtlsolve.solver import GRADIENTS, Need, Solver, Weighting
 from mtlsolve.system import GradientSystem
 
@@ -104,17 +106,12 @@ class StepDiagnostics:
     @property
     def grad_norms(self) -> np.ndarray | None:
         """‖g_i‖ for every task."""
-        return None if self.gramian is None else np.sqrt(np.clip(np.diag(self.gramian), 0.0, None))
+        return None if self.gramian is None else gradient_norms(self.gramian)
 
     @property
     def cosines(self) -> np.ndarray | None:
         """The m x m matrix of pairwise cosines cos(g_i, g_j) (0 where a gradient is 0)."""
-        if self.gramian is None:
-            return None
-        norms = self.grad_norms
-        outer = np.outer(norms, norms)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(outer > 0, self.gramian / outer, 0.0)
+        return None if self.gramian is None else pairwise_cosines(self.gramian)
 
     @property
     def condition_number(self) -> float | None:

@@ -532,13 +532,16 @@ def _lock_of(solver: Solver) -> Any:
 
 
 def _copied(value: Any, memo: dict[int, Any]) -> Any:
-    """A deep copy of one state entry; numbers, strings, numpy arrays and lists of floats take the short way."""
+    """A deep copy of one state entry; numbers, strings, numpy arrays, lists of floats and dicts of
+    those take the short way."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if type(value) is np.ndarray:
         return value.copy()
     if type(value) is list and all(type(v) is float for v in value):
         return list(value)
+    if type(value) is dict:  # e.g. a random generator's state
+        return {key: _copied(entry, memo) for key, entry in value.items()}
     return copy.deepcopy(value, memo)
 
 

@@ -67,6 +67,7 @@ from mtlsolve.adapters.backward import MultiTaskBackward, StepDiagnostics, _reso
 from mtlsolve.adapters.strategies import _lora
 from mtlsolve.adapters.strategies.settings import COSTSettings
 from mtlsolve.errors import InvalidConfigError
+from mtlsolve.gramian import norms
 from mtlsolve.strategy import settings_for
 
 
@@ -76,7 +77,7 @@ def mean_cosines(gramian: np.ndarray) -> tuple[np.ndarray, float]:
     m = len(K)
     s = K.sum(1) / m  # g₀·g_i
     g0 = math.sqrt(max(float(s.sum()) / m, 0.0))
-    denom = g0 * np.sqrt(np.clip(np.diag(K), 0.0, None))
+    denom = g0 * norms(K)
     return np.where(denom > 0, s / np.where(denom > 0, denom, 1.0), 0.0), g0
 
 

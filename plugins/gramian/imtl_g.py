@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import attrs
 import numpy as np
 import scipy.linalg.lapack
 
-from mtlsolve.gramian import certificate_tolerance, normalised, rank_threshold
+from mtlsolve.gramian import certificate_tolerance, normalised, norms, rank_threshold
 from mtlsolve.solver import GramianWeighting
 from mtlsolve.system import GradientSystem
 from mtlsolve.validation import one_of, optional, positive
@@ -60,84 +60,111 @@ class IMTLG(GramianWeighting):
     ridge: float = attrs.field(default=1e-8, validator=positive)
 
     def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
-        m = gramian.shape[0]
         rho = system.roundoff
-        if self.singular == "pinv":  # the common full-rank case in one compiled call
-            from mtlsolve.kernels._dense import as_kernel_array
-            from mtlsolve.kernels.imtl import SOLVED, imtl_full_rank
+        if self.singular == "pinv":
+            solved = _compiled_full_rank(gramian, rho, self.rtol)
+            if solved is not None:
+                return solved
+        solution = self._ridge_solution(gramian) if self.singular == "ridge" else self._pinv_solution(gramian, rho)
+        return _certified(gramian, rho, solution)
 
-            status, w, residual, spread = imtl_full_rank(
-                as_kernel_array(gramian), rank_threshold(m, rho), -1.0 if self.rtol is None else self.rtol, rho
-            )
-            if status == SOLVED:
-                tolerance = float(certificate_tolerance(rho))
-                converged = bool(residual <= tolerance)
-                diagnostics = {
-                    "rank": m,
-                    "degenerate": False,
-                    "residual": float(residual),
-                    "tolerance": tolerance,
-                    "converged": converged,
-                    "projection_spread": float(spread),
-                }
-                if not converged:
-                    diagnostics["fallback"] = "none: the uncertified result is returned"
-                return w, diagnostics
+    def _ridge_solution(self, gramian: np.ndarray) -> _Solution:
+        """x = (K + ridge·I)⁻¹n, its residual read on the shifted matrix."""
+        m = gramian.shape[0]
+        shifted = gramian + self.ridge * np.eye(m)
+        x = _solve(shifted, norms(gramian))
+        used, scales = normalised(shifted)
+        lam, Q = np.linalg.eigh(used)
+        return _Solution(x, scales, lam, Q, lam > 0, m, shifted, None)
+
+    def _pinv_solution(self, gramian: np.ndarray, rho: float) -> _Solution:
+        """x = K⁺n on the range kept by the rank cut-off of the normalised Gramian."""
+        m = gramian.shape[0]
         Kn, n = normalised(gramian)
-        if self.singular == "ridge":
-            shifted = gramian + self.ridge * np.eye(m)
-            x = _solve(shifted, n)
-            used, scales = normalised(shifted)
-            lam, Q = np.linalg.eigh(used)
-            keep = lam > 0
-            rank, basis = m, None
-            residual_matrix = shifted
-        else:
-            used, scales = Kn, n
-            lam, Q = np.linalg.eigh(Kn)
-            cutoff = rank_threshold(m, rho) if self.rtol is None else self.rtol * max(lam[-1], 0.0)
-            keep = lam > cutoff
-            rank = int(keep.sum())
-            residual_matrix = gramian
-            if rank == 0:
-                x, basis = np.zeros(m), None
-            elif rank == m:  # K = DK̂D: K x = n  ⇔  K̂ (Dx) = 1
-                b = _solve(Kn, np.ones(m))
-                x, basis = b / n, None
-            else:  # x = Q(QᵀKQ)⁻¹Qᵀn on an orthonormal basis Q of range(K) = D·range(K̂)
-                basis = np.linalg.qr(n[:, None] * Q[:, keep])[0]
-                projected = basis.T @ gramian @ basis
-                y = _solve(projected, basis.T @ n)
-                x = basis @ y
-        total = x.sum()
-        magnitude = np.abs(x).sum()
-        # 1ᵀx = (1/n)ᵀK̂⁺1 moves by cᵀδK̂b under K̂'s round-off |δK̂| ≤ ρ (b = n∘x, c = K̂⁺(1/n)):
-        # below 4ρ‖c‖₁‖b‖₁ its sign is round-off and α is unbounded noise
-        inv = np.divide(1.0, scales, out=np.zeros(m), where=scales > 0)
-        c = Q[:, keep] @ ((Q[:, keep].T @ inv) / lam[keep])
-        sensitivity = rho * np.abs(c).sum() * np.abs(scales * x).sum()
-        degenerate = not (magnitude > 0 and abs(total) > 4.0 * sensitivity)
-        diagnostics: dict[str, Any] = {"rank": rank, "degenerate": degenerate}
-        tolerance = float(certificate_tolerance(rho))
-        if degenerate:
-            message = "every gradient is zero" if not n.any() else "1ᵀK⁺n vanishes to round-off: α is unbounded"
-            return np.zeros(m), {
-                **diagnostics,
-                "converged": False,
-                "fallback": "zero update",
-                "residual": float("inf"),
-                "tolerance": tolerance,
-                "message": f"imtl_g: {message}; returned α = 0 (d = 0)",
-            }
-        w = x / total
-        residual, spread = _certificate(residual_matrix, x, n, basis)
-        residual = float(max(residual, abs(w.sum() - 1.0) / np.abs(w).sum()))
-        diagnostics.update(
-            residual=residual, tolerance=tolerance, converged=bool(residual <= tolerance), projection_spread=spread
-        )
-        if not diagnostics["converged"]:
-            diagnostics["fallback"] = "none: the uncertified result is returned"
-        return w, diagnostics
+        lam, Q = np.linalg.eigh(Kn)
+        cutoff = rank_threshold(m, rho) if self.rtol is None else self.rtol * max(lam[-1], 0.0)
+        keep = lam > cutoff
+        rank = int(keep.sum())
+        basis = None
+        if rank == 0:
+            x = np.zeros(m)
+        elif rank == m:  # K = DK̂D: K x = n  ⇔  K̂ (Dx) = 1
+            x = _solve(Kn, np.ones(m)) / n
+        else:  # x = Q(QᵀKQ)⁻¹Qᵀn on an orthonormal basis Q of range(K) = D·range(K̂)
+            basis = np.linalg.qr(n[:, None] * Q[:, keep])[0]
+            x = basis @ _solve(basis.T @ gramian @ basis, basis.T @ n)
+        return _Solution(x, n, lam, Q, keep, rank, gramian, basis)
+
+
+class _Solution(NamedTuple):
+    """A solve of K x = n: x, the scales of the normalised matrix used, its eigenpairs, the kept
+    eigenvalues, the rank, the matrix the residual is read on and the basis of the kept range."""
+
+    x: np.ndarray
+    scales: np.ndarray
+    lam: np.ndarray
+    Q: np.ndarray
+    keep: np.ndarray
+    rank: int
+    residual_matrix: np.ndarray
+    basis: np.ndarray | None
+
+
+def _compiled_full_rank(gramian: np.ndarray, rho: float, rtol: float | None) -> tuple | None:
+    """The common full-rank case in one compiled call (:mod:`mtlsolve.kernels.imtl`); None otherwise."""
+    from mtlsolve.kernels._dense import as_kernel_array
+    from mtlsolve.kernels.imtl import SOLVED, imtl_full_rank
+
+    m = gramian.shape[0]
+    status, w, residual, spread = imtl_full_rank(
+        as_kernel_array(gramian), rank_threshold(m, rho), -1.0 if rtol is None else rtol, rho
+    )
+    if status != SOLVED:
+        return None
+    return w, _diagnostics(m, float(residual), float(certificate_tolerance(rho)), float(spread))
+
+
+def _diagnostics(rank: int, residual: float, tolerance: float, spread: float) -> dict[str, Any]:
+    diagnostics = {
+        "rank": rank,
+        "degenerate": False,
+        "residual": residual,
+        "tolerance": tolerance,
+        "converged": bool(residual <= tolerance),
+        "projection_spread": spread,
+    }
+    if not diagnostics["converged"]:
+        diagnostics["fallback"] = "none: the uncertified result is returned"
+    return diagnostics
+
+
+def _certified(gramian: np.ndarray, rho: float, solution: _Solution) -> tuple[np.ndarray, dict[str, Any]]:
+    """α = x/1ᵀx with its certificate, or zero weights when 1ᵀx vanishes to round-off."""
+    x, scales, lam, Q, keep, rank, residual_matrix, basis = solution
+    m = gramian.shape[0]
+    n = norms(gramian)
+    # 1ᵀx = (1/n)ᵀK̂⁺1 moves by cᵀδK̂b under K̂'s round-off |δK̂| ≤ ρ (b = n∘x, c = K̂⁺(1/n)):
+    # below 4ρ‖c‖₁‖b‖₁ its sign is round-off and α is unbounded noise
+    total = x.sum()
+    inv = np.divide(1.0, scales, out=np.zeros(m), where=scales > 0)
+    c = Q[:, keep] @ ((Q[:, keep].T @ inv) / lam[keep])
+    sensitivity = rho * np.abs(c).sum() * np.abs(scales * x).sum()
+    tolerance = float(certificate_tolerance(rho))
+    if not (np.abs(x).sum() > 0 and abs(total) > 4.0 * sensitivity):
+        message = "every gradient is zero" if not n.any() else "1ᵀK⁺n vanishes to round-off: α is unbounded"
+        return np.zeros(m), {
+            "rank": rank,
+            "degenerate": True,
+            "converged": False,
+            "fallback": "zero update",
+            "residual": float("inf"),
+            "tolerance": tolerance,
+            "message": f"imtl_g: {message}; returned α = 0 (d = 0)",
+        }
+    w = x / total
+    residual, spread = _certificate(residual_matrix, x, n, basis)
+    residual = float(max(residual, abs(w.sum() - 1.0) / np.abs(w).sum()))
+    return w, _diagnostics(rank, residual, tolerance, spread)
 
 
 def _solve(A: np.ndarray, rhs: np.ndarray) -> np.ndarray:
