@@ -23,7 +23,7 @@ from mtlsolve.errors import (
     SolverError,
     StateError,
 )
-from mtlsolve.system import GradientSystem, as_system
+from mtlsolve.system import GradientSystem, as_system, dtype_max
 from mtlsolve.validation import one_of
 
 
@@ -512,7 +512,8 @@ class Weighting(Solver):
             raise NonFiniteError(f"{self.name} produced non-finite weights {w.tolist()}")
         weights = like(w, system.reference)
         direction = combine(weights, system.matrix) if system.has_matrix else None
-        system._cache["weights64"] = (weights, w)
+        if np.abs(w).max(initial=0.0) < dtype_max(weights):  # else the guard reads the cast weights themselves
+            system._cache["weights64"] = (weights, w)
         return Result(direction=direction, weights=weights, diagnostics=diagnostics)
 
 

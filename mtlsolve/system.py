@@ -335,7 +335,16 @@ def dtype_eps(x: Any) -> float:
     return eps
 
 
+def dtype_max(x: Any) -> float:
+    """The largest finite value of an array's or tensor's (floating) dtype."""
+    largest = _MAX.get(x.dtype)
+    if largest is None:
+        largest = _MAX[x.dtype] = float(_torch().finfo(x.dtype).max if is_torch(x) else np.finfo(x.dtype).max)
+    return largest
+
+
 _EPS: dict[Any, float] = {}  # by dtype (numpy's and torch's dtypes are distinct keys)
+_MAX: dict[Any, float] = {}
 _FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 

@@ -238,3 +238,31 @@ def test_state_is_checked_on_load():
     fresh = _Counting()
     fresh.load_state_dict(state)
     assert fresh.state_dict()["calls"] == 1
+
+
+@attrs.define(kw_only=True, eq=False)
+class _LargeWeightOnZeroRow(mtlsolve.GramianWeighting):
+    """Finite float64 weights, one of them too large for half precision, on a zero gradient."""
+
+    name: ClassVar[str] = "large_weight_probe"
+
+    def weights_from_gramian(self, gramian, system):
+        return np.array([1e6, 0.5]), {}
+
+
+@pytest.mark.parametrize("make", [np.asarray, torch.as_tensor], ids=["numpy", "torch"])
+def test_weights_that_overflow_the_output_dtype_raise(make):
+    """w₁ = 1e6 is finite in float64 but inf in float16; on a zero row wᵀG would then hold 0·inf = NaN,
+    which the bound |w|·‖g‖ cannot see: the cast weights are checked, never a NaN direction returned."""
+    G = make(np.array([[0.0], [0.4]], dtype=np.float16))
+    with pytest.raises(NonFiniteError, match="non-finite weights"):
+        _LargeWeightOnZeroRow()(G)
+    # the fuzz find: CAGrad on a float16 system with a zero row, scaled by 128
+    losses = np.array([3.75, 0.70], dtype=np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        try:
+            result = mtlsolve.get("cagrad")(G * 128, losses=losses)
+        except NonFiniteError:
+            return
+    assert np.isfinite(np.asarray(result.direction, dtype=np.float64)).all()
