@@ -510,10 +510,14 @@ class Weighting(Solver):
         w, diagnostics = self.weights(system)
         if not np.isfinite(w).all():  # before wᵀG is formed; the base guard checks d
             raise NonFiniteError(f"{self.name} produced non-finite weights {w.tolist()}")
-        weights = like(w, system.reference)
+        reference = system.reference
+        if np.abs(w).max(initial=0.0) >= dtype_max(reference):  # inf once cast, and 0·inf = NaN in wᵀG
+            raise NonFiniteError(
+                f"{self.name} produced non-finite weights in {reference.dtype}: {w.tolist()} exceed its largest value"
+            )
+        weights = like(w, reference)
         direction = combine(weights, system.matrix) if system.has_matrix else None
-        if np.abs(w).max(initial=0.0) < dtype_max(weights):  # else the guard reads the cast weights themselves
-            system._cache["weights64"] = (weights, w)
+        system._cache["weights64"] = (weights, w)
         return Result(direction=direction, weights=weights, diagnostics=diagnostics)
 
 
