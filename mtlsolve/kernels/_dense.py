@@ -121,6 +121,16 @@ def cholesky(M, L, floor):
 
 
 @kernel(inline=True)
+def row_norms(K):
+    """n_i = √K_ii, a negative round-off diagonal read as 0 (:func:`mtlsolve.gramian.norms`)."""
+    m = K.shape[0]
+    n = np.empty(m)
+    for i in range(m):
+        n[i] = np.sqrt(max(K[i, i], 0.0))
+    return n
+
+
+@kernel(inline=True)
 def forward_row(L, k, b, y):
     """Row k of the forward substitution L y = b: y[k] = (b − L[k, :k]·y[:k]) / L[k, k]."""
     s = b

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from mtlsolve.kernels import _cvx
-from mtlsolve.kernels._dense import RIDGE, active_set, as_kernel_array, unit_diagonal
+from mtlsolve.kernels._dense import RIDGE, active_set, as_kernel_array, row_norms, unit_diagonal
 from mtlsolve.kernels._numba import kernel
 from mtlsolve.kernels.simplex_qp import default_max_iter
 
@@ -143,9 +143,7 @@ def dual_cone_certificate(K: np.ndarray, U: np.ndarray, V: np.ndarray) -> float:
 @kernel
 def _dual_cone_certificate(K, U, V):
     m = K.shape[0]
-    s = np.empty(m)
-    for i in range(m):
-        s[i] = np.sqrt(max(K[i, i], 0.0))
+    s = row_norms(K)
     worst = 0.0
     for r in range(V.shape[0]):
         S = 0.0

@@ -46,7 +46,7 @@ import numpy as np
 from mtlsolve.errors import SolverError
 from mtlsolve.gramian import certificate_tolerance, rank_threshold
 from mtlsolve.kernels import _cvx
-from mtlsolve.kernels._dense import RIDGE, as_kernel_array, chol_solve, cholesky
+from mtlsolve.kernels._dense import RIDGE, as_kernel_array, chol_solve, cholesky, row_norms
 from mtlsolve.kernels._numba import kernel
 from mtlsolve.kernels.simplex_qp import _simplex_qp, default_max_iter
 
@@ -206,11 +206,9 @@ def hull_distance(K: np.ndarray) -> float:
 @kernel
 def _hull_distance(K, ridge, max_iter):
     m = K.shape[0]
-    n = np.empty(m)
-    for i in range(m):
-        n[i] = np.sqrt(max(K[i, i], 0.0))
-        if not n[i] > 0.0:
-            return 0.0
+    n = row_norms(K)
+    if not n.min() > 0.0:
+        return 0.0
     Kn = np.empty((m, m))
     for i in range(m):
         for j in range(m):
@@ -288,9 +286,7 @@ def _fairgrad_certificate(K, w, alpha, roundoff):
     """(residual, S) of :func:`fairgrad_certificate` for w > 0, on the unit gradients u_i:
     d = Σ b_i u_i with b = n∘w, (Kw)_i = n_i (K̂b)_i."""
     m = K.shape[0]
-    n = np.empty(m)
-    for i in range(m):
-        n[i] = np.sqrt(max(K[i, i], 0.0))
+    n = row_norms(K)
     b = n * w
     total = b.sum()
     residual = 0.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtlsolve.kernels._dense import PIVOT_FLOOR, chol_solve, cholesky
+from mtlsolve.kernels._dense import PIVOT_FLOOR, chol_solve, cholesky, row_norms
 from mtlsolve.kernels._numba import kernel
 
 #: statuses of :func:`imtl_full_rank`
@@ -29,11 +29,9 @@ def imtl_full_rank(K, cutoff, rtol, roundoff):
     """
     m = K.shape[0]
     empty = np.zeros(0)
-    n = np.empty(m)
-    for i in range(m):
-        n[i] = np.sqrt(max(K[i, i], 0.0))
-        if not n[i] > 0.0:
-            return NOT_FULL_RANK, empty, 0.0, 0.0
+    n = row_norms(K)
+    if not n.min() > 0.0:
+        return NOT_FULL_RANK, empty, 0.0, 0.0
     Kn = np.empty((m, m))
     for i in range(m):
         for j in range(m):
