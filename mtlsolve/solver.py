@@ -24,7 +24,7 @@ from mtlsolve.errors import (
     StateError,
 )
 from mtlsolve.system import GradientSystem, as_system, dtype_max
-from mtlsolve.validation import one_of
+from mtlsolve.validation import Requirement, count, flag, one_of
 
 
 class Need(str, enum.Enum):
@@ -90,22 +90,10 @@ def _valid_needs(_instance: Any, _attribute: attrs.Attribute, value: frozenset) 
         raise InvalidConfigError(f"needs must be mtlsolve.Need values, got {', '.join(bad)}")
 
 
-def _one_of(choices: tuple) -> Any:
-    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value not in choices:
-            raise InvalidConfigError(f"{attribute.name} must be one of {choices}, got {value!r}")
-
-    return check
-
-
-def _flag(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise InvalidConfigError(f"{attribute.name} must be True or False, got {value!r}")
-
-
-def _batch_count(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        raise InvalidConfigError(f"{attribute.name} must be a positive integer, got {value!r}")
+def _config_error(requirement: Requirement) -> Requirement:
+    """``requirement`` raising InvalidConfigError: a record is built outside the registry, which
+    turns the validators' ValueError into one elsewhere."""
+    return attrs.evolve(requirement, error=InvalidConfigError)
 
 
 @attrs.frozen(kw_only=True)
@@ -131,22 +119,23 @@ class Capabilities:
     #: what the solver reads from the system
     needs: frozenset = attrs.field(default=frozenset(), converter=_frozen_needs, validator=_valid_needs)
     #: the gradients the method is defined on (one of GRADIENTS), None when any kind will do
-    grads: str | None = attrs.field(default=None, validator=_one_of((None, *GRADIENTS)))
+    grads: str | None = attrs.field(default=None, validator=_config_error(one_of(None, *GRADIENTS)))
     #: independent mini-batches one step reads (MoDo, SDMGrad: 3)
-    batches: int = attrs.field(default=1, validator=_batch_count)
+    batches: int = attrs.field(default=1, validator=_config_error(count))
     #: the output depends on previous calls
-    stateful: bool = attrs.field(default=False, validator=_flag)
+    stateful: bool = attrs.field(default=False, validator=_config_error(flag))
     #: the output depends on a random generator (seeded by ``seed``)
-    randomized: bool = attrs.field(default=False, validator=_flag)
+    randomized: bool = attrs.field(default=False, validator=_config_error(flag))
     #: the solver owns learnable torch parameters (:meth:`Solver.parameters`) an optimiser steps
-    learnable: bool = attrs.field(default=False, validator=_flag)
+    learnable: bool = attrs.field(default=False, validator=_config_error(flag))
     #: the training loop calls :meth:`Solver.after_step` after every optimiser step
-    post_step: bool = attrs.field(default=False, validator=_flag)
+    post_step: bool = attrs.field(default=False, validator=_config_error(flag))
     #: :meth:`Solver.after_step` reads the losses recomputed after the step (else it gets None)
-    post_step_losses: bool = attrs.field(default=True, validator=_flag)
+    post_step_losses: bool = attrs.field(default=True, validator=_config_error(flag))
     #: what a sharded engine gathers (one of SHARDS); by default the least ``needs`` allows
     shards: str = attrs.field(
-        default=attrs.Factory(lambda self: shards_for(self.needs), takes_self=True), validator=_one_of(SHARDS)
+        default=attrs.Factory(lambda self: shards_for(self.needs), takes_self=True),
+        validator=_config_error(one_of(*SHARDS)),
     )
 
     def __attrs_post_init__(self) -> None:
