@@ -17,6 +17,7 @@ result into gradients (:meth:`GradientEngine.update`).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
@@ -143,7 +144,7 @@ class Update:
     norm: float | Callable[[], float] | None = None
 
 
-class Engine:
+class Engine(abc.ABC):
     """One way to get from m task losses to a :class:`Staged` step.
 
     ``fits`` says whether the engine serves an adapter's configuration
@@ -158,24 +159,28 @@ class Engine:
     autocast: ClassVar[bool] = False
 
     @classmethod
+    @abc.abstractmethod
     def fits(cls, pipe: Pipeline) -> bool:
-        raise NotImplementedError
+        """Whether this engine serves the adapter's configuration."""
 
-    def __init__(self, pipe: Pipeline, shared: Any) -> None:
+    def __init__(self, pipe: Pipeline, shared: Any) -> None:  # noqa: B027 - optional setup, not abstract
         """Nothing to set up by default."""
 
+    @abc.abstractmethod
     def compute(self, pipe: Pipeline, batch: Batch) -> Staged:
-        raise NotImplementedError
+        """One micro-batch's step, computed and not yet written."""
 
 
 class GradientEngine(Engine):
     """An engine that hands the solver per-task gradients (or their Gramian): the solver runs between its two phases."""
 
+    @abc.abstractmethod
     def gradients(self, pipe: Pipeline, batch: Batch) -> Gradients:
-        raise NotImplementedError
+        """What the solver reads: its system, and what the update needs besides."""
 
+    @abc.abstractmethod
     def update(self, pipe: Pipeline, batch: Batch, found: Gradients, result: Result, gramian: np.ndarray) -> Update:
-        raise NotImplementedError
+        """The writes of the combined update, from the solver's result."""
 
     def compute(self, pipe: Pipeline, batch: Batch) -> Staged:
         found = self.gradients(pipe, batch)

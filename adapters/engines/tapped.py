@@ -10,6 +10,8 @@ tasks' losses from the same backward.
 
 from __future__ import annotations
 
+import abc
+
 import attrs
 import numpy as np
 import torch
@@ -35,21 +37,21 @@ class Tapped:
 class TappedEngine(GradientEngine):
     """Per-task gradients of the tapped leaves into :meth:`buffer`; subclasses say how blocks are kept and the update written."""
 
+    @abc.abstractmethod
     def weighted(self, pipe: Pipeline) -> bool:
         """Whether the update is one more backward of Σ w_i L_i (else it is written from the held G)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def buffer(self, pipe: Pipeline, m: int) -> torch.Tensor:
         """Where this micro-batch's blocks go (zeroed again if the batched engine fails)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def sink(self, pipe: Pipeline, step: Tapped, m: int, offset: int, size: int) -> _grads.Consumer:
         """What receives the block of the tapped leaf at ``offset`` (``size`` coordinates)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def system(self, pipe: Pipeline, step: Tapped, losses: torch.Tensor) -> GradientSystem:
         """The solver's system from the filled buffer and the (cross-rank mean) losses."""
-        raise NotImplementedError
 
     def gradients(self, pipe: Pipeline, batch: Batch) -> Gradients:
         losses = batch.losses

@@ -223,6 +223,39 @@ def no_solution_threshold(m: int, roundoff: float) -> float:
     return max(rank_threshold(m, roundoff), HULL_FLOOR)
 
 
+def no_solution_reason(K: np.ndarray, roundoff: float) -> tuple[str, dict]:
+    """Why a step has no solution (0 ∈ conv{g_i} within round-off), and its diagnostics."""
+    mu, threshold = hull_distance(K), no_solution_threshold(len(K), roundoff)
+    reason = f"{STATUS[NO_SOLUTION]} within round-off (‖d_min‖² = {mu:.3g} ≤ {threshold:.3g} for unit gradients)"
+    return reason, {"hull_distance": mu, "no_solution": True}
+
+
+def uncertified_reason(status: int, residual: float, tolerance: float) -> str:
+    """Why a solve that ended with ``status`` is not returned: its certificate failed."""
+    return f"{STATUS[status]} but not certified: " + (
+        f"residual {residual:.3g} above tolerance {tolerance:.3g}"
+        if np.isfinite(residual)
+        else "some g_i·d is not positive beyond the Gramian's round-off"
+    )
+
+
+def fallback_step(name: str, symbol: str, previous, m: int, reason: str, tolerance: float, diagnostics: dict):
+    """(weights, diagnostics) of a step without a certified solve (FairGrad, Nash-MTL): the previous
+    weights when there are any, else zero weights (d = 0); never silent (``converged`` False)."""
+    if previous is not None:
+        weights, fallback, kept = np.array(previous), "previous weights", f"kept the previous {symbol}"
+    else:
+        weights, fallback, kept = np.zeros(m), "zero update", f"returned {symbol} = 0 (d = 0)"
+    return weights, {
+        **diagnostics,
+        "converged": False,
+        "fallback": fallback,
+        "residual": float("inf"),
+        "tolerance": tolerance,
+        "message": f"{name}: {reason}; {kept}",
+    }
+
+
 def default_roundoff(m: int) -> float:
     """ρ of a float64 Gramian given as it is: 2·(1 + m)·ε (as :attr:`GradientSystem.roundoff`)."""
     return 2.0 * (1 + m) * float(np.finfo(np.float64).eps)

@@ -59,11 +59,11 @@ class FairGrad(GramianWeighting):
     def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
         from mtlsolve.kernels.fairgrad import (
             NO_SOLUTION,
-            STATUS,
             fairgrad_certificate,
             fairgrad_weights,
-            hull_distance,
-            no_solution_threshold,
+            fallback_step,
+            no_solution_reason,
+            uncertified_reason,
         )
 
         m = gramian.shape[0]
@@ -82,11 +82,8 @@ class FairGrad(GramianWeighting):
             )
             diagnostics = {"iterations": iterations, "zero_tasks": int(m - keep.sum())}
             if status == NO_SOLUTION:
-                mu, threshold = hull_distance(K), no_solution_threshold(len(K), rho)
-                reason = (
-                    f"{STATUS[NO_SOLUTION]} within round-off (‖d_min‖² = {mu:.3g} ≤ {threshold:.3g} for unit gradients)"
-                )
-                diagnostics.update(hull_distance=mu, no_solution=True)
+                reason, found = no_solution_reason(K, rho)
+                diagnostics.update(found)
         residual, tolerance, certified = fairgrad_certificate(K, solved, self.alpha, rho, self.tol)
         if keep.any() and status != NO_SOLUTION and certified:
             w[keep] = solved
@@ -94,21 +91,5 @@ class FairGrad(GramianWeighting):
                 state["w"] = w.tolist()
             return w, {**diagnostics, "residual": residual, "tolerance": tolerance, "converged": True}
         if keep.any() and status != NO_SOLUTION:
-            reason = f"{STATUS[status]} but not certified: " + (
-                f"residual {residual:.3g} above tolerance {tolerance:.3g}"
-                if np.isfinite(residual)
-                else "some g_i·d is not positive beyond the Gramian's round-off"
-            )
-        previous = state.get("w")
-        if previous is not None:
-            w, fallback, kept = np.array(previous), "previous weights", "kept the previous w"
-        else:
-            fallback, kept = "zero update", "returned w = 0 (d = 0)"
-        return w, {
-            **diagnostics,
-            "converged": False,
-            "fallback": fallback,
-            "residual": float("inf"),
-            "tolerance": tolerance,
-            "message": f"fairgrad: {reason}; {kept}",
-        }
+            reason = uncertified_reason(status, residual, tolerance)
+        return fallback_step("fairgrad", "w", state.get("w"), m, reason, tolerance, diagnostics)

@@ -52,14 +52,8 @@ class NashMTL(GramianWeighting):
     tol: float = attrs.field(default=1e-10, converter=float, validator=in_range(0.0, 1.0, closed="neither"))
 
     def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
-        from mtlsolve.kernels.nash import (
-            NO_SOLUTION,
-            STATUS,
-            hull_distance,
-            nash_certificate,
-            nash_weights,
-            no_solution_threshold,
-        )
+        from mtlsolve.kernels.fairgrad import fallback_step, no_solution_reason, uncertified_reason
+        from mtlsolve.kernels.nash import NO_SOLUTION, nash_certificate, nash_weights
 
         m = gramian.shape[0]
         state = self._state_for(m)
@@ -82,27 +76,9 @@ class NashMTL(GramianWeighting):
             if certified:
                 state["alpha"] = alpha.tolist()
                 return alpha, {**diagnostics, "residual": residual, "tolerance": tolerance, "converged": True}
-            reason = f"{STATUS[status]} but not certified: " + (
-                f"residual {residual:.3g} above tolerance {tolerance:.3g}"
-                if np.isfinite(residual)
-                else "some g_i·d is not positive beyond the Gramian's round-off"
-            )
+            reason = uncertified_reason(status, residual, tolerance)
         else:
-            mu, threshold = hull_distance(gramian), no_solution_threshold(m, rho)
-            diagnostics.update(hull_distance=mu, no_solution=True)
-            reason = (
-                f"{STATUS[NO_SOLUTION]} within round-off (‖d_min‖² = {mu:.3g} ≤ {threshold:.3g} for unit gradients)"
-            )
-        if previous is not None:
-            weights, fallback, kept = np.array(previous), "previous weights", "kept the previous α"
-        else:
-            weights, fallback, kept = np.zeros(m), "zero update", "returned α = 0 (d = 0)"
+            reason, found = no_solution_reason(gramian, rho)
+            diagnostics.update(found)
         tolerance = nash_certificate(gramian, alpha, rho, self.tol)[1]
-        diagnostics.update(
-            converged=False,
-            fallback=fallback,
-            residual=float("inf"),
-            tolerance=tolerance,
-            message=f"nash_mtl: {reason}; {kept}",
-        )
-        return weights, diagnostics
+        return fallback_step("nash_mtl", "α", previous, m, reason, tolerance, diagnostics)
