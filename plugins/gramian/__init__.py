@@ -15,6 +15,7 @@ from mtlsolve.plugins.gramian.krum import Krum
 from mtlsolve.plugins.gramian.mgda import MGDA
 from mtlsolve.plugins.gramian.modo import MoDo
 from mtlsolve.plugins.gramian.nash_mtl import NashMTL
+from mtlsolve.plugins.gramian.pcd import PCD
 from mtlsolve.plugins.gramian.pcgrad import PCGrad
 from mtlsolve.plugins.gramian.sdmgrad import SDMGrad
 from mtlsolve.plugins.gramian.upgrad import UPGrad
@@ -37,6 +38,7 @@ def register_solvers(register):
         MGDA,
         MoDo,
         NashMTL,
+        PCD,
         PCGrad,
         SDMGrad,
         UPGrad,

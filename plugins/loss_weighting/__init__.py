@@ -4,7 +4,9 @@ from mtlsolve import hookimpl
 from mtlsolve.plugins.loss_weighting.dwa import DynamicWeightAverage
 from mtlsolve.plugins.loss_weighting.famo import FAMO
 from mtlsolve.plugins.loss_weighting.gls import GeometricLoss
+from mtlsolve.plugins.loss_weighting.go4align import GO4Align
 from mtlsolve.plugins.loss_weighting.imtl_l import IMTLL
+from mtlsolve.plugins.loss_weighting.ldc_mtl import LDCMTL
 from mtlsolve.plugins.loss_weighting.ls import LinearScalarization
 from mtlsolve.plugins.loss_weighting.rlw import RandomLossWeighting
 from mtlsolve.plugins.loss_weighting.si import ScaleInvariant
@@ -26,5 +28,7 @@ def register_solvers(register):
         IMTLL,
         FAMO,
         SmoothTchebycheff,
+        GO4Align,
+        LDCMTL,
     ):
         register(cls)
