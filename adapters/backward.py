@@ -63,9 +63,11 @@ from mtlsolve.errors import InvalidSystemError, NonFiniteError, SolverError
 from mtlsolve.gramian import cosines as pairwise_cosines
 from mtlsolve.gramian import norms as gradient_norms
 from mtlsolve.solver import GRADIENTS, Need, Solver, Weighting
-from mtlsolve.system import GradientSystem
+from mtlsolve.system import GradientSystem, task_mask
 
 PATHS = ("losses", "gramian", "matrix")
+#: what :class:`MultiTaskBackward` does with a NaN task loss: raise, or treat the task as absent
+MISSING = ("error", "nan")
 GRADS = GRADIENTS
 #: the gradients read from one forward pass's graph, which accumulation would need kept alive
 _ONE_GRAPH = {
@@ -102,6 +104,9 @@ class StepDiagnostics:
     skipped: bool = False
     engine: str | None = None
     solver: Mapping[str, Any] = attrs.field(factory=dict)
+    #: the indices of the tasks present in this step, None when all were (docs/methods.md#missing-tasks);
+    #: then ``losses`` holds NaN and ``weights`` 0 for an absent task, and ``gramian`` is that of the present ones
+    present: np.ndarray | None = None
 
     @property
     def grad_norms(self) -> np.ndarray | None:
@@ -133,13 +138,16 @@ class StepDiagnostics:
         ``condition_number``, ``update_norm`` and ``clip_factor``; entries a
         path does not produce (no Gramian on the loss path) are left out.
         """
-        out = {f"loss_{i}": float(v) for i, v in enumerate(self.losses)}
+        out = {f"loss_{i}": float(v) for i, v in enumerate(self.losses) if not math.isnan(v)}
         if self.weights is not None:
             out.update({f"weight_{i}": float(v) for i, v in enumerate(self.weights)})
         if self.gramian is not None:
-            out.update({f"grad_norm_{i}": float(v) for i, v in enumerate(self.grad_norms)})
+            task = list(range(len(self.gramian))) if self.present is None else [int(i) for i in self.present]
+            out.update({f"grad_norm_{task[i]}": float(v) for i, v in enumerate(self.grad_norms)})
             cos = self.cosines
-            out.update({f"cos_{i}_{j}": float(cos[i, j]) for i in range(len(cos)) for j in range(i + 1, len(cos))})
+            out.update(
+                {f"cos_{task[i]}_{task[j]}": float(cos[i, j]) for i in range(len(cos)) for j in range(i + 1, len(cos))}
+            )
             out["condition_number"] = self.condition_number
         if self.update_norm is not None:
             out["update_norm"] = float(self.update_norm)
@@ -308,6 +316,11 @@ class MultiTaskBackward:
     callback:
         called with the :class:`StepDiagnostics` of every combined step (after
         the update is written).
+    missing:
+        ``"error"`` (default): a NaN task loss raises, as any non-finite value;
+        ``"nan"``: a task whose loss is NaN is absent from the step, as if
+        :meth:`backward` had been given ``present`` without it
+        (docs/methods.md#missing-tasks).
 
     A :meth:`backward` that raises (non-finite values, a solver error, a bad
     loss vector) changes nothing: every ``.grad``, the solver's state and
@@ -333,7 +346,11 @@ class MultiTaskBackward:
         matrix_dtype: torch.dtype | None = None,
         distributed: Any = False,
         callback: Callable[[StepDiagnostics], None] | None = None,
+        missing: str = "error",
     ) -> None:
+        if missing not in MISSING:
+            raise ValueError(f"missing must be one of {MISSING}, got {missing!r}")
+        self.missing = missing
         self.solver = _resolve(solver)
         if not isinstance(shared, (torch.nn.Module, torch.Tensor)):
             shared = list(shared)  # a generator is read twice below
@@ -374,6 +391,8 @@ class MultiTaskBackward:
         self._m: int | None = None  # tasks of the last step
         self._skip = False  # a micro-batch of this cycle was skipped (a GradScaler found Inf/NaN)
         self._solver_saved: tuple | None = None  # the solver's state and parameter grads while a backward runs
+        self._present: np.ndarray | None = None  # the task mask of the pending step, None when all were present
+        self._rewind_later = False  # a skipped step inside the solver's tasks() block: rewind after it
 
     # --------------------------------------------------------------- set-up
     def _choose_grads(self, grads: str | None) -> str:
@@ -504,7 +523,12 @@ class MultiTaskBackward:
             new = _loss_vector(closure()).detach()
         if self._reducer is not None:
             new = self._reducer.mean(new)
-        self.solver.after_step(new)
+        if self._present is None:
+            self.solver.after_step(new)
+            return
+        with self.solver.tasks(self._present):
+            index = torch.as_tensor(np.flatnonzero(self._present), device=new.device)
+            self.solver.after_step(new.index_select(0, index))
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -521,6 +545,7 @@ class MultiTaskBackward:
             "losses": self._losses.clone() if mid and self._losses is not None else None,
             "m": self._m,
             "skipped": self._skip and mid,
+            "present": None if self._present is None else self._present.tolist(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -540,6 +565,8 @@ class MultiTaskBackward:
         self._losses = None if state["losses"] is None else state["losses"].clone()
         self._m = state.get("m")
         self._skip = bool(state.get("skipped", False))
+        present = state.get("present")
+        self._present = None if present is None else np.array(present, dtype=bool)
 
     def reset(self) -> None:
         """Start over, as a fresh adapter: the solver's state, the number of tasks, any unfinished cycle.
@@ -550,6 +577,7 @@ class MultiTaskBackward:
         self.solver.reset()
         self._m = None
         self._micro, self._pending, self._skip = 0, False, False
+        self._present = None
         self._matrix = self._losses = None
 
     # ------------------------------------------------------------- backward
@@ -558,7 +586,12 @@ class MultiTaskBackward:
         return self.scaler is not None and self.scaler.is_enabled()
 
     def backward(
-        self, losses: Any, features: torch.Tensor | None = None, *, retain_graph: bool = False
+        self,
+        losses: Any,
+        features: torch.Tensor | None = None,
+        *,
+        retain_graph: bool = False,
+        present: Any = None,
     ) -> StepDiagnostics | None:
         """Back-propagate one (micro-)batch's m task losses; returns diagnostics once the update is written.
 
@@ -572,9 +605,22 @@ class MultiTaskBackward:
         ``losses`` is a list of b loss vectors (or a b x m tensor), one per
         independent batch; the solver, and the diagnostics, see them stacked
         into b·m entries.
+
+        ``present`` (a boolean mask over the m tasks), or a NaN loss under
+        ``missing="nan"``, leaves tasks out of this step (docs/methods.md#missing-tasks):
+        only the present losses are back-propagated, the solver solves the
+        system of the present tasks (``solver.tasks(present)``), and the
+        diagnostics give weight 0 and loss NaN to an absent task. Passing the
+        losses as a list keeps an absent task's graph out of every backward;
+        from a stacked tensor they are selected by indexing, whose backward
+        visits the absent entries with zero gradients.
         """
+        given = losses
         losses = self._stacked(losses)
         tasks = self._check_tasks(losses)
+        mask = self._present_mask(losses, present)
+        if mask is not None:
+            losses = self._present_losses(given, losses, mask)
         last = self._micro + 1 == self.accumulation_steps
         batch = Batch(losses=losses, features=features, last=last, retain_graph=retain_graph)
         # what a failing call puts back; .grad and self._matrix are only written once the step succeeded
@@ -585,13 +631,23 @@ class MultiTaskBackward:
         if self._micro == 0:
             self._losses, self._skip = None, False
         try:
-            diagnostics = self._run(batch)
+            if mask is None:
+                diagnostics = self._run(batch)
+            else:
+                with self.solver.tasks(mask, reference=batch.losses):
+                    diagnostics = self._run(batch)
+                if self._rewind_later:
+                    self._rewind_later = False
+                    self._rewind_solver()
+                diagnostics = diagnostics if diagnostics is None else self._padded(diagnostics, mask)
         except BaseException:
+            self._rewind_later = False
             self._losses, self._skip, self._batched = saved
             self._rewind_solver()
             raise
         finally:
             self._solver_saved = None
+        self._present = mask
         self._m = tasks
         self._micro = 0 if last else self._micro + 1
         if not last:
@@ -600,6 +656,43 @@ class MultiTaskBackward:
         if self.callback is not None:
             self.callback(diagnostics)
         return diagnostics
+
+    def _present_mask(self, losses: torch.Tensor, present: Any) -> np.ndarray | None:
+        """The mask of the tasks present in this step (``present``, and finite losses under
+        ``missing="nan"``), None when every task is present."""
+        b = self.capabilities.batches
+        m = losses.shape[0] // b
+        mask = None if present is None else task_mask(present, m)
+        if self.missing == "nan":
+            finite = ~torch.isnan(losses.detach()).reshape(b, m).any(dim=0).cpu().numpy()
+            mask = finite if mask is None else mask & finite
+        if mask is None or mask.all():
+            return None
+        if self.accumulation_steps > 1:
+            raise InvalidSystemError("missing tasks are not supported with accumulation_steps > 1")
+        if self._reducer is not None:
+            raise InvalidSystemError("missing tasks are not supported across ranks (distributed)")
+        return task_mask(mask, m)  # raises when no task is present
+
+    def _present_losses(self, given: Any, losses: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
+        """The present tasks' losses: stacked anew from a list (no path to an absent loss), else indexed."""
+        index = np.flatnonzero(np.tile(mask, self.capabilities.batches))
+        if self.capabilities.batches == 1 and isinstance(given, (list, tuple)):
+            return torch.stack([torch.as_tensor(given[i]) for i in index])
+        return losses.index_select(0, torch.as_tensor(index, device=losses.device))
+
+    def _padded(self, diagnostics: StepDiagnostics, mask: np.ndarray) -> StepDiagnostics:
+        """Diagnostics over all m tasks: loss NaN and weight 0 for an absent one."""
+        rows = np.tile(mask, self.capabilities.batches)
+        losses = diagnostics.losses
+        if losses is not None:
+            losses = np.full(rows.shape, np.nan)
+            losses[rows] = diagnostics.losses
+        weights = None
+        if diagnostics.weights is not None:
+            weights = np.zeros(rows.shape)
+            weights[rows] = diagnostics.weights
+        return attrs.evolve(diagnostics, losses=losses, weights=weights, present=np.flatnonzero(rows))
 
     def _check_tasks(self, losses: torch.Tensor) -> int:
         """The number of tasks m of this call, checked against the solver's state and the cycle's micro-batches."""
@@ -786,6 +879,9 @@ class MultiTaskBackward:
 
     def _rewind_solver(self) -> None:
         """Put back the solver's state and parameter grads saved when this backward began (a failed or skipped step)."""
+        if self._solver_saved is not None and self.solver._restricted is not None:
+            self._rewind_later = True  # inside the solver's tasks() block: once it has closed
+            return
         if self._solver_saved is not None:
             state, grads = self._solver_saved
             self.solver.load_state_dict(state)

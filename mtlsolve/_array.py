@@ -29,7 +29,10 @@ def like(values: np.ndarray, ref: Any) -> Any:
     """``values`` (numpy) converted to the array type, dtype and device of ``ref``."""
     if is_torch(ref):
         torch = _torch()
-        return torch.as_tensor(np.ascontiguousarray(values)).to(device=ref.device, dtype=ref.dtype)
+        values = np.ascontiguousarray(values)
+        if values.flags.writeable:  # from_numpy shares the memory: copy=True makes the result independent
+            return torch.from_numpy(values).to(device=ref.device, dtype=ref.dtype, copy=True)
+        return torch.tensor(values, device=ref.device, dtype=ref.dtype)
     return np.asarray(values, dtype=ref.dtype)
 
 

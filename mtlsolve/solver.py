@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import enum
 import threading
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -23,7 +24,7 @@ from mtlsolve.errors import (
     SolverError,
     StateError,
 )
-from mtlsolve.system import GradientSystem, as_system, dtype_max
+from mtlsolve.system import GradientSystem, as_system, dtype_max, restrict_entries, task_mask
 from mtlsolve.validation import Requirement, count, flag, one_of
 
 
@@ -67,6 +68,25 @@ SHARDS = ("none", "losses", "gramian", "matrix")
 #: the class attributes a solver declares its training-loop capabilities with
 #: (:meth:`Capabilities.declared_by` reads them; ``learnable`` comes from ``parameter_state``)
 DECLARATIONS = ("needs", "grads", "batches", "stateful", "randomized", "post_step", "post_step_losses", "shards")
+
+
+#: the per-task hyperparameters and extras of the built-in solvers, by name, and how a step with
+#: missing tasks restricts them (:func:`mtlsolve.system.restrict_entries`; docs/methods.md#missing-tasks)
+TASK_FIELDS: Mapping[str, str] = MappingProxyType(
+    {
+        "preference": "preference",
+        "pref": "preference",
+        "ideal": "entries",
+        "reference": "entries",
+        "weights_": "entries",
+        "task_weights": "entries",
+        "min_losses": "entries",
+        "leak": "entries",
+        "preferences": "columns",
+        "population": "columns",
+        "main_task": "index",
+    }
+)
 
 
 def shards_for(needs: frozenset[Need]) -> str:
@@ -244,8 +264,23 @@ class Solver:
     #: :class:`Capabilities` record: on the class, the class's; on an instance, the instance's
     #: (:meth:`instance_capabilities`). Adapters read this record, not the attributes.
     capabilities = _CapabilitiesOf()
+    #: hyperparameters and extras holding one value per task, by name, with the rule that
+    #: restricts them to the present tasks on a step with missing tasks (:meth:`tasks`); a name
+    #: the solver does not have, or a value that is not a vector over the m tasks, is left alone
+    task_fields: ClassVar[Mapping[str, str]] = TASK_FIELDS
+    #: how the per-task entries of ``_state`` (an "m" axis in ``state_schema``) follow a step with
+    #: missing tasks (:meth:`tasks`), by key: a number (the value absent tasks take when the step
+    #: creates the entry), or a callable giving it from the state before the step; None (an entry
+    #: the step creates is dropped, as a warm start); or "simplex" (a distribution over the tasks:
+    #: restricted to the present ones renormalised, merged back with their mass kept; a new one
+    #: starts uniform). Entries without an "m" axis
+    #: (step counters, random generators) take the step's value; learnable parameters are indexed,
+    #: so absent entries get a zero gradient. A string instead says why the state cannot follow
+    #: missing tasks: the solver then refuses them.
+    task_state: ClassVar[Mapping[str, Any] | str] = {}
 
     _state: dict = attrs.field(init=False, factory=dict, repr=False)
+    _restricted: Any = attrs.field(init=False, default=None, repr=False)
 
     def __call__(
         self,
@@ -254,9 +289,13 @@ class Solver:
         gramian: Any = None,
         losses: Any = None,
         kind: str = "shared",
+        present: Any = None,
         **extras: Any,
     ) -> Result:
         """Solve one step: ``solver(G)``, ``solver(gramian=K)``, ``solver(losses=L)`` or ``solver(system)``.
+
+        ``present`` (a boolean mask over the m tasks) solves the system of the present tasks
+        only; the weights have length m, 0 for an absent task (docs/methods.md#missing-tasks).
 
         The result is guarded: non-finite weights or directions raise NonFiniteError, and a step
         whose certificate failed (``diagnostics["converged"] is False``) issues one
@@ -269,6 +308,8 @@ class Solver:
                 f"losses=... and extras by keyword, not {len(positional)} more positional argument(s)"
             )
         system = as_system(matrix, gramian=gramian, losses=losses, kind=kind, **extras)
+        if present is not None:
+            return self._solve_present(system, present)
         self.check(system)
         if not (self.stateful or self.randomized):
             return self._guarded(self.solve(system), system)
@@ -279,6 +320,149 @@ class Solver:
             except BaseException:
                 self._state = saved
                 raise
+
+    def _solve_present(self, system: GradientSystem, present: Any) -> Result:
+        """``solver(system, present=mask)``: the solve on the present tasks, weights scattered to m."""
+        if system.m % self.batches:
+            self.check(system)  # the error naming the batches
+        mask = task_mask(present, system.m // self.batches)
+        if mask.all():
+            return self(system)
+        with self.tasks(mask, reference=system.reference):
+            result = self(system.restrict(mask, batches=self.batches, rules=self.task_fields))
+        diagnostics = {**result.diagnostics, "present": np.flatnonzero(mask).tolist()}
+        if result.weights is None:
+            return attrs.evolve(result, diagnostics=diagnostics)
+        w = np.zeros(system.m)
+        w[np.tile(mask, self.batches)] = _numpy64(result.weights)
+        return attrs.evolve(result, weights=like(w, result.weights), diagnostics=diagnostics)
+
+    def missing_tasks_refusal(self) -> str | None:
+        """Why this solver cannot serve a step with missing tasks, or None when it can."""
+        if isinstance(self.task_state, str):
+            return f"{self.name} does not support missing tasks: {self.task_state}"
+        if self.stateful and not self.state_schema:
+            return f"{self.name} does not support missing tasks: it declares no state_schema to restrict"
+        undeclared = sorted(
+            key
+            for key, spec in self.state_schema.items()
+            if spec and "m" in spec and key not in self.task_state and key not in self.parameter_state
+        )
+        if undeclared:
+            return f"{self.name} does not support missing tasks: no rule for its per-task state {undeclared}"
+        return None
+
+    def prepare_tasks(self, m: int, reference: Any) -> None:
+        """Create what the state needs for all m tasks before a step that sees some of them
+        (a learnable parameter over the m tasks); nothing by default."""
+
+    @contextlib.contextmanager
+    def tasks(self, present: Any, reference: Any = None) -> Iterator[np.ndarray]:
+        """Within the block the solver serves the present tasks only (docs/methods.md#missing-tasks).
+
+        ``present`` is a boolean mask over the m tasks. The per-task state and hyperparameters
+        (``task_state``, ``task_fields``) are restricted to the present tasks on entry and the
+        state merged back on exit; absent tasks' state is left as it was. A block that raises
+        leaves the state as before it. ``reference`` (an array of the step's type, dtype and
+        device) lets :meth:`prepare_tasks` create state over all m tasks first. Yields the mask.
+        An all-True mask changes nothing. Blocks do not nest; the instance is locked meanwhile.
+        """
+        with _lock_of(self):
+            if self._restricted is not None:
+                raise SolverError(f"{self.name}.tasks() blocks cannot nest")
+            known = self._state.get("m")
+            mask = task_mask(present, known if known is not None else _length(present))
+            if mask.all():
+                yield mask
+                return
+            refusal = self.missing_tasks_refusal()
+            if refusal is not None:
+                raise SolverError(refusal)
+            original = self._state
+            fields = {}
+            for name, rule in self.task_fields.items():
+                value = getattr(self, name, None) if name in attrs.fields_dict(type(self)) else None
+                if value is not None and (rule == "index") == isinstance(value, (int, np.integer)):
+                    fields[name] = restrict_entries(value, mask, rule, f"{self.name} {name}")
+            saved = {name: getattr(self, name) for name in fields}
+            try:
+                if reference is not None:
+                    self.prepare_tasks(len(mask), reference)
+                full = self._state
+                self._state = self._restricted_state(full, mask)
+                self._restricted = (mask, full)
+                for name, value in fields.items():
+                    object.__setattr__(self, name, value)  # restricted from validated values
+                yield mask
+                merged = self._merged_state(full, self._state, mask)
+            except BaseException:
+                self._state = original
+                raise
+            else:
+                self._state = merged
+            finally:
+                self._restricted = None
+                for name, value in saved.items():
+                    object.__setattr__(self, name, value)
+
+    def _full_state(self) -> dict[str, Any]:
+        """The state over all m tasks, also inside a :meth:`tasks` block."""
+        return self._state if self._restricted is None else self._restricted[1]
+
+    def _restricted_state(self, full: Mapping[str, Any], mask: np.ndarray) -> dict[str, Any]:
+        index = np.flatnonzero(mask)
+        sub: dict[str, Any] = {}
+        for key, value in full.items():
+            spec = self.state_schema.get(key)
+            if key == "m":
+                sub[key] = len(index)
+            elif value is None or not spec or "m" not in spec:
+                sub[key] = _copied(value, {})
+            elif key in self.parameter_state:  # differentiable: a gradient reaches the parameter
+                import torch
+
+                sub[key] = value[torch.as_tensor(index, device=value.device)]
+            else:
+                part = np.array(np.asarray(value)[_task_index(index, spec, np.shape(value))], dtype=np.float64)
+                if self.task_state.get(key) == "simplex":
+                    total = part.sum()
+                    part = part / total if total > 0 else np.full(part.shape, 1.0 / len(index))
+                sub[key] = part.tolist() if isinstance(value, list) else part
+        return sub
+
+    def _merged_state(self, full: Mapping[str, Any], sub: Mapping[str, Any], mask: np.ndarray) -> dict[str, Any]:
+        index, m = np.flatnonzero(mask), len(mask)
+        merged: dict[str, Any] = {}
+        for key, new in sub.items():  # an entry the step removed is removed for every task
+            spec = self.state_schema.get(key)
+            old = full.get(key)
+            if key == "m" or new is None or not spec or "m" not in spec:
+                merged[key] = m if key == "m" else new
+                continue
+            if key in self.parameter_state:
+                if old is None:
+                    raise SolverError(f"{self.name} created its parameter {key!r} on a step with missing tasks")
+                merged[key] = old
+                continue
+            rule = self.task_state.get(key)
+            new_array = np.asarray(new, dtype=np.float64)
+            if old is None:
+                if rule is None:
+                    continue  # a warm start of the present tasks only: dropped
+                shape = [m if size == "m" else new_array.shape[axis] for axis, size in enumerate(spec)]
+                fill = rule(full) if callable(rule) else rule
+                base = np.full(shape, 1.0 / m if rule == "simplex" else float(fill))
+            else:
+                base = np.array(old, dtype=np.float64)
+            where = _task_index(index, spec, base.shape)
+            if base[where].shape != new_array.shape:
+                raise SolverError(
+                    f"{self.name} state entry {key!r} changed shape on a step with missing tasks: "
+                    f"{new_array.shape} for the present part {base[where].shape}"
+                )
+            base[where] = new_array * base[where].sum() if rule == "simplex" else new_array
+            merged[key] = base.tolist() if isinstance(new, list) or isinstance(old, list) else base
+        return merged
 
     def requirements(self) -> frozenset[Need]:
         """What this instance reads (may add to the class's ``needs``, e.g. losses for a loss transform)."""
@@ -434,7 +618,8 @@ class Solver:
         """A copy of the state to restore on error (learnable parameters keep their identity)."""
         if not self._state:
             return {}
-        memo = {id(p): p for p in self.parameters()}
+        own = [*self.parameters(), *(self._state.get(key) for key in self.parameter_state)]
+        memo = {id(p): p for p in own if p is not None}
         return {key: _copied(value, memo) for key, value in self._state.items()}
 
     def _checked_state(self, state: Any) -> dict[str, Any]:
@@ -497,11 +682,11 @@ class Weighting(Solver):
 
     def solve(self, system: GradientSystem) -> Result:
         w, diagnostics = self.weights(system)
-        if not np.isfinite(w).all():  # before wᵀG is formed; the base guard checks d
-            raise NonFiniteError(f"{self.name} produced non-finite weights {w.tolist()}")
         reference = system.reference
-        if np.abs(w).max(initial=0.0) >= dtype_max(reference):  # inf once cast, and 0·inf = NaN in wᵀG
-            raise NonFiniteError(
+        if not np.abs(w).max(initial=0.0) < dtype_max(reference):  # before wᵀG is formed (NaN fails too)
+            if not np.isfinite(w).all():
+                raise NonFiniteError(f"{self.name} produced non-finite weights {w.tolist()}")
+            raise NonFiniteError(  # inf once cast, and 0·inf = NaN in wᵀG
                 f"{self.name} produced non-finite weights in {reference.dtype}: {w.tolist()} exceed its largest value"
             )
         weights = like(w, reference)
@@ -523,6 +708,17 @@ def _lock_of(solver: Solver) -> Any:
         if lock is None:
             lock = _LOCKS[solver] = threading.RLock()
         return lock
+
+
+def _length(present: Any) -> int:
+    """The number of entries of a mask (0 for a scalar, which task_mask then refuses)."""
+    shape = np.shape(present) if not is_torch(present) else tuple(present.shape)
+    return int(shape[0]) if len(shape) else 0
+
+
+def _task_index(index: np.ndarray, spec: tuple, shape: tuple) -> Any:
+    """The open-mesh index of the present tasks on every "m" axis of a state entry of ``shape``."""
+    return np.ix_(*[index if size == "m" else np.arange(shape[axis]) for axis, size in enumerate(spec)])
 
 
 def _copied(value: Any, memo: dict[int, Any]) -> Any:

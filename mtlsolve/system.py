@@ -195,7 +195,13 @@ class GradientSystem:
         if self._gramian is not None:
             return self._gramian
         if "gramian" not in self._cache:
-            self._cache["gramian"], self._cache["host"] = _gramian_of(self.matrix)
+            K, host, regular = _gramian_of(self.matrix)
+            self._cache["gramian"] = K
+            if regular:  # finite, symmetrised and its squared norms in range: gramian64 as it is
+                host.setflags(write=False)
+                self._cache["gramian64"] = host
+            else:
+                self._cache["host"] = host
         return self._cache["gramian"]
 
     @property
@@ -206,7 +212,9 @@ class GradientSystem:
         a GPU it is the one device-to-host copy of a step.
         """
         if "gramian64" not in self._cache:
-            gramian = self.gramian
+            gramian = self.gramian  # a regular computed K is gramian64 already
+            if "gramian64" in self._cache:
+                return self._cache["gramian64"]
             K = self._cache.get("host")  # the float64 host copy _gramian_of made
             K = to_numpy64(gramian) if K is None else K
             if not np.isfinite(K).all():
@@ -244,9 +252,7 @@ class GradientSystem:
         if self._gramian is not None or self._matrix is None or "gramian64" not in self._cache:
             return False
         norms = np.sqrt(self._cache["gramian64"].diagonal())
-        dtype = self._matrix.dtype
-        largest = _torch().finfo(dtype).max if is_torch(self._matrix) else np.finfo(dtype).max
-        return bool(np.abs(weights) @ norms < 0.5 * largest)
+        return bool(np.abs(weights) @ norms < 0.5 * dtype_max(self._matrix))
 
     @property
     def losses(self) -> Any:
@@ -289,6 +295,31 @@ class GradientSystem:
             raise NonFiniteError("the task-gradient matrix holds NaN or Inf")
         self._cache["matrix_checked"] = True
 
+    def restrict(self, present: Any, *, batches: int = 1, rules: Mapping[str, str] | None = None) -> GradientSystem:
+        """The system of the present tasks only (docs/methods.md#missing-tasks).
+
+        ``present`` is a boolean mask over the m/``batches`` tasks (:func:`task_mask`); for a
+        system of b > 1 stacked batches it applies to every batch. The rows of G, the block
+        K[present, present] of a given Gramian and the losses keep their order; an extra named
+        in ``rules`` (name -> rule of :func:`restrict_entries`) is restricted by that rule.
+        """
+        if batches < 1 or self._m % batches:
+            raise InvalidSystemError(f"a system of {self._m} rows does not hold {batches} batches of tasks")
+        mask = task_mask(present, self._m // batches)
+        index = np.flatnonzero(np.tile(mask, batches))
+        extras = dict(self._extras)
+        for name, rule in (rules or {}).items():
+            if extras.get(name) is not None:
+                extras[name] = restrict_entries(extras[name], mask, rule, f"extras[{name!r}]")
+        return GradientSystem(
+            _take(self._matrix, index),
+            gramian=None if self._gramian is None else _take(_take(self._gramian, index), index, axis=1),
+            losses=_take(self._losses, index),
+            extras=extras,
+            kind=self._kind,
+            roundoff=self._roundoff,
+        )
+
     def replace(self, **changes: Any) -> GradientSystem:
         """A new system with some of ``matrix, gramian, losses, extras, kind`` changed."""
         fields = {
@@ -327,6 +358,83 @@ def as_system(
     return GradientSystem(matrix, gramian=gramian, losses=losses, extras=extras, kind=kind, roundoff=roundoff)
 
 
+#: how :func:`restrict_entries` restricts a per-task value to the present tasks
+TASK_RULES = ("entries", "preference", "columns", "index")
+
+
+def task_mask(present: Any, m: int) -> np.ndarray:
+    """``present`` as a boolean numpy mask over m tasks, at least one of them True.
+
+    Accepts a boolean numpy array, torch tensor or sequence of bools of length m; anything
+    else (integer indices, a wrong length, no task present) raises InvalidSystemError."""
+    if is_torch(present):
+        present = present.detach().cpu().numpy()
+    try:
+        mask = np.asarray(present)
+    except Exception:
+        raise InvalidSystemError(f"present must be a boolean mask over the {m} tasks, got {present!r}") from None
+    if mask.dtype != np.bool_ or mask.ndim != 1:
+        raise InvalidSystemError(
+            f"present must be a 1-D boolean mask over the {m} tasks, got dtype {mask.dtype} with shape {mask.shape}"
+        )
+    if mask.shape[0] != m:
+        raise InvalidSystemError(f"present has {mask.shape[0]} entries for {m} tasks")
+    if not mask.any():
+        raise InvalidSystemError("present marks no task present: a step needs at least one task")
+    return mask
+
+
+def restrict_entries(value: Any, present: np.ndarray, rule: str, what: str) -> Any:
+    """A per-task value restricted to the ``present`` tasks (a boolean mask over m tasks).
+
+    ``"entries"``: the present entries of a length-m vector. ``"preference"``: the present
+    entries rescaled to the vector's total (a preference on the simplex stays on it; a uniform
+    one becomes uniform over the present tasks); refused when it is 0 on every present task.
+    ``"columns"``: the present columns of a K x m matrix (a population's losses, a set of
+    preference rows), refused when a row is 0 on every present task. A tuple stays a tuple,
+    a list a list, an array or tensor its type; a value whose last axis is not m is returned
+    as it is, for the solver to refuse. ``"index"``: a task index, renumbered among the present
+    tasks; refused when that task is absent.
+    """
+    if rule not in TASK_RULES:
+        raise InvalidSystemError(f"unknown restriction rule {rule!r}; valid: {TASK_RULES}")
+    m = present.shape[0]
+    if rule == "index":
+        if not (0 <= value < m):
+            return value
+        if not present[value]:
+            raise InvalidSystemError(f"{what} names task {value}, which is absent from this step")
+        return int(present[:value].sum())
+    array = to_numpy64(value) if is_torch(value) else np.asarray(value, dtype=np.float64)
+    if array.ndim != (2 if rule == "columns" else 1) or array.shape[-1] != m:
+        return value
+    kept = array[..., present]
+    if rule == "preference":
+        total, part = array.sum(), kept.sum()
+        if not part > 0:
+            raise InvalidSystemError(f"{what} is 0 on every present task: {array.tolist()}")
+        kept = kept * (total / part)
+    if rule == "columns" and not (np.abs(kept).sum(axis=1) > 0).all():
+        raise InvalidSystemError(f"{what} has a row that is 0 on every present task")
+    if is_torch(value):
+        return _torch().as_tensor(kept, dtype=value.dtype, device=value.device)
+    if isinstance(value, np.ndarray):
+        return kept.astype(value.dtype)
+    if isinstance(value, (tuple, list)):
+        rows = [tuple(r) for r in kept.tolist()] if kept.ndim == 2 else kept.tolist()
+        return type(value)(rows)
+    return kept
+
+
+def _take(x: Any, index: np.ndarray, axis: int = 0) -> Any:
+    """Rows (or columns) ``index`` of an array or tensor, on its device; None stays None."""
+    if x is None:
+        return None
+    if is_torch(x):
+        return x.index_select(axis, _torch().as_tensor(index, device=x.device))
+    return np.take(x, index, axis=axis)
+
+
 def dtype_eps(x: Any) -> float:
     """The machine epsilon of an array's or tensor's (floating) dtype."""
     eps = _EPS.get(x.dtype)
@@ -348,8 +456,10 @@ _MAX: dict[Any, float] = {}
 _FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
-def _gramian_of(G: Any) -> tuple[Any, np.ndarray]:
-    """(G Gᵀ on G's device, accumulated in float32 at least (half-precision G); its float64 host copy).
+def _gramian_of(G: Any) -> tuple[Any, np.ndarray, bool]:
+    """(G Gᵀ on G's device, accumulated in float32 at least (half-precision G); its float64 host
+    copy; whether that copy is regular: every entry finite and every squared norm in range, in
+    which case the copy is also symmetrised).
 
     A squared row norm below the accumulation dtype's normal range loses its digits to
     subnormals (float32 ‖g‖ ≲ 1e-19), and above it overflows (‖g‖ ≳ 2e19): then, and only
@@ -371,29 +481,31 @@ def _gramian_of(G: Any) -> tuple[Any, np.ndarray]:
             K = G @ G.T
         host = np.array(K, dtype=np.float64)
         info = np.finfo(G.dtype)
-    diagonal = host.diagonal()
+    from mtlsolve.kernels._dense import symmetrise_if_regular
+
     floor = float(info.tiny) / float(info.eps)
-    if diagonal.min() >= floor and diagonal.max() < np.inf:  # the common case; NaN fails both
-        return K, host
+    if host.size and symmetrise_if_regular(host, floor):  # the common case, in one compiled pass
+        return K, host, True
+    diagonal = host.diagonal()
     # a zero row is exact; a tiny or overflowing one needs scaling; NaN/Inf stay for gramian64 to report
     if torch_input:
         s = to_numpy64(G.abs().amax(dim=1)) if G.shape[1] else np.zeros(G.shape[0])
     else:
         s = np.abs(G).max(axis=1).astype(np.float64) if G.shape[1] else np.zeros(G.shape[0])
     if not np.isfinite(s).all():
-        return K, host
+        return K, host, False
     ok = (diagonal >= floor) & np.isfinite(diagonal)
     if (ok | (s == 0)).all():
-        return K, host
+        return K, host, False
     inv = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
     if torch_input:
         torch = _torch()
         Gs = G.to(torch.float64) * torch.as_tensor(inv, dtype=torch.float64, device=G.device)[:, None]
         K = (Gs @ Gs.T) * torch.as_tensor(np.outer(s, s), dtype=torch.float64, device=G.device)
-        return K, to_numpy64(K)
+        return K, to_numpy64(K), False
     Gs = G.astype(np.float64) * inv[:, None]
     K = (Gs @ Gs.T) * np.outer(s, s)
-    return K, K.copy()
+    return K, K.copy(), False
 
 
 def _as_float_array(x: Any, what: str, ndim: int) -> Any:

@@ -50,6 +50,24 @@ def as_kernel_array(a) -> np.ndarray:
     return a if a.flags.writeable else a.copy()
 
 
+@kernel
+def symmetrise_if_regular(K, floor):
+    """Whether the float64 copy K of a computed Gramian is regular: every entry finite and every
+    diagonal entry in [floor, ∞). If so, K is replaced by ½(K + Kᵀ) in place; otherwise it is
+    left as it is. One pass for the common case of :attr:`mtlsolve.GradientSystem.gramian64`."""
+    m = K.shape[0]
+    for i in range(m):
+        if not (K[i, i] >= floor and K[i, i] < np.inf):
+            return False
+        for j in range(m):
+            if not np.isfinite(K[i, j]):
+                return False
+    for i in range(m):
+        for j in range(i):
+            K[i, j] = K[j, i] = 0.5 * (K[i, j] + K[j, i])
+    return True
+
+
 # ------------------------------------------------------------------ Cholesky factor
 @kernel(inline=True)
 def chol_append(L, k, Q, idx, j, shift, a, c):

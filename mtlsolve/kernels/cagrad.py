@@ -63,6 +63,7 @@ from mtlsolve.kernels._dense import (
     as_kernel_array,
     chol_append,
     chol_solve,
+    normalised_factorable,
     simplex_violation,
     unit_diagonal,
 )
@@ -461,6 +462,20 @@ def cagrad_residual(K: np.ndarray, c: float, w: np.ndarray, nu: np.ndarray, dege
     return float(_residual(K, float(c), w, nu, bool(degenerate), float(roundoff)))
 
 
+@kernel
+def _certified_dual(K, c, max_iter, roundoff, shift):
+    """The common case of :func:`certified_cagrad` in one call: a K whose normalised form (plus
+    ``shift``·I) has a Cholesky factor and a regular solve, with its residual; the residual is
+    −1 when K needs the PSD repair or the solve is degenerate."""
+    m = K.shape[0]
+    if not normalised_factorable(K, shift):
+        return np.zeros(m), np.zeros(m), 0.0, 0, False, -1.0
+    w, nu, value, iterations, _, degenerate = _cagrad(K, c, max_iter)
+    if degenerate:
+        return w, nu, value, iterations, True, -1.0
+    return w, nu, value, iterations, False, _residual(K, c, w, nu, False, roundoff)
+
+
 def certified_cagrad(K: np.ndarray, c: float, roundoff: float, *, max_iter: int | None = None):
     """:func:`cagrad_dual` with its certificate (:func:`cagrad_residual`): (w, nu, value, diagnostics).
 
@@ -478,9 +493,14 @@ def certified_cagrad(K: np.ndarray, c: float, roundoff: float, *, max_iter: int 
     """
     from mtlsolve.gramian import certificate_tolerance
 
-    K, repaired = psd_repair(as_kernel_array(K), RIDGE)
-    w, nu, value, iterations, _, degenerate = _dual(K, c, max_iter)
-    residual = cagrad_residual(K, c, w, nu, degenerate, roundoff)
+    K = as_kernel_array(K)
+    cap = 20 * K.shape[0] + 100 if max_iter is None else int(max_iter)
+    w, nu, value, iterations, degenerate, residual = _certified_dual(K, float(c), cap, float(roundoff), 0.5 * RIDGE)
+    repaired = False
+    if residual < 0.0:  # K needs its PSD repair, or the solve is degenerate: the general path
+        K, repaired = psd_repair(K, RIDGE)
+        w, nu, value, iterations, _, degenerate = _dual(K, c, max_iter)
+        residual = cagrad_residual(K, c, w, nu, degenerate, roundoff)
     tolerance = certificate_tolerance(roundoff)
     info = {
         "iterations": iterations,

@@ -123,6 +123,27 @@ def dual_cone_weights(K: np.ndarray, U: np.ndarray, norm_eps: float, reg_eps: fl
     return _dual_cone_weights(K, U, float(norm_eps), float(reg_eps), ridge, default_max_iter(K.shape[0]))
 
 
+def certified_dual_cone_weights(K: np.ndarray, solved: np.ndarray, U: np.ndarray, norm_eps: float, reg_eps: float):
+    """:func:`dual_cone_weights` on ``solved`` (K itself or a repair of it) and
+    :func:`dual_cone_certificate` on K's own K', in one compiled call (the per-step path of
+    UPGrad and DualProj). Returns (w, iterations, finished, residual)."""
+    same = solved is K
+    K = as_kernel_array(K)
+    solved = K if same else as_kernel_array(solved)
+    U = as_kernel_array(np.atleast_2d(U))
+    w, iterations, finished, residual = _certified_dual_cone_weights(
+        K, solved, same, U, float(norm_eps), float(reg_eps), RIDGE, default_max_iter(K.shape[0])
+    )
+    return w, int(iterations), bool(finished), float(residual)
+
+
+@kernel
+def _certified_dual_cone_weights(K, solved, same, U, norm_eps, reg_eps, ridge, max_iter):
+    w, V, K_solved, iterations, finished = _dual_cone_weights(solved, U, norm_eps, reg_eps, ridge, max_iter)
+    K_given = K_solved if same else _regularised(K, norm_eps, reg_eps)
+    return w, iterations, finished, _dual_cone_certificate(K_given, U, V)
+
+
 def regularised(K: np.ndarray, norm_eps: float, reg_eps: float) -> np.ndarray:
     """TorchJD's K' = K/tr K (the zero matrix when tr K < ``norm_eps``) + ``reg_eps``·I."""
     return _regularised(as_kernel_array(K), float(norm_eps), float(reg_eps))

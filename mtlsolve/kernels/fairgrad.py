@@ -291,6 +291,42 @@ def fairgrad_weights(
     return w, int(it), int(status), float(residual)
 
 
+def certified_fairgrad(
+    K: np.ndarray, w0: np.ndarray | None, *, alpha: float, tol: float, max_iter: int, roundoff: float
+) -> tuple[np.ndarray, int, int, float, float, bool]:
+    """:func:`fairgrad_weights` followed by :func:`fairgrad_certificate`, in one compiled call (the
+    per-step path of FairGrad and Nash-MTL): (w, iterations, status, residual, tolerance, certified);
+    w is all zeros and the residual inf when status is ``NO_SOLUTION``."""
+    K = as_kernel_array(K)
+    m = K.shape[0]
+    start = np.zeros(0) if w0 is None else np.ascontiguousarray(w0, dtype=np.float64).ravel().copy()
+    w, iterations, status, residual, scale = _certified_fairgrad(
+        K,
+        start,
+        float(alpha),
+        float(tol),
+        int(max_iter),
+        no_solution_threshold(m, roundoff),
+        float(roundoff),
+        default_max_iter(m),
+    )
+    tolerance = max(tol, float(certificate_tolerance(roundoff, max(scale, 1.0))))
+    return w, int(iterations), int(status), float(residual), tolerance, bool(residual <= tolerance)
+
+
+@kernel
+def _certified_fairgrad(K, w0, alpha, tol, max_iter, threshold, roundoff, hull_max_iter):
+    m = K.shape[0]
+    if _hull_distance(K, RIDGE, hull_max_iter) <= threshold:
+        return np.zeros(m), 0, NO_SOLUTION, np.inf, 1.0
+    w, iterations, status, _ = _fairgrad(K, w0, alpha, tol, max_iter)
+    for i in range(m):
+        if not (w[i] > 0.0 and np.isfinite(w[i])):
+            return w, iterations, status, np.inf, 1.0
+    residual, scale = _fairgrad_certificate(K, w, alpha, roundoff)
+    return w, iterations, status, residual, scale
+
+
 def fairgrad_residual(K: np.ndarray, w: np.ndarray, alpha: float) -> float:
     """max_i |w_i^{1/α}(Kw)_i − 1|: the relative residual of Kw = w^{−1/α}."""
     return float(np.abs(w ** (1.0 / alpha) * (K @ w) - 1.0).max())

@@ -54,6 +54,8 @@ class DBMTL(Solver):
     needs: ClassVar[frozenset[Need]] = frozenset({Need.MATRIX, Need.LOSSES})
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "positive_homogeneous"})
     stateful: ClassVar[bool] = True
+    #: docs/methods.md#missing-tasks
+    task_state: ClassVar[Mapping[str, Any]] = {"buffer": 0.0}
     paper: ClassVar[str] = "Lin, Jiang, Ye, Zhang, Chen, Chen, Liu, Tsang, Kwok — arXiv 2308.12029"
     state_schema: ClassVar[Mapping[str, Any]] = {"n": (), "step": (), "buffer": ("m", "n")}
 

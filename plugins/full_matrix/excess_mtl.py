@@ -48,6 +48,8 @@ class ExcessMTL(Weighting):
     needs: ClassVar[frozenset[Need]] = frozenset({Need.MATRIX})
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant"})
     stateful: ClassVar[bool] = True
+    #: docs/methods.md#missing-tasks
+    task_state: ClassVar[str] = "its baseline averages the warm-up excess risks over a step count shared by all tasks"
     paper: ClassVar[str] = "He, Zhou, Zhang, Yun, Xu, Zeng, Chilimbi, Zhao — ICML 2024 — arXiv 2402.02009"
     state_schema: ClassVar[Mapping[str, Any]] = {
         "n": (),

@@ -70,6 +70,8 @@ class MoCo(Solver):
     needs: ClassVar[frozenset[Need]] = frozenset({Need.MATRIX, Need.LOSSES})
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "scale_invariant"})
     stateful: ClassVar[bool] = True
+    #: docs/methods.md#missing-tasks
+    task_state: ClassVar[Mapping[str, Any]] = {"y": 0.0, "lambda": "simplex"}
     paper: ClassVar[str] = "Fernando, Shen, Liu, Chaudhury, Murugesan, Chen — ICLR 2023 — arXiv 2210.12624"
     state_schema: ClassVar[Mapping[str, Any]] = {"n": (), "step": (), "y": ("m", "n"), "lambda": ("m",)}
 

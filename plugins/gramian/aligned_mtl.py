@@ -11,7 +11,6 @@ import scipy.linalg
 
 from mtlsolve.errors import InvalidSystemError
 from mtlsolve.gramian import certificate_tolerance, normalised, rank_threshold
-from mtlsolve.gramian import norms as gradient_norms
 from mtlsolve.solver import REDUCTIONS, GramianWeighting
 from mtlsolve.system import GradientSystem
 from mtlsolve.validation import non_negative, one_of, optional, vector_converter
@@ -41,38 +40,38 @@ def balance_matrix(
     λ ≤ ``rank_tol``·λ_max. A zero system (no
     kept eigenvalue) gives B = 0 and s = 0.
     """
-    B, scale, lam, _ = _balance(gramian, rank_tol, scale_mode, roundoff)
+    B, scale, lam, _, _ = _balance(gramian, rank_tol, scale_mode, roundoff)
     return B, scale, lam
 
 
 def _balance(gramian, rank_tol, scale_mode, roundoff):
-    """:func:`balance_matrix`, and the kept eigenvectors V_r."""
+    """:func:`balance_matrix`, the kept eigenvectors V_r and the certificate (residual, tolerance)
+    of BKB = s·P, P = V_rV_rᵀ the projector on the kept range: residual max_ij |(BKB)_ij/s − P_ij|,
+    tolerance certificate_tolerance(ρ)·max_i (|B|n)_i²/s (the effect of K's round-off ρ·n_i·n_j
+    on BKB/s, n_i = ‖g_i‖)."""
+    from mtlsolve.kernels._dense import as_kernel_array
+    from mtlsolve.kernels.aligned import balance, balance_residual, full_rank_balance
+
     m = gramian.shape[0]
     rho = 2.0 * (1 + m) * float(np.finfo(np.float64).eps) if roundoff is None else roundoff
-    gramian = np.asarray(gramian, dtype=np.float64)
+    gramian = as_kernel_array(gramian)
+    mode = SCALE_MODES.index(scale_mode)
     cutoff = rank_threshold(m, rho)
-    lam, V = np.linalg.eigh(gramian)
-    # fast path: λ_min(K) > cutoff·max_i K_ii implies λ̂_min > cutoff (full rank on both paths), and
-    # λ_min(K) ≥ √ε·λ_max(K) bounds eigh's relative error on every eigenvalue by about m·√ε
-    if not (lam[0] > cutoff * gramian.diagonal().max() and lam[0] >= _FAST_PATH_CONDITION * lam[-1]):
+    full, lam, V, B, scale, residual, spread = full_rank_balance(gramian, cutoff, _FAST_PATH_CONDITION, mode)
+    if not full:
         lam, V = _accurate_eigenpairs(gramian, cutoff)
-        if lam.size == 0:
-            return np.zeros((m, m)), 0.0, np.zeros(0), np.zeros((m, 0))
     if rank_tol is not None:
-        kept = lam > rank_tol * lam[-1]
-        lam, V = lam[kept], V[:, kept]
+        kept = lam > rank_tol * lam[-1] if lam.size else np.zeros(0, dtype=bool)
+        lam, V = np.ascontiguousarray(lam[kept]), np.ascontiguousarray(V[:, kept])
     if lam.size == 0 or not lam[0] > 0:
-        return np.zeros((m, m)), 0.0, np.zeros(0), np.zeros((m, 0))
-    if scale_mode == "min":
-        scale = lam[0]
-    elif scale_mode == "median":
-        scale = lam[(lam.size - 1) // 2]  # the lower median, as torch.median in the official code
-    else:
-        scale = lam.mean()
-    B = (V * np.sqrt(scale / lam)) @ V.T
-    return B, float(scale), lam, V
+        return np.zeros((m, m)), 0.0, np.zeros(0), np.zeros((m, 0)), (0.0, float(certificate_tolerance(rho)))
+    if not full or rank_tol is not None:
+        B, scale = balance(lam, V, mode)
+        residual, spread = balance_residual(gramian, B, scale, V)
+    return B, float(scale), lam, V, (float(residual), float(certificate_tolerance(rho, max(spread, 1.0))))
 
 
+#: the fast path of :func:`_balance` (no QR/SVD) needs λ_min(K) ≥ √ε·λ_max(K)
 _FAST_PATH_CONDITION = float(np.sqrt(np.finfo(np.float64).eps))
 
 
@@ -92,19 +91,7 @@ def _accurate_eigenpairs(gramian: np.ndarray, cutoff: float) -> tuple[np.ndarray
     U_T, sigma, _ = np.linalg.svd(T)
     V = np.empty((m, sigma.size))
     V[order] = Q @ U_T
-    return sigma[::-1] ** 2, V[:, ::-1]
-
-
-def balance_certificate(gramian: np.ndarray, B: np.ndarray, scale: float, V: np.ndarray, roundoff: float):
-    """(residual, tolerance) of BKB = s·P, P = VVᵀ the projector on the kept range: residual
-    max_ij |(BKB)_ij/s − P_ij|, tolerance certificate_tolerance(ρ)·max_i (|B|n)_i²/s (the effect
-    of K's round-off ρ·n_i·n_j on BKB/s, n_i = ‖g_i‖)."""
-    if V.shape[1] == 0:
-        return 0.0, float(certificate_tolerance(roundoff))
-    P = V @ V.T
-    residual = float(np.abs(B @ gramian @ B / scale - P).max())
-    spread = float(((np.abs(B) @ gradient_norms(gramian)) ** 2).max() / scale)
-    return residual, float(certificate_tolerance(roundoff, max(spread, 1.0)))
+    return np.ascontiguousarray(sigma[::-1] ** 2), np.ascontiguousarray(V[:, ::-1])
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -148,9 +135,7 @@ class AlignedMTL(GramianWeighting):
             raise InvalidSystemError(f"aligned_mtl was given {len(self.task_weights)} task weights for {m} tasks")
         else:
             w = np.array(self.task_weights)
-        rho = system.roundoff
-        B, scale, lam, V = _balance(gramian, self.rank_tol, self.scale_mode, rho)
-        residual, tolerance = balance_certificate(gramian, B, scale, V, rho)
+        B, scale, lam, _, (residual, tolerance) = _balance(gramian, self.rank_tol, self.scale_mode, system.roundoff)
         diagnostics = {
             "rank": int(lam.size),
             "scale": scale,

@@ -80,6 +80,8 @@ class CRMOGM(Weighting):
     aliases: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     family: ClassVar[str] = "GW"
     stateful: ClassVar[bool] = True
+    #: docs/methods.md#missing-tasks
+    task_state: ClassVar[str] = "the wrapped solver keeps its own state over all tasks"
     paper: ClassVar[str] = "Zhou, Zhang, Jiang, Zhong, Gu, Zhu — NeurIPS 2022"
     state_schema: ClassVar[Mapping[str, Any]] = {"lambda": ("m",)}  # and "base": the wrapped solver's state
 

@@ -49,6 +49,8 @@ class FairGrad(GramianWeighting):
     # "FairGrad", "fair_grad" resolve without aliases: the lookup ignores case, "-" and "_"
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "non_conflicting"})
     stateful: ClassVar[bool] = True
+    #: docs/methods.md#missing-tasks
+    task_state: ClassVar[Mapping[str, Any]] = {"w": None}
     paper: ClassVar[str] = "Ban & Ji — ICML 2024 — arXiv 2402.15638"
     state_schema: ClassVar[Mapping[str, Any]] = {"w": ("m",)}
 
@@ -57,10 +59,10 @@ class FairGrad(GramianWeighting):
     tol: float = attrs.field(default=1e-10, converter=float, validator=in_range(0.0, 1.0, closed="neither"))
 
     def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
+        from mtlsolve.gramian import certificate_tolerance
         from mtlsolve.kernels.fairgrad import (
             NO_SOLUTION,
-            fairgrad_certificate,
-            fairgrad_weights,
+            certified_fairgrad,
             fallback_step,
             no_solution_reason,
             uncertified_reason,
@@ -69,27 +71,27 @@ class FairGrad(GramianWeighting):
         m = gramian.shape[0]
         state = self._state_for(m)
         keep = np.diag(gramian) > 0
-        w = np.zeros(m)
         rho = system.roundoff
-        K = gramian if keep.all() else gramian[np.ix_(keep, keep)]
         if not keep.any():
-            reason, solved, diagnostics = "every gradient is zero", np.zeros(0), {"iterations": 0, "no_solution": True}
-        else:
-            previous = state.get("w")
-            start = None if previous is None else np.array(previous)[keep]
-            solved, iterations, status, _ = fairgrad_weights(
-                K, start, alpha=self.alpha, tol=self.tol, max_iter=self.max_iter, roundoff=rho
-            )
-            diagnostics = {"iterations": iterations, "zero_tasks": int(m - keep.sum())}
-            if status == NO_SOLUTION:
-                reason, found = no_solution_reason(K, rho)
-                diagnostics.update(found)
-        residual, tolerance, certified = fairgrad_certificate(K, solved, self.alpha, rho, self.tol)
-        if keep.any() and status != NO_SOLUTION and certified:
+            tolerance = max(self.tol, certificate_tolerance(rho))
+            diagnostics = {"iterations": 0, "no_solution": True}
+            return fallback_step("fairgrad", "w", state.get("w"), m, "every gradient is zero", tolerance, diagnostics)
+        K = gramian if keep.all() else gramian[np.ix_(keep, keep)]
+        previous = state.get("w")
+        start = None if previous is None else np.array(previous)[keep]
+        solved, iterations, status, residual, tolerance, certified = certified_fairgrad(
+            K, start, alpha=self.alpha, tol=self.tol, max_iter=self.max_iter, roundoff=rho
+        )
+        diagnostics = {"iterations": iterations, "zero_tasks": int(m - keep.sum())}
+        if certified:
+            w = np.zeros(m)
             w[keep] = solved
             if keep.all():  # a warm start for the next step (only a full solution is a valid one)
                 state["w"] = w.tolist()
             return w, {**diagnostics, "residual": residual, "tolerance": tolerance, "converged": True}
-        if keep.any() and status != NO_SOLUTION:
+        if status != NO_SOLUTION:
             reason = uncertified_reason(status, residual, tolerance)
+        else:
+            reason, found = no_solution_reason(K, rho)
+            diagnostics.update(found)
         return fallback_step("fairgrad", "w", state.get("w"), m, reason, tolerance, diagnostics)

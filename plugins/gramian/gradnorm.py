@@ -58,6 +58,8 @@ class GradNorm(Weighting):
     # w depends on the previous steps only, so for the current G, d = Gᵀw is linear
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "positive_homogeneous", "linear"})
     stateful: ClassVar[bool] = True
+    #: docs/methods.md#missing-tasks
+    task_state: ClassVar[str] = "its weights are renormalised over all tasks after every step"
     parameter_state: ClassVar[frozenset[str]] = frozenset({"p"})
     #: the weight parameter p, the initial losses L(0), and the first epoch's loss sum and count
     state_schema: ClassVar[Mapping[str, Any]] = {"p": ("m",), "initial": ("m",), "epoch_sum": ("m",), "epoch_count": ()}

@@ -44,6 +44,8 @@ class GradVac(GramianWeighting):
     properties: ClassVar[frozenset[str]] = frozenset({"positive_homogeneous"})
     randomized: ClassVar[bool] = True
     stateful: ClassVar[bool] = True
+    #: docs/methods.md#missing-tasks
+    task_state: ClassVar[Mapping[str, Any]] = {"targets": 0.0}
     paper: ClassVar[str] = "Wang, Tsvetkov, Firat, Cao — ICLR 2021 — arXiv 2010.05874"
     state_schema: ClassVar[Mapping[str, Any]] = {"targets": ("m", "m"), "rng": None}
 

@@ -42,6 +42,8 @@ class MoDo(GramianWeighting):
     # equivariance (the conformance check permutes stacked rows across batches)
     properties: ClassVar[frozenset[str]] = frozenset({"simplex_weights"})
     stateful: ClassVar[bool] = True
+    #: docs/methods.md#missing-tasks
+    task_state: ClassVar[Mapping[str, Any]] = {"lambda": "simplex"}
     batches: ClassVar[int] = 3
     paper: ClassVar[str] = "Chen, Fernando, Ying, Chen — NeurIPS 2023 (JMLR 2024) — arXiv 2305.20057"
     state_schema: ClassVar[Mapping[str, Any]] = {"lambda": ("m",)}

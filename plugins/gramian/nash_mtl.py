@@ -44,6 +44,8 @@ class NashMTL(GramianWeighting):
     aliases: ClassVar[Mapping[str, Mapping[str, Any]]] = {"nash": {}}
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "scale_invariant", "non_conflicting"})
     stateful: ClassVar[bool] = True
+    #: docs/methods.md#missing-tasks
+    task_state: ClassVar[Mapping[str, Any]] = {"alpha": None}
     paper: ClassVar[str] = "Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya — ICML 2022 — arXiv 2202.01017"
     state_schema: ClassVar[Mapping[str, Any]] = {"step": (), "alpha": ("m",)}
 
@@ -52,8 +54,13 @@ class NashMTL(GramianWeighting):
     tol: float = attrs.field(default=1e-10, converter=float, validator=in_range(0.0, 1.0, closed="neither"))
 
     def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
-        from mtlsolve.kernels.fairgrad import fallback_step, no_solution_reason, uncertified_reason
-        from mtlsolve.kernels.nash import NO_SOLUTION, nash_certificate, nash_weights
+        from mtlsolve.kernels.fairgrad import (
+            NO_SOLUTION,
+            certified_fairgrad,
+            fallback_step,
+            no_solution_reason,
+            uncertified_reason,
+        )
 
         m = gramian.shape[0]
         state = self._state_for(m)
@@ -63,22 +70,17 @@ class NashMTL(GramianWeighting):
         if previous is not None and step % self.update_weights_every != 0:
             return np.array(previous), {"updated": False}  # reused by design: no solve, no certificate
         rho = system.roundoff
-        alpha, iterations, status, _ = nash_weights(
-            gramian,
-            None if previous is None else np.array(previous),
-            tol=self.tol,
-            max_iter=self.max_iter,
-            roundoff=rho,
+        # FairGrad's solve and certificate at α = 1 (mtlsolve.kernels.nash.nash_weights, nash_certificate)
+        alpha, iterations, status, residual, tolerance, certified = certified_fairgrad(
+            gramian, previous, alpha=1.0, tol=self.tol, max_iter=self.max_iter, roundoff=rho
         )
         diagnostics: dict[str, Any] = {"updated": True, "iterations": iterations}
+        if certified:
+            state["alpha"] = alpha.tolist()
+            return alpha, {**diagnostics, "residual": residual, "tolerance": tolerance, "converged": True}
         if status != NO_SOLUTION:
-            residual, tolerance, certified = nash_certificate(gramian, alpha, rho, self.tol)
-            if certified:
-                state["alpha"] = alpha.tolist()
-                return alpha, {**diagnostics, "residual": residual, "tolerance": tolerance, "converged": True}
             reason = uncertified_reason(status, residual, tolerance)
         else:
             reason, found = no_solution_reason(gramian, rho)
             diagnostics.update(found)
-        tolerance = nash_certificate(gramian, alpha, rho, self.tol)[1]
         return fallback_step("nash_mtl", "α", previous, m, reason, tolerance, diagnostics)

@@ -49,6 +49,8 @@ class SDMGrad(GramianWeighting):
     # the weights (w + λ/m)/(1 + λ) lie in Δ_m; C/scale² is unchanged by G → cG, so d(cG) = c·d(G)
     properties: ClassVar[frozenset[str]] = frozenset({"simplex_weights", "positive_homogeneous"})
     stateful: ClassVar[bool] = True
+    #: docs/methods.md#missing-tasks
+    task_state: ClassVar[Mapping[str, Any]] = {"w": "simplex"}
     batches: ClassVar[int] = 3
     paper: ClassVar[str] = "Xiao, Ban, Ji — NeurIPS 2023 — arXiv 2305.18409"
     state_schema: ClassVar[Mapping[str, Any]] = {"w": ("m",)}

@@ -49,18 +49,16 @@ class DualConeWeighting(GramianWeighting):
         raise NotImplementedError(f"{type(self).__name__} must implement preferences()")
 
     def weights_from_gramian(self, gramian: np.ndarray, system: GradientSystem) -> tuple[np.ndarray, Mapping[str, Any]]:
-        from mtlsolve.kernels.cone_projection import dual_cone_certificate, dual_cone_weights, regularised
+        from mtlsolve.kernels.cone_projection import certified_dual_cone_weights
 
         m = gramian.shape[0]
         U, divisor = self.preferences(m)
         solved = psd_unless_regularised(gramian, self.reg_eps, system)
-        w, V, K_solved, iterations, finished = dual_cone_weights(solved, U, self.norm_eps, self.reg_eps)
+        # solved on the repair, certified by the KKT conditions on the system's own K' (not its repair)
+        w, iterations, finished, residual = certified_dual_cone_weights(gramian, solved, U, self.norm_eps, self.reg_eps)
         w = w / divisor
         if self.reduction == "sum":
             w *= m
-        # the KKT conditions on the system's own K' (not its PSD repair)
-        K_given = K_solved if solved is gramian else regularised(gramian, self.norm_eps, self.reg_eps)
-        residual = dual_cone_certificate(K_given, U, V)
         tolerance = float(certificate_tolerance(system.roundoff))
         converged = bool(residual <= tolerance)  # an iteration cap with a certified iterate is a solve
         diagnostics: dict[str, Any] = {

@@ -55,8 +55,12 @@ class LearnableScales:
         return to_numpy64(self._parameter(system.m, system.reference))
 
     def parameters(self) -> list[Any]:
-        s = self._state.get("s")
+        s = self._full_state().get("s")  # type: ignore[attr-defined]
         return [] if s is None else [s]
+
+    def prepare_tasks(self, m: int, reference: Any) -> None:
+        """s over all m tasks, before a step that restricts it to the present ones."""
+        self._parameter(m, reference)
 
     def objective(self, losses: Any) -> Any:
         # detached losses are fine: the scalar then trains s alone

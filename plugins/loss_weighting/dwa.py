@@ -37,6 +37,11 @@ class DynamicWeightAverage(Weighting):
     current losses first; once more than P calls came before this one, r is the mean of
     the newest P rows over the mean of the oldest P rows, and otherwise the last weights
     (uniform at the start) are kept.
+
+    Missing tasks (docs/methods.md#missing-tasks): an epoch mean is each task's mean over the
+    steps it was present (``seen`` counts them once a step missed a task); a task absent for a
+    whole epoch keeps its last mean, and the first epoch closes once every task was seen. In
+    period mode the buffer holds each task's last 2P present losses.
     """
 
     name: ClassVar[str] = "dwa"
@@ -45,6 +50,16 @@ class DynamicWeightAverage(Weighting):
     needs: ClassVar[frozenset[Need]] = frozenset({Need.LOSSES})
     properties: ClassVar[frozenset[str]] = frozenset({"positive_homogeneous", "linear"})
     stateful: ClassVar[bool] = True
+    #: docs/methods.md#missing-tasks
+    #: epoch mode counts each task's steps in ``seen`` once a step missed a task (absent tasks
+    #: have seen every step before it); period mode shifts the present tasks' buffer columns
+    task_state: ClassVar[Mapping[str, Any]] = {
+        "sum": 0.0,
+        "seen": lambda state: state.get("count", 0),
+        "history": None,
+        "buffer": 1.0,
+        "weights": 1.0,
+    }
     paper: ClassVar[str] = "Liu, Johns, Davison — CVPR 2019 — arXiv 1803.10704"
     #: epoch mode: the last (up to) two epoch means, this epoch's sum and count; period mode:
     #: the 2P x m loss buffer, the last weights and the number of calls
@@ -52,6 +67,7 @@ class DynamicWeightAverage(Weighting):
         "history": (None, "m"),
         "sum": ("m",),
         "count": (),
+        "seen": ("m",),
         "buffer": (None, "m"),
         "weights": ("m",),
         "calls": (),
@@ -67,8 +83,11 @@ class DynamicWeightAverage(Weighting):
         if self.period == "epoch":
             history = state.get("history", ())
             w = self._from_ratio(history[-1], history[-2]) if len(history) == 2 else np.ones(system.m)
+            count = state.get("count", 0)
             state["sum"] = state.get("sum", 0.0) + L
-            state["count"] = state.get("count", 0) + 1
+            state["count"] = count + 1
+            if "seen" in state or self._restricted is not None:  # a step with missing tasks this epoch
+                state["seen"] = np.asarray(state.get("seen", np.full(system.m, float(count)))) + 1
         else:
             P = self.period
             buffer = state.setdefault("buffer", np.ones((2 * P, system.m)))
@@ -94,14 +113,22 @@ class DynamicWeightAverage(Weighting):
         """Close the epoch: its mean loss joins the two-epoch history (``period="epoch"`` only)."""
         if self.period != "epoch" or not self._state.get("count"):
             return
-        mean = self._state.pop("sum") / self._state.pop("count")
+        seen = self._state.get("seen")
         history = self._state.get("history")
+        if seen is not None and (seen == 0).any() and history is None:
+            return  # a task not seen yet: the first epoch mean waits for it
+        total, count = self._state.pop("sum"), self._state.pop("count")
+        if seen is None:
+            mean = total / count
+        else:  # each task's mean over the steps it was present; one absent all epoch keeps its last mean
+            self._state.pop("seen")
+            mean = np.where(seen > 0, total / np.maximum(seen, 1), 0.0 if history is None else history[-1])
         rows = [mean] if history is None else [*history, mean]
         self._state["history"] = np.array(rows[-2:])
 
     def _checked_state(self, state: Any) -> dict[str, Any]:
         checked = super()._checked_state(state)
-        keys = {"history", "sum", "count"} if self.period == "epoch" else {"buffer", "weights", "calls"}
+        keys = {"history", "sum", "count", "seen"} if self.period == "epoch" else {"buffer", "weights", "calls"}
         other = sorted(set(checked) - keys - {"m"})
         if other:
             raise StateError(f"dwa(period={self.period!r}) state has entries {other} of the other period mode")

@@ -11,7 +11,7 @@ import numpy as np
 from mtlsolve.errors import InvalidSystemError, SolverError, StateError
 from mtlsolve.plugins.loss_weighting._common import (
     checked_counts,
-    checked_positive,
+    checked_non_negative,
     losses_vector,
     objective_losses,
     positive_losses,
@@ -56,6 +56,9 @@ class FAMO(Weighting):
     needs: ClassVar[frozenset[Need]] = frozenset({Need.LOSSES})
     properties: ClassVar[frozenset[str]] = frozenset({"simplex_weights"})
     stateful: ClassVar[bool] = True
+    #: docs/methods.md#missing-tasks
+    #: (an absent task's pending D is 0, never a shifted loss: after_step then needs the mask)
+    task_state: ClassVar[Mapping[str, Any]] = {"xi": 0.0, "adam_m": 0.0, "adam_v": 0.0, "pending": 0.0}
     post_step: ClassVar[bool] = True
     paper: ClassVar[str] = "Liu, Feng, Stone, Liu — NeurIPS 2023 — arXiv 2306.03792"
     #: the logits ξ, Adam's moments and step count, and D of a call still waiting for after_step
@@ -113,6 +116,11 @@ class FAMO(Weighting):
         after = losses_vector(losses, "famo.after_step needs the m losses recomputed after the model step")
         if after.shape != before.shape:
             raise InvalidSystemError(f"famo.after_step got {after.size} losses for {before.size} tasks")
+        if (before == 0).any():
+            raise SolverError(
+                "famo's last step had missing tasks: call after_step inside solver.tasks(present) "
+                "with the present tasks' losses"
+            )
         delta = np.log(before) - np.log(self._shifted(after))
         self._adam_step(logit_gradient(self._state.get("xi", np.zeros(len(before))), delta))
         self._state["pending"] = None
@@ -134,4 +142,5 @@ class FAMO(Weighting):
         checked = checked_counts(super()._checked_state(state), self.name, "adam_t")
         if "adam_v" in checked and (checked["adam_v"] < 0).any():
             raise StateError("famo state entry 'adam_v' holds squared-gradient averages, which must be >= 0")
-        return checked_positive(checked, self.name, "the shifted losses D of the pending call", "pending")
+        # 0 marks a task absent from the pending call (docs/methods.md#missing-tasks)
+        return checked_non_negative(checked, self.name, "the shifted losses D of the pending call", "pending")

@@ -55,6 +55,8 @@ class SmoothTchebycheff(Weighting):
     needs: ClassVar[frozenset[Need]] = frozenset({Need.LOSSES})
     properties: ClassVar[frozenset[str]] = frozenset({"positive_homogeneous", "linear"})
     stateful: ClassVar[bool] = True
+    #: docs/methods.md#missing-tasks
+    task_state: ClassVar[str] = "mode='official' averages its nadir point over a count shared by all tasks"
     paper: ClassVar[str] = "Lin, Zhang, Yang, Liu, Wang, Zhang — ICML 2024 — arXiv 2402.19078"
     #: the epoch count, the nadir epoch's loss sum and count, then the nadir point
     state_schema: ClassVar[Mapping[str, Any]] = {"epoch": (), "sum": ("m",), "count": (), "nadir": ("m",)}
@@ -94,6 +96,10 @@ class SmoothTchebycheff(Weighting):
             state["nadir"] = state.pop("sum") / state.pop("count")
         value, s = smooth_max(np.log(L / state["nadir"]), self.mu)
         return m * s / L, {"value": m * value, "y_weights": s}
+
+    def missing_tasks_refusal(self) -> str | None:
+        """``mode="raw"`` keeps no state and serves missing tasks; the official mode's nadir does not."""
+        return None if self.mode == "raw" else super().missing_tasks_refusal()
 
     def end_epoch(self) -> None:
         """Count an epoch (``mode="official"``: warm-up, nadir epoch, then STCH)."""

@@ -43,6 +43,8 @@ class COSMOS(Weighting):
     randomized: ClassVar[bool] = True
     paper: ClassVar[str] = "Ruchte & Grabocka — ICDM 2021 — arXiv 2103.13392"
     state_schema: ClassVar[Mapping[str, Any]] = {"rng": None, "pending": ("m",)}
+    #: docs/methods.md#missing-tasks
+    task_state: ClassVar[Mapping[str, Any]] = {"pending": "simplex"}
 
     penalty: float = attrs.field(converter=float, validator=non_negative)
     preference: tuple[float, ...] | None = attrs.field(default=None, converter=optional_vector)

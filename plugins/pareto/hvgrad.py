@@ -121,6 +121,8 @@ class HVGrad(Weighting):
     family: ClassVar[str] = "PA"
     needs: ClassVar[frozenset[Need]] = frozenset({Need.LOSSES})
     stateful: ClassVar[bool] = True
+    #: docs/methods.md#missing-tasks
+    task_state: ClassVar[Mapping[str, Any]] = {"reference": None}
     paper: ClassVar[str] = "Deist, Grewal, Dankers, Alderliesten, Bosman — EMO 2023 — arXiv 2102.04523"
     state_schema: ClassVar[Mapping[str, Any]] = {"reference": ("m",)}
 
