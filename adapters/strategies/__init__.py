@@ -20,16 +20,44 @@ from collections.abc import Mapping
 from typing import Any
 
 from mtlsolve import registry
+from mtlsolve.adapters.strategies.auto_lambda_settings import AutoLambdaSettings
+from mtlsolve.adapters.strategies.forum_settings import FORUMSettings
+from mtlsolve.adapters.strategies.moml_settings import MoMLSettings
+from mtlsolve.adapters.strategies.moo_svgd_settings import MOOSVGDSettings
+from mtlsolve.adapters.strategies.phn_settings import PHNSettings
+from mtlsolve.adapters.strategies.rotograd_settings import RotoGradSettings
 from mtlsolve.adapters.strategies.settings import COSTSettings, MTGDSettings, STGUSettings
 from mtlsolve.errors import InvalidConfigError
 from mtlsolve.hookspecs import hookimpl
 
-__all__ = ["COSTSettings", "MTGDSettings", "STGUSettings", "from_config", "strategy_class"]
+__all__ = [
+    "AutoLambdaSettings",
+    "COSTSettings",
+    "FORUMSettings",
+    "MOOSVGDSettings",
+    "MoMLSettings",
+    "MTGDSettings",
+    "PHNSettings",
+    "RotoGradSettings",
+    "STGUSettings",
+    "from_config",
+    "strategy_class",
+]
 
 
 @hookimpl
 def register_strategies(register):
-    for cls in (COSTSettings, STGUSettings, MTGDSettings):
+    for cls in (
+        COSTSettings,
+        STGUSettings,
+        MTGDSettings,
+        AutoLambdaSettings,
+        MOOSVGDSettings,
+        RotoGradSettings,
+        PHNSettings,
+        MoMLSettings,
+        FORUMSettings,
+    ):
         register(cls)
 
 
