@@ -9,7 +9,10 @@ y₂ = −sin(a·x) + 0.3·cos(b·x) (task 2's loss ×5). The base solver is lin
 conflict (min_i cos(g₀, g_i) ≤ 0). For each teleport the example prints the largest relative
 deviation of the teleport-set losses from their contour during the adapter optimisation, and
 min_i cos(g₀, g_i) and ‖g₀‖ on the triggering batch before and after; then the final training
-losses of the base alone, COST, and COST without historical trajectory reuse.
+losses of the base alone, COST, COST without historical trajectory reuse, and the reset-only control:
+the same trigger and gates, but at a trigger step Adam's state is cleared and the weights stay where
+they are. A teleport whose HTR finds c ≤ 0 also clears Adam's state, so COST's gain over the base
+must beat this control before it can be credited to the teleport.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def task_losses(model: nn.Module, batch) -> torch.Tensor:
     return ((model(x) - y) ** 2).mean(dim=0) * SCALE
 
 
-def train(args, teleports: bool, htr: bool = True):
+def train(args, teleports: bool, htr: bool = True, on_trigger: str = "teleport"):
     torch.manual_seed(args.seed)
     X, Y = data()
     net = TwoHeadNet()
@@ -65,6 +68,7 @@ def train(args, teleports: bool, htr: bool = True):
         "lora_lr": args.lora_lr,
         "monitor": True,
         "htr": htr,
+        "on_trigger": on_trigger,
         "seed": args.seed,
     }
     teleport_set = [(X[i : i + 64], Y[i : i + 64]) for i in range(0, 512, 64)]
@@ -91,6 +95,7 @@ def main() -> None:
     _, base = train(args, teleports=False)
     cost, final = train(args, teleports=True)
     _, no_htr = train(args, teleports=True, htr=False)
+    reset, reset_only = train(args, teleports=True, on_trigger="reset")
     print(f"{cost.teleports} teleports")
     for r in cost.records:
         print(
@@ -98,8 +103,10 @@ def main() -> None:
             f"min cos(g0, g_i) {r['min_cos_before']:+.3f} -> {r['min_cos_after']:+.3f}, "
             f"|g0| {r['g0_norm_before']:.3f} -> {r['g0_norm_after']:.3f}, HTR {r['htr']}"
         )
-    for name, losses in (("LS", base), ("LS + COST", final), ("LS + COST, htr=False", no_htr)):
+    runs = (("LS", base), ("LS + COST", final), ("LS + COST, htr=False", no_htr), ("LS + Adam reset only", reset_only))
+    for name, losses in runs:
         print(f"{name:22s} final training losses: task 1 {losses[0]:.4f}  task 2 {losses[1]:.4f}")
+    print(f"(reset only: the optimiser state cleared at the {reset.teleports} trigger steps, no teleport)")
 
 
 if __name__ == "__main__":

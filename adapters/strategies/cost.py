@@ -167,8 +167,10 @@ class COST:
     names as keywords; defaults of the official code; the paper's values where they differ in brackets):
     ``base`` name, config mapping or solver (FairGrad α = 2); ``trigger``, ``trigger_fraction`` (ρ of the
     ``"fraction"`` trigger); ``start_epoch`` (0; Cityscapes 50), ``start_step`` (0),
-    ``max_teleports_per_epoch`` (1); ``lora_rank`` (5), ``lora_alpha`` (8, peft's default; scale
-    α/r), ``lora_targets`` (module names; default every Linear/Conv layer whose weight is shared),
+    ``max_teleports_per_epoch`` (1); ``on_trigger`` (``"teleport"``; ``"reset"`` is the reset-only
+    control: the same trigger and gates, but the optimiser state is cleared and θ is left where it
+    is — what a teleport whose HTR resets Adam does, without the teleport); ``lora_rank`` (5),
+    ``lora_alpha`` (8, peft's default; scale α/r), ``lora_targets`` (module names; default every Linear/Conv layer whose weight is shared),
     ``lora_lr`` (None: the optimiser's current lr); ``tele_rounds`` (2), ``sharp_samples`` (5),
     ``sharp_radius`` δ (1e-4), ``w_inv`` (10), ``w_sharp`` (0.5) [paper: 1 and 0.1];
     ``sharpness_grad`` ("full"; "official"), ``perturb`` ("shared"; "all" adds noise to the heads as
@@ -181,6 +183,8 @@ class COST:
     The paper trains the adapter at the main learning rate, 1e-4. With a larger main rate pass a smaller
     ``lora_lr``: on the CPU check of docs/problems.md#cost-check (main lr 1e-3) ``lora_lr=1e-4`` keeps every task loss within 0.6 % of
     its contour, the default (1e-3) lets it drift by up to about 8 % (``contour="batch"``: 2 %).
+    :func:`mtlsolve.bench.cost_tradeoff.tradeoff` measures the whole curve of contour deviation against
+    conflict reduction over the adapter budget and ``lora_lr`` (docs/methods.md#cost).
     """
 
     def __init__(
@@ -357,7 +361,7 @@ class COST:
             p.grad = None
         self.adapter.load_state_dict(snapshot)
         cosines, g0 = mean_cosines(K)
-        record = self._teleport(batch, K)
+        record = self._teleport(batch, K) if self.settings.on_trigger == "teleport" else self._reset()
         record.update(
             losses=diagnostics.losses.tolist(),
             cos_before=cosines.tolist(),
@@ -382,6 +386,17 @@ class COST:
         else:
             self._step += 1
         return StepInfo(losses=diagnostics.losses, cosines=cosines, teleported=True, diagnostics=after, record=record)
+
+    def _reset(self) -> dict[str, Any]:
+        """The reset-only control: clear the optimiser state where COST would teleport; θ stays."""
+        self.optimizer.state.clear()
+        self._htr_pending = None
+        self._teleports += 1
+        self._teleports_epoch += 1
+        record = {"step": self._step, "epoch": self._epoch, "action": "reset", "displacement": 0.0}
+        record.update(htr="reset", htr_cos=None, max_deviation=0.0)
+        self.records.append(record)
+        return record
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if self._gen is None:
@@ -431,6 +446,7 @@ class COST:
         record: dict[str, Any] = {
             "step": self._step,
             "epoch": self._epoch,
+            "action": "teleport",
             "targets": None if targets is None else targets.tolist(),
             "ratios": ratios.tolist(),
             "adapter_steps": run.steps,

@@ -16,6 +16,10 @@ after every step the parameters are mixed:
 with r_kj = c/(1 + c), c = max(0, cos(λ^k, λ^j)), kept only for the ``neighbors`` preference vectors
 nearest by angle. The strength follows the learning rate η, so M is row-stochastic and
 non-negative as long as α·η·max_k Σ_j r_kj ≤ 1 (:meth:`MTGD.max_alpha`); larger α is refused.
+
+The models start apart by default (``init="independent"``, as the predecessor's code builds every
+network anew); ``init="copy"`` starts all from the template, where the transfer term is zero until
+the models drift apart.
 """
 
 from __future__ import annotations
@@ -109,8 +113,8 @@ def _clone_optimizer(optimizer: Any, template: torch.nn.Module, model: torch.nn.
 class MTGD:
     """MTGD-reconstructed: K models trained on K scalarisations, coupled by parameter transfer.
 
-    Runtime objects: ``model`` (the template; the K models are deep copies of it, so all start
-    from its parameters), ``optimizer`` (an optimizer over the template's parameters, cloned with
+    Runtime objects: ``model`` (the template; model 0 is a deep copy of it, the others are copies
+    re-initialised or not according to ``init``), ``optimizer`` (an optimizer over the template's parameters, cloned with
     its settings for each model, or a callable ``params -> optimizer``), ``shared`` (optional: the
     template's shared trunk, a module or parameters; transfer acts on it by default and the inner
     solver sees it as the shared parameters), ``scheduler`` (optional callable ``optimizer ->
@@ -122,6 +126,10 @@ class MTGD:
     (``"linear"``, default, or ``"tchebycheff"`` with ``ideal`` z, default 0), ``alpha`` (1; 0 gives
     K independent runs), ``neighbors`` (2; None: every pair), ``transfer_layers`` (name prefixes of
     the parameters to mix, e.g. ``["trunk"]``; default the ``shared`` parameters, else all),
+    ``init`` (``"independent"``, default: models 1…K−1 draw fresh
+    parameters with each module's ``reset_parameters`` from the global torch RNG, as the predecessor's
+    code builds each network anew; ``"copy"``: all K start from the template's parameters, so the
+    transfer term is zero until the models drift apart — the setting for a pre-trained template),
     ``reference`` (HV reference point; default 1.1 x the per-task maximum over the models of the
     first losses seen by :meth:`evaluate` or :meth:`step`, docs/problems.md#hypervolume), ``backward_options``.
 
@@ -181,6 +189,8 @@ class MTGD:
         self.relation: np.ndarray = transfer_relation(self.preferences, config.neighbors)
         for k in range(K):
             model = copy.deepcopy(self.model)
+            if k > 0 and config.init == "independent":
+                _reinitialise(model)
             optimizer = _clone_optimizer(self.optimizer, self.model, model)
             params = dict(model.named_parameters())
             solver, weighted = self._inner(self.preferences[k])
@@ -337,6 +347,22 @@ class MTGD:
             adapter.load_state_dict(sd)
         self._steps = int(state["steps"])
         self.reference = None if state["reference"] is None else tuple(state["reference"])
+
+
+def _reinitialise(model: torch.nn.Module) -> None:
+    """Draw every parameter of ``model`` afresh with its modules' own ``reset_parameters`` (global torch RNG)."""
+    covered = set()
+    for module in model.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+            covered.update(id(p) for p in module.parameters(recurse=False))
+    missing = [n for n, p in model.named_parameters() if id(p) not in covered]
+    if missing:
+        raise InvalidConfigError(
+            f"{LABEL}: init='independent' re-draws parameters with their module's reset_parameters; "
+            f"{missing[:3]} have none (give the module one, or pass init='copy')"
+        )
 
 
 def _params(item: Any) -> list[torch.Tensor]:

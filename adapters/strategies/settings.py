@@ -56,6 +56,7 @@ CONTOURS = ("dataset", "batch")
 SHARPNESS_GRADS = ("full", "official")
 PERTURB = ("shared", "all")
 AFTER_TELEPORT = ("step", "skip")
+ON_TRIGGER = ("teleport", "reset")
 
 
 @attrs.frozen(kw_only=True)
@@ -74,6 +75,7 @@ class COSTSettings(StrategySettings):
     start_epoch: int = attrs.field(default=0, validator=non_negative_int)
     start_step: int = attrs.field(default=0, validator=non_negative_int)
     max_teleports_per_epoch: int = attrs.field(default=1, validator=non_negative_int)
+    on_trigger: str = attrs.field(default="teleport", validator=one_of(*ON_TRIGGER))
     lora_rank: int = attrs.field(default=5, validator=count)
     lora_alpha: float = attrs.field(default=8.0, converter=float, validator=positive)
     lora_targets: tuple[str, ...] | None = attrs.field(default=None, converter=_names)
@@ -108,6 +110,7 @@ class COSTSettings(StrategySettings):
 
 # ------------------------------------------------------------------------------------------ STGU
 ATTRIBUTIONS = ("causal", "official")
+INACTIVE = ("frozen", "momentum")
 AP_BACKENDS = ("auto", "sklearn", "numba")
 
 Groups = tuple[tuple[int, ...], ...]
@@ -148,6 +151,7 @@ class STGUSettings(StrategySettings):
     task_specific_lr_mult: float | None = attrs.field(
         default=None, converter=attrs.converters.optional(float), validator=optional(positive)
     )
+    inactive_task_params: str = attrs.field(default="frozen", validator=one_of(*INACTIVE))
     initial_groups: Groups | None = attrs.field(default=None, converter=_groups)
     loss_weights: tuple[float, ...] | None = attrs.field(default=None, converter=vector_converter("loss_weights"))
     ap_preference: float | None = attrs.field(default=None, converter=attrs.converters.optional(float))
@@ -171,6 +175,7 @@ class STGUSettings(StrategySettings):
 # ------------------------------------------------------------------------------------------ MTGD
 LABEL = "MTGD-reconstructed"
 SCALARIZATIONS = ("linear", "tchebycheff")
+INITS = ("independent", "copy")
 
 
 def das_dennis(tasks: int, divisions: int) -> np.ndarray:
@@ -217,6 +222,7 @@ class MTGDSettings(StrategySettings):
     alpha: float = attrs.field(default=1.0, converter=float, validator=non_negative)
     neighbors: int | None = attrs.field(default=2, validator=optional(count))
     transfer_layers: tuple[str, ...] | None = attrs.field(default=None, converter=_names)
+    init: str = attrs.field(default="independent", validator=one_of(*INITS))
     reference: tuple[float, ...] | None = attrs.field(default=None, converter=vector_converter("reference"))
     backward_options: Mapping[str, Any] = attrs.field(factory=dict, converter=_options)
 

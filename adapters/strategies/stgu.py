@@ -74,6 +74,11 @@ class STGU:
     forward after the last group so its step is measured too), ``group_norm`` (divide a group's
     loss by its size), ``task_specific_lr_mult`` (default m; the optimizer's param groups are split
     so task parameters get lr × mult — build any LR scheduler after the strategy),
+    ``inactive_task_params`` (what a sub-step does to the parameters of tasks outside its group:
+    ``"frozen"``, default, leaves them untouched — their gradient is None, so the optimiser skips
+    them; ``"momentum"`` gives every one the optimiser has stepped before a zero gradient, so Adam
+    keeps moving it along its momentum and weight decay keeps acting, as in the official code, whose
+    ``optimizer.zero_grad()`` under torch 1.13 zeroes gradients instead of removing them),
     ``initial_groups`` (default singletons), ``loss_weights`` (w_t inside L_Gr), the Affinity
     Propagation settings ``ap_preference`` (None: the median similarity), ``ap_damping`` (0.5),
     ``ap_convergence_iter`` (50), ``ap_max_iter`` (200), ``ap_retries`` (10, each with
@@ -118,6 +123,10 @@ class STGU:
                     raise InvalidConfigError(f"{what} covers {size} tasks but task_param_groups has {m}")
             mult = float(m if config.task_specific_lr_mult is None else config.task_specific_lr_mult)
             self._split_param_groups(mult)
+        elif config.inactive_task_params != "frozen":
+            raise InvalidConfigError(
+                f"inactive_task_params={config.inactive_task_params!r} needs task_param_groups (the tasks' own parameters)"
+            )
         owned = {id(p) for params in self._task_params for p in params}
         source = (
             self.model.parameters()
@@ -242,10 +251,27 @@ class STGU:
         adapter = self._adapter(group)
         self.optimizer.zero_grad(set_to_none=True)  # parameters of other groups' tasks get no step
         adapter.backward(self._group_losses(group, losses))
+        self._inactive_grads(group)
         after = None
         if adapter.capabilities.post_step:
             after = lambda: self._group_losses(group, _loss_vector(closure()))  # noqa: E731
         adapter.step(self.optimizer, closure=after)
+
+    def _inactive_grads(self, group: tuple[int, ...]) -> None:
+        """The gradients of the task parameters outside ``group``: None ("frozen": the optimiser skips them,
+        even when the group's backward reached them with zeros, as through a concatenation of head
+        outputs), or zero for those the optimiser has stepped before ("momentum": it steps them again,
+        so momentum and weight decay go on, as ``zero_grad()`` without ``set_to_none`` does in the
+        official code)."""
+        momentum = self.settings.inactive_task_params == "momentum"
+        for t, params in enumerate(self._task_params):
+            if t in group:
+                continue
+            for p in params:
+                if momentum and self.optimizer.state.get(p):
+                    p.grad = torch.zeros_like(p)
+                else:
+                    p.grad = None
 
     # -------------------------------------------------------------- affinity
     def _observe(self, group: tuple[int, ...], before: np.ndarray, after: np.ndarray) -> None:

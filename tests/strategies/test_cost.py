@@ -266,6 +266,35 @@ def test_htr_off_leaves_the_optimizer_alone():
     assert all(int(s["step"]) == 6 for s in opt.state.values())
 
 
+def test_reset_only_control_clears_adam_and_leaves_the_weights():
+    """on_trigger="reset": the same trigger, gates and cap as a teleport, but θ stays and Adam restarts."""
+    net, opt, cost, data = build_opposed(
+        on_trigger="reset", after_teleport="skip", max_teleports_per_epoch=1, start_step=2
+    )
+    for b in data[:2]:  # before start_step: plain Adam steps
+        assert not cost.train_step(b).teleported
+    assert all(int(s["step"]) == 2 for s in opt.state.values())
+    before = [p.detach().clone() for p in net.parameters()]
+    info = cost.train_step(data[2])  # every step of the opposed problem fires
+    assert info.teleported and info.record["action"] == "reset" and info.record["displacement"] == 0.0
+    assert info.diagnostics is None and len(opt.state) == 0
+    assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))  # no teleport, no step
+    assert not cost.train_step(data[3]).teleported  # the per-epoch cap counts resets
+    assert all(int(s["step"]) == 1 for s in opt.state.values())  # Adam restarted from scratch
+    # "step": the triggering batch is stepped at the same θ by a fresh Adam, whose first step moves
+    # every coordinate with a non-negligible gradient by lr·|g|/(|g| + eps) ≈ lr
+    net, opt, cost, data = build_opposed(on_trigger="reset", max_teleports_per_epoch=1, start_step=2)
+    for b in data[:2]:
+        cost.train_step(b)
+    before = torch.cat([p.detach().reshape(-1).clone() for p in net.parameters()])
+    info = cost.train_step(data[2])
+    assert info.record["action"] == "reset" and info.diagnostics is not None
+    assert all(int(s["step"]) == 1 for s in opt.state.values())
+    moved = (torch.cat([p.detach().reshape(-1) for p in net.parameters()]) - before).abs()
+    lr = opt.param_groups[0]["lr"]
+    assert float(moved.max()) <= lr * (1 + 1e-5) and float(moved.median()) == pytest.approx(lr, rel=1e-3)
+
+
 # ----------------------------------------------------------------------------- LoRA
 def _count(model: nn.Module) -> tuple[int, list[int]]:
     params = list(model.parameters())
@@ -506,7 +535,12 @@ def train(cost_on: bool, seed: int = 0, **settings):
 @pytest.fixture(scope="module")
 def sine_runs():
     torch.set_num_threads(1)
-    return {"base": train(False), "cost": train(True), "cost_no_htr": train(True, htr=False)}
+    return {
+        "base": train(False),
+        "cost": train(True),
+        "cost_no_htr": train(True, htr=False),
+        "reset_only": train(True, on_trigger="reset"),
+    }
 
 
 def test_teleports_happen_within_the_gates(sine_runs):
@@ -540,3 +574,36 @@ def test_cost_is_not_less_stable_than_the_base(sine_runs):
         _, final = sine_runs[name]
         assert np.isfinite(final).all()
         assert final.sum() <= 1.25 * base.sum(), (name, final, base)
+
+
+def test_the_gain_is_an_optimiser_restart_not_the_teleport(sine_runs):
+    """At this budget (8 adapter steps at lora_lr 1e-4) the teleports barely move the weights: without
+    HTR, COST ends within 1 % of the base, and the reset-only control (Adam's state cleared at the
+    trigger steps, no teleport) improves on the base by more than 10 %. Both held in each of seeds 0–4
+    (no-HTR/base 0.9998–1.002; reset/base 0.67–0.82; COST with HTR/base 0.72–0.91, and reset-only
+    against COST went either way, mean 0.0489 vs 0.0506), and are asserted here for seed 0."""
+    _, base = sine_runs["base"]
+    _, no_htr = sine_runs["cost_no_htr"]
+    reset, reset_final = sine_runs["reset_only"]
+    cost, _ = sine_runs["cost"]
+    assert abs(no_htr.sum() / base.sum() - 1.0) <= 0.01, (no_htr, base)
+    assert reset_final.sum() <= 0.9 * base.sum(), (reset_final, base)
+    assert reset.records and reset.records[0]["step"] == cost.records[0]["step"]  # the same first trigger
+
+
+def test_tradeoff_rows_a_larger_lora_lr_leaves_the_contour():
+    """The bench's trade-off curve (mtlsolve.bench.cost_tradeoff): one teleport from the same weights per
+    LoRA learning rate. In seeds 0–2 lora_lr 1e-2 moved the weights 30–80x further than 1e-4 and left
+    the contour by 38–77 % (1e-4: under 0.4 %); asserted here for seed 0 with wide margins."""
+    from mtlsolve.bench.cost_tradeoff import summary, tradeoff
+
+    rows = tradeoff(budgets=(1,), lora_lrs=(1e-4, 1e-2), seeds=(0,))
+    assert len(rows) == 2 and all(r["adapter_steps"] == 8 and not r["aborted"] for r in rows)
+    small, large = sorted(rows, key=lambda r: r["lora_lr"])
+    assert small["min_cos_before"] == large["min_cos_before"] <= 0  # the same triggering batch and weights
+    assert small["max_deviation"] < 0.02 < 0.1 < large["max_deviation"]
+    assert large["displacement"] > 10 * small["displacement"]
+    for r in rows:
+        assert r["conflict_reduction"] == pytest.approx(r["min_cos_after"] - r["min_cos_before"])
+    table = summary(rows)
+    assert [(t["lora_lr"], t["seeds"]) for t in table] == [(1e-4, 1), (1e-2, 1)]

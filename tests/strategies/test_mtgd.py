@@ -143,7 +143,12 @@ def test_alpha_zero_is_independent_training():
     x, y = torch.randn(16, 4), torch.randn(16, 2)
     net = Tiny()
     pop = MTGD(
-        model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), num_tasks=2, n_models=3, alpha=0.0
+        model=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9),
+        num_tasks=2,
+        n_models=3,
+        alpha=0.0,
+        init="copy",
     )
     refs = [copy.deepcopy(net) for _ in range(3)]
     opts = [torch.optim.SGD(r.parameters(), lr=0.1, momentum=0.9) for r in refs]
@@ -171,6 +176,49 @@ def test_inner_solvers_get_their_preference():
     np.testing.assert_allclose([a.solver.task_weights for a in pop.adapters], pop.preferences)
     x, y = torch.randn(8, 4), torch.randn(8, 2)
     pop.step(lambda model: two_losses(model, x, y))
+
+
+# ------------------------------------------------------------------ initialisation
+def test_independent_init_redraws_every_model_but_the_first():
+    net = Tiny()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    torch.manual_seed(5)
+    pop = MTGD(model=net, optimizer=opt, num_tasks=2, n_models=4, alpha=1.0)
+    assert pop.settings.init == "independent"
+    for p, q in zip(net.parameters(), pop.models[0].parameters()):
+        assert torch.equal(p, q)
+    # models 1..K−1 are what a fresh module's reset_parameters draws next from the global RNG
+    torch.manual_seed(5)
+    for model in pop.models[1:]:
+        ref = copy.deepcopy(net)
+        for module in ref.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        for p, q in zip(ref.parameters(), model.parameters()):
+            assert torch.equal(p, q)
+    flat = [torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in pop.models]
+    assert all(not torch.equal(flat[i], flat[j]) for i in range(4) for j in range(i))
+    # "copy": every model starts at the template, so the first mixing moves nothing
+    pop = MTGD(model=net, optimizer=opt, num_tasks=2, n_models=4, alpha=1.0, init="copy")
+    assert all(float(d.abs().max()) < 1e-6 for d in pop._mixing(pop.transfer_matrix()).values())  # round-off
+
+
+def test_independent_init_needs_reset_parameters():
+    class Raw(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(3))
+
+        def forward(self, x):
+            return x @ self.w
+
+    net = Raw()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(InvalidConfigError, match="reset_parameters"):
+        MTGD(model=net, optimizer=opt, num_tasks=2, n_models=3)
+    MTGD(model=net, optimizer=opt, num_tasks=2, n_models=3, init="copy")
+    with pytest.raises(ValueError, match="init"):
+        MTGD(model=net, optimizer=opt, num_tasks=2, n_models=3, init="random")
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -224,13 +272,18 @@ def test_config_names():
 
 
 # --------------------------------------------------------------- two-task check
-def population_run(alpha, seed=0, steps=300, every=10, K=7):
+def population_run(alpha, seed=0, steps=300, every=10, K=7, init="independent", correlated=False):
     """docs/problems.md#conflicting-regression: 10 features, one hidden layer of width 32, one output for both targets, SGD 1e-2 with
     momentum 0.9, batch 64. HV of the test losses against 1.1 x the front's nadir (the loss of fitting
-    the other target: E(y₁ − y₂)² for both tasks), fixed before the run."""
+    the other target: E(y₁ − y₂)² for both tasks), fixed before the run.
+
+    ``correlated``: y₂ is negated, so y₂ ≈ y₁ (correlated tasks) and the reference point is
+    1.1 x max_i E y_i² (the loss of predicting zero) for both tasks."""
     X, Y = conflicting_regression(samples=2048, seed=seed)
+    if correlated:
+        Y = torch.stack([Y[:, 0], -Y[:, 1]], dim=1)
     Xtr, Ytr, Xte, Yte = X[:1536], Y[:1536], X[1536:], Y[1536:]
-    nadir = float(((Yte[:, 0] - Yte[:, 1]) ** 2).mean())
+    nadir = float((Yte**2).mean(dim=0).max()) if correlated else float(((Yte[:, 0] - Yte[:, 1]) ** 2).mean())
     torch.manual_seed(seed)
     net = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
     pop = from_config(
@@ -241,6 +294,7 @@ def population_run(alpha, seed=0, steps=300, every=10, K=7):
             "alpha": alpha,
             "neighbors": 2,
             "reference": [1.1 * nadir] * 2,
+            "init": init,
         },
         model=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9),
@@ -271,3 +325,26 @@ def test_two_task_population_transfer_and_its_bound():
     spread = lambda L: float(L[:, 0].max() - L[:, 0].min())  # noqa: E731
     assert spread(Lc) < 0.8 * spread(L0)
     assert hvc[-1] < 0.98 * hv0[-1]
+
+
+@pytest.mark.slow
+def test_transfer_speeds_up_convergence_on_correlated_tasks():
+    """The paper's claim (faster HV convergence through parameter transfer), as measured on correlated
+    tasks (y₂ ≈ y₁) with independently initialised models, seeds 0–4, α = 5 against α = 0: a common
+    target, 95 % of the α = 0 run's HV after 300 steps, is reached sooner in every seed (measured
+    50–100 steps vs 80–190; mean 64 vs 110) and HV after 100 steps is higher on average (measured +3.7 %, at least +1.2 % in every seed).
+    Not asserted because not measured to hold: conflicting tasks (there α = 5 reached the target later,
+    42 vs 24 steps), HV after 20 steps (lower with transfer), and init="copy" (no effect)."""
+    torch.set_num_threads(1)
+    reach, early = {}, {}
+    for alpha in (0.0, 5.0):
+        runs = [population_run(alpha, seed=s, correlated=True)[0] for s in range(5)]
+        reach[alpha] = runs
+        early[alpha] = np.array([hv[10] for hv in runs])  # HV after 100 steps (every 10 steps)
+    for s in range(5):
+        target = 0.95 * reach[0.0][s][-1]
+        first = {a: int(np.argmax(reach[a][s] >= target)) for a in reach}
+        assert (reach[5.0][s] >= target).any() and first[5.0] < first[0.0], (s, first)
+    steps = {a: np.mean([np.argmax(reach[a][s] >= 0.95 * reach[0.0][s][-1]) for s in range(5)]) for a in reach}
+    assert steps[5.0] <= 0.75 * steps[0.0], steps
+    assert np.mean(early[5.0] / early[0.0]) >= 1.01, early
