@@ -1,4 +1,4 @@
-"""The ``mtlsolve`` command line: ``list`` (solvers and strategies), ``info NAME`` and ``bench``."""
+"""The ``mtlsolve`` command line: ``list`` (solvers and strategies), ``info NAME``, ``bench`` and ``warmup``."""
 
 from __future__ import annotations
 
@@ -68,6 +68,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
+def cmd_warmup(args: argparse.Namespace) -> int:
+    """Compile every numba kernel (cached on disk) by calling every registered solver once; report the time."""
+    from mtlsolve.bench.warmup import warm_up
+
+    def progress(label: str) -> None:
+        if not args.quiet:
+            print(f"  {label}", file=sys.stderr, flush=True)
+
+    done = warm_up(progress=progress)
+    print(done.line())
+    skipped = sorted({f.split(" (")[0] for f in done.failures})
+    if skipped:
+        print(f"not called on a bare random system (they need batches, features or more tasks): {', '.join(skipped)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtlsolve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(bench)
     bench.set_defaults(func=cmd_bench)
+    warmup = sub.add_parser(
+        "warmup", help="compile every numba kernel now (cached on disk), so that no solver's first step pays for it"
+    )
+    warmup.add_argument("--quiet", action="store_true", help="no per-solver progress on stderr")
+    warmup.set_defaults(func=cmd_warmup)
     return parser
 
 

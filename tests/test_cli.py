@@ -1,9 +1,11 @@
-"""The command line: list, info, bench, and ``python -m mtlsolve``."""
+"""The command line: list, info, bench, warmup, and ``python -m mtlsolve``."""
 
 import json
 import shlex
 import subprocess
 import sys
+
+import pytest
 
 import mtlsolve
 from mtlsolve.cli import main
@@ -74,3 +76,52 @@ def test_bench_is_wired(tmp_path, capsys):
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["solver"] for r in results["toy"]["rows"]] == ["ls"]
     assert (tmp_path / "results.md").exists() and (tmp_path / "toy.png").exists()
+
+
+def _mtlsolve(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mtlsolve", *args], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
+
+
+def test_bench_exit_statuses_from_the_shell(tmp_path):
+    """Bad options and configs: status 2 and one line on stderr; a tiny run: status 0 and its files."""
+    proc = _mtlsolve("bench", "--solvers", "", "--out", str(tmp_path / "a"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("mtlsolve: error: --solvers names no solver")
+    config = tmp_path / "solvers.yaml"
+    config.write_text("solvers: [ls, {name: cagrad, c: -1}]\n")
+    proc = _mtlsolve("bench", "--config", str(config), "--out", str(tmp_path / "a"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "cagrad(c=-1)" in proc.stderr
+    out = tmp_path / "run"
+    argv = ["bench", "--solvers", "ls", "--sections", "toy", "--steps", "3", "--out", str(out), "--no-progress"]
+    proc = _mtlsolve(*argv)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "results.json").read_text())["status"] == "complete"
+    assert (out / "toy.png").exists() and "## Toy landscape" in (out / "results.md").read_text()
+
+
+def test_warmup_reports_kernel_compilation():
+    """In a fresh process, warming MGDA up compiles its kernel or loads it from numba's disk cache."""
+    script = (
+        "from mtlsolve.bench._common import Spec; from mtlsolve.bench.warmup import kernel_dispatchers, warm_up; "
+        "done = warm_up([Spec.parse('mgda'), Spec.parse('ls')]); "
+        "print(done.compiled, done.loaded, done.kernels, len(done.failures)); "
+        "print(all(type(d._cache).__name__ == 'PackageCache' for d in kernel_dispatchers()))"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    counts, cached = proc.stdout.split("\n")[:2]
+    compiled, loaded, kernels, failures = map(int, counts.split())
+    assert compiled + loaded >= 1 and kernels >= 1 and failures == 0
+    assert cached == "True"  # every kernel has the package-stamped on-disk cache
+
+
+@pytest.mark.slow
+def test_warmup_command_compiles_once_then_loads_from_the_disk_cache():
+    first = _mtlsolve("warmup", "--quiet")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("numba kernels: ")
+    second = _mtlsolve("warmup", "--quiet")
+    assert second.returncode == 0
+    assert " 0 signature(s) compiled now" in second.stdout  # every kernel came from numba's disk cache

@@ -1,4 +1,4 @@
-"""``mtlsolve bench``: every registered solver on the built-in problems, as Markdown tables.
+"""``mtlsolve bench``: every registered solver on the built-in problems, as Markdown tables and plots.
 
 Sections (``--sections``; docs/problems.md):
 
@@ -8,11 +8,15 @@ Sections (``--sections``; docs/problems.md):
   solver, scored by hypervolume with r = (1, 1) (#hypervolume); fronts in ``fonseca.png``;
 * **linreg**: many-task linear regression (#linear-regression), time per optimiser step as the number of tasks
   grows to 100; ``linreg.png``;
-* **digits** / **mnist**: MultiDigits and MultiMNIST, per-task test accuracy and Δm% (#delta-m) against
-  single-task baselines trained by the same loop; ``digits.png`` / ``mnist.png``.
+* **digits** / **mnist**: MultiDigits and MultiMNIST (#multidigits-and-multimnist): per-task test accuracy and
+  Δm% (#delta-m) under two conventions, ranked, with the baselines of :mod:`mtlsolve.bench.baselines`
+  (#baselines) and the single-task models as a reference line; preference-based solvers as fronts with
+  hypervolume; ``digits_delta_m.png`` / ``digits_fronts.png`` (and ``mnist_*``).
 
-Everything is written to ``--out``: ``results.md`` (the printed tables), ``results.json`` and the
-PNGs. ``--seeds N`` repeats every run with N seeds and reports mean ± std.
+Everything is written to ``--out`` section by section as the sections finish: ``results.md`` (the printed
+tables), ``results.json`` (with ``status``: running, complete, interrupted or failed) and the PNGs; the
+files of an earlier run there are removed first. The exit status is 0 when every run succeeded, 1 when
+a run failed or nothing ran, 2 for invalid options or configs, 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,15 +33,27 @@ from typing import Any
 
 import numpy as np
 
-from mtlsolve.bench import analytic, training
-from mtlsolve.bench._common import Spec, _is_number, aggregate, fmt, load_average, markdown
-from mtlsolve.errors import InvalidConfigError
+from mtlsolve.bench import analytic, baselines, training
+from mtlsolve.bench._common import (
+    Spec,
+    _is_number,
+    aggregate,
+    fmt,
+    indistinguishable,
+    load_average,
+    markdown,
+    short_error,
+)
+from mtlsolve.errors import InvalidConfigError, MtlsolveError
+from mtlsolve.metrics import hypervolume
 from mtlsolve.problems import TOY_FRONT_X2, TOY_SCALES, TOY_STARTS
 from mtlsolve.registry import registry
 
 SECTIONS = ("toy", "fonseca", "linreg", "digits", "mnist")
+#: the training sections: seeds, baselines, Δm% and preference fronts
+TRAINING = ("digits", "mnist")
 
-#: step counts and learning rates of a full run and of ``--quick``
+#: step counts, learning rates, sweeps and seeds of a full run and of ``--quick``
 SETTINGS: Mapping[str, Mapping[str, Any]] = {
     "full": {
         "toy_steps": 35_000,
@@ -51,6 +68,11 @@ SETTINGS: Mapping[str, Mapping[str, Any]] = {
         "digits_batch": 128,
         "mnist_steps": 2_000,
         "mnist_batch": 128,
+        "checkpoints": 10,
+        "last": 3,
+        "training_fronts": 5,
+        "ls_grid": baselines.LS_GRID["full"],
+        "training_seeds": 3,
     },
     "quick": {
         "toy_steps": 500,
@@ -65,13 +87,20 @@ SETTINGS: Mapping[str, Mapping[str, Any]] = {
         "digits_batch": 64,
         "mnist_steps": 100,
         "mnist_batch": 32,
+        "checkpoints": 4,
+        "last": 2,
+        "training_fronts": 3,
+        "ls_grid": baselines.LS_GRID["quick"],
+        "training_seeds": 1,
     },
 }
 DIGITS_LR = 1e-3
-#: runs per section besides one per solver: the two single-task baselines of the training sections
-EXTRA_RUNS: Mapping[str, int] = {"toy": 0, "fonseca": 0, "linreg": 0, "digits": 2, "mnist": 2}
 #: where the problems, metrics and solvers the report names are documented
 DOCS: Mapping[str, str] = {"problems": "docs/problems.md", "methods": "docs/methods.md"}
+#: the significance level of the "≈ best" mark (Welch's t-test on the per-seed Δm%)
+LEVEL = 0.05
+#: the files a run writes (patterns under ``--out``); those of an earlier run are removed at the start
+OUTPUTS = ("results.md", "results.json", *(f"{s}*.png" for s in SECTIONS))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,9 +114,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help="comma-separated sections to run, from %(default)s"
     )
-    parser.add_argument("--quick", action="store_true", help="short runs (the whole default run in a few minutes)")
+    parser.add_argument("--quick", action="store_true", help="short runs and one seed (a few minutes in all)")
     parser.add_argument("--steps", type=int, help="override every section's number of optimiser steps")
-    parser.add_argument("--seeds", type=int, default=1, help="runs per solver, reported as mean ± std (default 1)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        help="runs per solver, reported as mean ± std (default: 3 in the training sections and 1 elsewhere; "
+        "1 everywhere with --quick)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--toy-scale", choices=sorted(TOY_SCALES), default="samsung", help="toy task scaling")
     parser.add_argument("--device", default="cpu", help="torch device of the training sections (default cpu)")
@@ -102,26 +136,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_specs(solvers: str | None, config: str | None) -> list[Spec]:
-    """The solver configurations to run: ``--solvers``, ``--config`` or every registered solver."""
-    if config:
-        path = Path(config)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise InvalidConfigError(f"cannot read the config file {config!r}: {exc}") from exc
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+    """The solver configurations to run: ``--solvers``, ``--config`` or every registered solver.
 
+    Raises :class:`InvalidConfigError` with a one-line message for an unreadable or malformed config, an
+    empty list, or two entries with the same label."""
+    if config:
+        specs = [Spec.parse(item) for item in _config_items(config)]
+    elif solvers is not None:
+        specs = [Spec.parse(s) for s in solvers.split(",") if s.strip()]
+        if not specs:
+            raise InvalidConfigError("--solvers names no solver; give comma-separated names (see mtlsolve list)")
+    else:
+        specs = [Spec.parse(name) for name in registry.available()]
+    labels = [s.label for s in specs]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise InvalidConfigError(
+            f"solver labels must be unique, repeated: {', '.join(twice)} (set 'label' to tell them apart)"
+        )
+    return specs
+
+
+def _config_items(config: str) -> list[Any]:
+    path = Path(config)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidConfigError(f"cannot read the config file {config!r}: {exc}") from exc
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError as exc:
+                raise InvalidConfigError(f"reading {config!r} needs PyYAML: pip install pyyaml") from exc
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
-        items = data.get("solvers") if isinstance(data, Mapping) else data
-        if not isinstance(items, list) or not items:
-            raise InvalidConfigError(f"{config!r} must hold a non-empty list of solvers (or one under 'solvers')")
-        return [Spec.parse(item) for item in items]
-    if solvers:
-        return [Spec.parse(s) for s in solvers.split(",") if s.strip()]
-    return [Spec.parse(name) for name in registry.available()]
+    except InvalidConfigError:
+        raise
+    except ValueError as exc:  # json.JSONDecodeError
+        raise InvalidConfigError(f"{config!r} is not valid JSON: {exc}") from exc
+    except Exception as exc:  # yaml.YAMLError
+        problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        reason = problem or (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise InvalidConfigError(f"{config!r} is not valid YAML: {reason}{where}") from exc
+    items = data.get("solvers") if isinstance(data, Mapping) else data
+    if not isinstance(items, list) or not items:
+        raise InvalidConfigError(f"{config!r} must hold a non-empty list of solvers (or one under 'solvers')")
+    return items
+
+
+def check_configs(specs: Sequence[Spec]) -> None:
+    """Build every solver once; raise one :class:`InvalidConfigError` naming every config that is refused."""
+    bad = []
+    for spec in specs:
+        try:
+            spec.make(0)
+        except MtlsolveError as exc:
+            bad.append(f"{spec.label}: " + " ".join(str(exc).split()))
+    if bad:
+        raise InvalidConfigError("invalid solver config(s): " + "; ".join(bad))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -130,41 +205,94 @@ def main(args: argparse.Namespace) -> int:
     sections = checked_sections(args)
     settings = step_settings(args.quick, args.steps)
     check_dependencies(sections)
-    seeds = [args.seed + i for i in range(args.seeds)]
+    check_configs(specs)
+    seeds = {s: seeds_for(s, args, settings) for s in sections}
     import torch
 
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    each = SeedRuns(seeds, total=sum(len(specs) + EXTRA_RUNS[s] for s in sections) * len(seeds), hide=args.no_progress)
+    out = Output(Path(args.out))
+    each = SeedRuns(
+        total=sum(planned_runs(s, specs, settings) * len(seeds[s]) for s in sections), hide=args.no_progress
+    )
     report = Report()
     results = start_results(report, specs, seeds, settings, sections, args)
     t0 = time.perf_counter()
+    status = "complete"
     try:
+        compile_kernels(specs, each, report, results)
         for section in sections:
             started = time.perf_counter()
-            results[section] = SECTION_RUNNERS[section](section, specs, settings, args, each, report, out)
+            each.seeds = seeds[section]
+            results[section] = SECTION_RUNNERS[section](section, specs, settings, args, each, report, out.path)
             results[section]["seconds"] = time.perf_counter() - started
+            results["wall_s"] = time.perf_counter() - t0
+            out.save(results, report, f"running: {section} done")
+    except KeyboardInterrupt:
+        status = "interrupted"
+    except BaseException as exc:
+        results["wall_s"] = time.perf_counter() - t0
+        out.save(results, report, f"failed: {short_error(exc)}")
+        raise
     finally:
         each.close()
     results["wall_s"] = time.perf_counter() - t0
-    write_results(results, report, out)
+    results["load_average_end"] = load_average()
+    report.add(f"wall time {results['wall_s']:.1f} s; load average at the end: {results['load_average_end']}")
+    out.save(results, report, status)
+    print(f"\nresults written to {out.path}/ (results.md, results.json, PNGs); status {status}")
+    return exit_status(results, sections, status)
+
+
+def exit_status(results: Mapping[str, Any], sections: Sequence[str], status: str) -> int:
+    """130 when interrupted; 1 (with the reason on stderr) when a run failed or nothing ran; else 0."""
+    if status == "interrupted":
+        print("mtlsolve bench: interrupted; the finished sections are saved", file=sys.stderr)
+        return 130
+    failed, ran = [], 0
+    for section in sections:
+        for row in section_rows(results.get(section, {})):
+            note = str(row.get("note", ""))
+            if note.startswith("error"):
+                failed.append(f"{row['solver']} ({section})")
+            elif not note.startswith("not applicable"):
+                ran += 1
+    if failed:
+        print(f"mtlsolve bench: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    if ran == 0:
+        print("mtlsolve bench: nothing ran (no solver applies to the chosen sections)", file=sys.stderr)
+        return 1
     return 0
+
+
+def section_rows(section: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Every table row of a section's results: methods, baselines, fronts and the single-task reference."""
+    rows = [r for key in ("rows", "baseline_rows", "front_rows") for r in section.get(key, [])]
+    return rows + ([section["stl"]] if "stl" in section else [])
 
 
 def checked_sections(args: argparse.Namespace) -> list[str]:
     """The ``--sections`` to run, after checking them and ``--seeds``, ``--steps`` and ``--threads``."""
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if not sections:
+        raise InvalidConfigError(f"--sections names no section; choose from {', '.join(SECTIONS)}")
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise InvalidConfigError(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
-    if args.seeds < 1:
+    if args.seeds is not None and args.seeds < 1:
         raise InvalidConfigError(f"--seeds must be at least 1, got {args.seeds}")
     if args.steps is not None and args.steps < 1:
         raise InvalidConfigError(f"--steps must be at least 1, got {args.steps}")
     if args.threads < 1:
         raise InvalidConfigError(f"--threads must be at least 1, got {args.threads}")
-    return sections
+    return list(dict.fromkeys(sections))
+
+
+def seeds_for(section: str, args: argparse.Namespace, settings: Mapping[str, Any]) -> list[int]:
+    """``--seeds`` seeds from ``--seed``; by default the settings' ``training_seeds`` in the training
+    sections and one elsewhere."""
+    n = args.seeds or (settings["training_seeds"] if section in TRAINING else 1)
+    return [args.seed + i for i in range(n)]
 
 
 def step_settings(quick: bool, steps: int | None) -> dict[str, Any]:
@@ -185,14 +313,41 @@ def check_dependencies(sections: Sequence[str]) -> None:
         raise InvalidConfigError(f"mtlsolve bench needs {', '.join(missing)}: pip install 'mtlsolve[bench]'")
 
 
-class SeedRuns:
-    """``each(section, specs, run)``: run(spec, seed) for every spec and seed, one list of per-seed rows
-    per spec, with a progress bar on stderr (an int for ``specs``: that many specs skipped)."""
+def preference_based(spec: Spec) -> bool:
+    """Whether a training section sweeps ``spec`` over preference vectors (Pareto family, sweepable)."""
+    return spec.cls.family == "PA" and analytic.sweep_reason(spec) is None
 
-    def __init__(self, seeds: Sequence[int], *, total: int, hide: bool) -> None:
+
+def planned_runs(section: str, specs: Sequence[Spec], settings: Mapping[str, Any]) -> int:
+    """Runs per seed of a section: one per spec, and in a training section the baselines and a sweep of
+    ``training_fronts`` preferences per preference-based spec."""
+    if section not in TRAINING:
+        return len(specs)
+    swept = sum(preference_based(s) for s in specs)
+    stl = sum(s.name == "stl" for s in specs)  # the reference line, run as the single-task baselines
+    return len(specs) - stl + swept * (settings["training_fronts"] - 1) + 2 + len(settings["ls_grid"]) + 1
+
+
+def compile_kernels(specs: Sequence[Spec], each: SeedRuns, report: Report, results: dict[str, Any]) -> None:
+    """Compile (or load from numba's disk cache) the kernels of the solvers, shown on the progress bar."""
+    from mtlsolve.bench.warmup import warm_up
+
+    def progress(label: str) -> None:
+        each.bar.set_description(f"numba compile (one-time): {label}"[:40])
+
+    done = warm_up(specs, progress)
+    results["numba"] = {"seconds": done.seconds, "compiled": done.compiled, "loaded": done.loaded}
+    report.add(f"{done.line()} (one-time: cached on disk; `mtlsolve warmup` does it ahead of a run)")
+
+
+class SeedRuns:
+    """``each(section, specs, run)``: run(spec, seed) for every spec and seed of ``seeds``, one list of
+    per-seed rows per spec, with a progress bar on stderr (an int for ``specs``: that many specs skipped)."""
+
+    def __init__(self, *, total: int, hide: bool) -> None:
         from tqdm import tqdm
 
-        self.seeds = seeds
+        self.seeds: Sequence[int] = [0]
         self.bar = tqdm(total=total, file=sys.stderr, unit="run", disable=hide, dynamic_ncols=True)
 
     def __call__(
@@ -215,17 +370,25 @@ class SeedRuns:
 
 def start_results(report: Report, specs, seeds, settings, sections, args) -> dict[str, Any]:
     """The report's heading and the ``results.json`` fields known before any section runs."""
+    kind = "quick" if args.quick else "full"
     report.add(
-        f"# mtlsolve bench: {len(specs)} solvers, {len(seeds)} seed(s), "
-        f"{'quick' if args.quick else 'full'} settings, device {args.device}, {args.threads} CPU thread(s)"
+        f"# mtlsolve bench: {len(specs)} solvers, {kind} settings, device {args.device}, {args.threads} CPU thread(s)"
     )
+    counts = ", ".join(f"{s} {len(seeds[s])}" for s in sections)
+    note = ""
+    if any(len(seeds[s]) < 3 for s in sections if s in TRAINING):
+        note = " — fewer than 3 seeds in a training section: no uncertainty estimate and no '≈ best' test" + (
+            " (--quick runs 1 seed; the full run 3)" if args.quick else ""
+        )
+    report.add(f"seeds per section: {counts}{note}")
     load_before = load_average()
     report.add(f"load average at start (1, 5, 15 min): {load_before}")
     report.add(f"problems and metrics: {DOCS['problems']}; solvers: {DOCS['methods']}")
     return {
+        "status": "running",
         "settings": {
             **settings,
-            "seeds": seeds,
+            "seeds": {s: seeds[s] for s in sections},
             "device": args.device,
             "threads": args.threads,
             "toy_scale": args.toy_scale,
@@ -237,17 +400,35 @@ def start_results(report: Report, specs, seeds, settings, sections, args) -> dic
     }
 
 
-def write_results(results: dict[str, Any], report: Report, out: Path) -> None:
-    """Close the report with the wall time and load, and write ``results.json`` and ``results.md``."""
-    results["load_average_end"] = load_average()
-    report.add(f"wall time {results['wall_s']:.1f} s; load average at the end: {results['load_average_end']}")
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
-    (out / "results.md").write_text(report.text())
-    print(f"\nresults written to {out}/ (results.md, results.json, PNGs)")
+class Output:
+    """The output folder: the files of an earlier run (:data:`OUTPUTS`) are removed on entry, and
+    ``save`` replaces results.json and results.md atomically, so the folder always holds one run."""
+
+    def __init__(self, path: Path) -> None:
+        if path.exists() and not path.is_dir():
+            raise InvalidConfigError(f"--out {str(path)!r} is a file, not a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        for pattern in OUTPUTS:
+            for stale in path.glob(pattern):
+                stale.unlink()
+        self.path = path
+
+    def save(self, results: dict[str, Any], report: Report, status: str) -> None:
+        results["status"] = status
+        self._write("results.json", json.dumps(results, indent=1, default=_json_default))
+        text = report.text()
+        if status != "complete":
+            text += f"\n(status: {status})\n"
+        self._write("results.md", text)
+
+    def _write(self, name: str, text: str) -> None:
+        tmp = self.path / f".{name}.{os.getpid()}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.path / name)
 
 
 class Report:
-    """The Markdown report: printed as it grows, saved to results.md at the end."""
+    """The Markdown report: printed as it grows, saved to results.md after every section."""
 
     def __init__(self) -> None:
         self.parts: list[str] = []
@@ -273,15 +454,15 @@ def table(
     columns: Sequence[tuple[str, str]],
     formats: Mapping[str, Callable[[Any], str]] | None = None,
 ) -> str:
-    """The Markdown table of the rows that ran or failed, then one line per group of skipped solvers."""
-    shown = [r for r in rows if not str(r.get("note", "")).startswith("skipped")]
+    """The Markdown table of the rows that ran or failed, then one line per group of solvers that do not apply."""
+    shown = [r for r in rows if not str(r.get("note", "")).startswith("not applicable")]
     skipped: dict[str, list[str]] = {}
     for r in rows:
-        if str(r.get("note", "")).startswith("skipped"):
-            skipped.setdefault(r["note"].removeprefix("skipped: "), []).append(r["solver"])
+        if str(r.get("note", "")).startswith("not applicable"):
+            skipped.setdefault(r["note"].removeprefix("not applicable: "), []).append(r["solver"])
     text = markdown(shown, columns, formats) if shown else "(no solver ran)"
     for reason, names in skipped.items():
-        text += f"\n\nskipped ({reason}): {', '.join(names)}"
+        text += f"\n\nnot applicable ({reason}): {', '.join(names)}"
     return text
 
 
@@ -306,6 +487,25 @@ def mib(value: Any) -> str:
     return "" if value is None else f"{value:.1f}"
 
 
+def definition_note(spec: Spec) -> str | None:
+    """When ``spec`` is by definition the same method as another row (or is in a limit), what it equals."""
+    config = {k: v for k, v in spec.config.items() if k != "name"}
+    if spec.name == "fairgrad" and float(config.get("alpha", 1.0)) == 1.0:
+        return "same method as nash_mtl by definition (α = 1: K w = 1/w, proportional fairness)"
+    if spec.name == "stch" and config.get("mode", "official") == "official":
+        return "equals si (Σ log L_i) during its warm-up epochs and in the limit μ → ∞"
+    if spec.name == "ls" and not config.get("weights") and config.get("reduction", "sum") == "sum":
+        return "the same as ls(w1=0.50) of the weight grid"
+    if spec.name == "trimmed_mean" and int(config.get("trim_number", 0)) == 0:
+        return "trims nothing: the mean of the gradients, i.e. ls with reduction='mean'"
+    if spec.name == "upgrad":
+        return (
+            "on two tasks the direction of pcgrad up to a factor 1/2 and its ridge "
+            "(each gradient projected off a conflicting other)"
+        )
+    return None
+
+
 # ---------------------------------------------------------------- sections
 def section_toy(section, specs, settings, args, each, report, out) -> dict[str, Any]:
     steps, lr = settings["toy_steps"], settings["toy_lr"]
@@ -316,7 +516,7 @@ def section_toy(section, specs, settings, args, each, report, out) -> dict[str, 
     runs = each(
         section, specs, lambda spec, seed: analytic.run_toy(spec, seed, steps=steps, lr=lr, scale=args.toy_scale)
     )
-    rows = [aggregate(r) for r in runs]
+    rows = [with_definition(aggregate(r), spec) for r, spec in zip(runs, specs)]
     report.add(
         table(
             rows,
@@ -341,6 +541,14 @@ def section_toy(section, specs, settings, args, each, report, out) -> dict[str, 
     return {"steps": steps, "lr": lr, "rows": rows, "runs": runs}
 
 
+def with_definition(row: dict[str, Any], spec: Spec) -> dict[str, Any]:
+    """``row`` with :func:`definition_note` added to its note."""
+    same = definition_note(spec)
+    if same and not str(row.get("note", "")).startswith(("error", "not applicable")):
+        row["note"] = "; ".join(filter(None, [row.get("note"), same]))
+    return row
+
+
 def section_fonseca(section, specs, settings, args, each, report, out) -> dict[str, Any]:
     steps, lr, count = settings["fonseca_steps"], settings["fonseca_lr"], settings["fronts"]
     report.add(
@@ -355,8 +563,8 @@ def section_fonseca(section, specs, settings, args, each, report, out) -> dict[s
             rows,
             [
                 ("solver", "solver"),
-                ("hv_fonseca", "HV Fonseca–Fleming"),
-                ("hv_fonseca_convex", "HV convex"),
+                ("hv_fonseca", "HV Fonseca–Fleming ↑"),
+                ("hv_fonseca_convex", "HV convex ↑"),
                 ("ms_per_step", "solver ms/step"),
                 ("note", "note"),
             ],
@@ -391,58 +599,105 @@ def section_linreg(section, specs, settings, args, each, report, out) -> dict[st
         ),
     )
     rows = [aggregate(r) for r in runs]
-    columns = [("solver", "solver")] + [(f"ms_m{m}", f"m = {m}") for m in tasks] + [("note", "note")]
+    for row, spec in zip(rows, specs):
+        row["family"] = spec.cls.family
+        if row.get("na"):
+            at = ", ".join(str(int(m)) for m in row.pop("na"))
+            row["note"] = "; ".join(filter(None, [row.get("note"), f"skipped at m = {at}: {row.pop('na_reason')}"]))
+    columns = [("solver", "solver"), ("family", "family")] + [(f"ms_m{m}", f"m = {m}") for m in tasks]
     report.add(
-        table(rows, columns, {f"ms_m{m}": lambda v: fmt(v, 2) for m in tasks}) + "\n\nms per step; plot in linreg.png."
+        table(rows, columns + [("note", "note")], {f"ms_m{m}": lambda v: fmt(v, 2) for m in tasks})
+        + "\n\nms per step; family: LW loss weighting (one backward), GW Gramian weighting, FM full matrix, "
+        "RV representation-level, PA Pareto; log-log plot per family in linreg.png."
     )
     plot_linreg(rows, tasks, out / "linreg.png")
     return {"tasks": list(tasks), "steps": steps, "rows": rows, "runs": runs}
 
 
-def section_digits(section, specs, settings, args, each, report, out) -> dict[str, Any]:
+def section_training(section, specs, settings, args, each, report, out) -> dict[str, Any]:
     problem = {"digits": "multidigits", "mnist": "multimnist"}[section]
     name = {"digits": "MultiDigits", "mnist": "MultiMNIST"}[section]
     steps, batch = settings[f"{section}_steps"], settings[f"{section}_batch"]
+    checkpoints, last, fronts = settings["checkpoints"], settings["last"], settings["training_fronts"]
     trunk = "MLP 100-64-64" if section == "digits" else "LeNet-style CNN"
     report.add(
-        f"## {name} (docs/problems.md#multidigits-and-multimnist): {trunk} with two linear heads, Adam lr {DIGITS_LR:g}, batch {batch}, {steps} steps"
+        f"## {name} (docs/problems.md#multidigits-and-multimnist): {trunk} with two linear heads, Adam lr "
+        f"{DIGITS_LR:g}, batch {batch}, {steps} steps, {len(each.seeds)} seed(s), validation and test accuracy "
+        f"at {checkpoints} checkpoints"
     )
     try:
         data = training.load_digits_problem(problem)
     except training.DataUnavailable as exc:
-        report.add(f"skipped: {exc}")
-        each(section, len(specs) + EXTRA_RUNS[section])
+        report.add(f"not applicable: {exc}")
+        each(section, planned_runs(section, specs, settings))
         return {"skipped": str(exc)}
 
     def run(spec, seed):
         return training.train_digits(
-            spec, problem, seed, steps=steps, batch_size=batch, lr=DIGITS_LR, device=args.device
-        )
+            spec, problem, seed, steps=steps, batch_size=batch, lr=DIGITS_LR, checkpoints=checkpoints, last=last,
+            device=args.device,
+        )  # fmt: skip
 
-    stl_runs = each(section, training.stl_specs(), run)
+    stl_runs = each(section, baselines.stl_specs(), run)
     base = single_task_baselines(stl_runs, report)
-    runs = each(section, specs, run)
+    grid_specs = baselines.ls_grid(settings["ls_grid"])
+    grid_runs = each(section, grid_specs, run)
+    norm_spec = baselines.gradnorm_scaled()
+    norm_runs = each(section, [norm_spec], run)
+    methods = [s for s in specs if not preference_based(s) and s.name != "stl"]
+    swept = [s for s in specs if preference_based(s)]
+    reference = [s.label for s in specs if s.name == "stl"]
+    method_runs = each(section, methods, run)
+    sweeps = [each(section, analytic.preference_specs(s, fronts), run) for s in swept]
     if base is not None:
-        for per_seed in runs:
-            training.add_delta_m(per_seed, base)
-    rows = [aggregate(r) for r in runs]
-    base_mean = None if base is None else np.mean(base, axis=0).tolist()
-    report.add(digits_table(section, rows, base_mean, f"{len(data[0])} training and {len(data[2])} test images"))
-    plot_accuracies(rows, base_mean, name, out / f"{section}.png")
+        for runs in (*grid_runs, *norm_runs, *method_runs, *(r for sweep in sweeps for r in sweep)):
+            training.add_delta_m(runs, base)
+    tuned = tuned_ls(grid_specs, grid_runs)
+    baseline_rows = [ranked_row(runs, spec) for spec, runs in ((tuned[0], tuned[1]), (norm_spec, norm_runs[0]))]
+    rows = [ranked_row(runs, spec) for spec, runs in zip(methods, method_runs)]
+    stl_row = stl_reference(stl_runs)
+    mark_best(rows + baseline_rows)
+    ranked = sorted(rows + baseline_rows, key=rank_key)
+    n_val = len(training.split_validation(data)[2])
+    sizes = f"{len(data[0]) - n_val} training, {n_val} validation and {len(data[2])} test images"
+    report.add(
+        training_table(section, [stl_row, *ranked], base is not None, len(each.seeds), last, sizes)
+        + grid_line(grid_specs, grid_runs)
+        + (f"\n\n{', '.join(reference)}: the single-task reference line above, not ranked" if reference else "")
+        + (
+            f"\n\npreference-based (fronts below, not ranked by Δm%): {', '.join(s.label for s in swept)}"
+            if swept
+            else ""
+        )
+    )
+    front_rows = [front_row(spec, sweep) for spec, sweep in zip(swept, sweeps)]
+    if swept:
+        grid_front = front_row(Spec("ls weight grid", {"name": "ls"}, role="baseline"), grid_runs)
+        report.add(fronts_table(name, [grid_front, *front_rows], fronts, section))
+    plot_ranked(stl_row, ranked, name, out / f"{section}_delta_m.png")
+    if swept:
+        plot_training_fronts(front_rows, grid_front, stl_row, name, out / f"{section}_fronts.png")
     return {
         "problem": problem,
         "steps": steps,
         "batch": batch,
         "lr": DIGITS_LR,
-        "baseline": base_mean,
+        "checkpoints": checkpoints,
+        "last": last,
+        "baseline": base,
+        "stl": stl_row,
         "baseline_runs": stl_runs,
+        "ls_grid": {"weights": list(settings["ls_grid"]), "runs": grid_runs, "selected": tuned[0].label},
+        "baseline_rows": baseline_rows,
         "rows": rows,
-        "runs": runs,
+        "front_rows": front_rows,
+        "runs": method_runs,
+        "sweeps": sweeps,
     }
 
 
-def single_task_baselines(stl_runs, report: Report) -> list[list[float]] | None:
-    """Per seed, the single-task accuracies Δm% is measured against; None (said in the report) when one failed."""
+def single_task_baselines(stl_runs, report: Report) -> dict[str, list[list[float]]] | None:
+    """Per convention and seed, the single-task accuracies Δm% is measured against; None (said in the report) when one failed."""
     try:
         return training.baseline_accuracies(stl_runs)
     except RuntimeError as exc:
@@ -450,40 +705,169 @@ def single_task_baselines(stl_runs, report: Report) -> list[list[float]] | None:
         return None
 
 
-def digits_table(section: str, rows, base_mean: list[float] | None, sizes: str) -> str:
-    """The accuracy table of a training section, led by the single-task baselines when they ran."""
-    lead = (
-        ""
-        if base_mean is None
-        else (
-            f"single-task baselines (stl, main_task = 0 / 1): task 1 {100 * base_mean[0]:.2f} %, "
-            f"task 2 {100 * base_mean[1]:.2f} % ({sizes})\n\n"
-        )
+def tuned_ls(grid_specs: Sequence[Spec], grid_runs: Sequence[Sequence[dict]]) -> tuple[Spec, list[dict]]:
+    """The grid point with the best validation score (lowest mean validation Δm%, or highest mean validation
+    accuracy without single-task baselines), relabelled as the tuned baseline."""
+
+    def score(runs: Sequence[dict]) -> float:
+        ok = [r for r in runs if "acc_task1" in r]
+        if len(ok) < len(runs):
+            return np.inf
+        if all("delta_m_val" in r for r in ok):
+            return float(np.mean([r["delta_m_val"] for r in ok]))
+        return -float(np.mean([r["val_task1"] + r["val_task2"] for r in ok]))
+
+    best = int(np.argmin([score(r) for r in grid_runs]))
+    spec = grid_specs[best]
+    label = f"ls tuned ({spec.label.removeprefix('ls(').removesuffix(')')})"
+    return spec.with_config(label), [{**r, "solver": label} for r in grid_runs[best]]
+
+
+def grid_line(grid_specs, grid_runs) -> str:
+    cells = []
+    for spec, runs in zip(grid_specs, grid_runs):
+        val = [r["delta_m_val"] for r in runs if "delta_m_val" in r]
+        cells.append(f"{spec.label} {fmt(float(np.mean(val)), 2) if val else '–'}")
+    return (
+        f"\n\nls tuned: task weights (2w1, 2(1 − w1)) chosen on the validation split, lowest validation Δm%: "
+        f"{'; '.join(cells)}"
+    )
+
+
+def ranked_row(runs: Sequence[dict], spec: Spec) -> dict[str, Any]:
+    row = with_definition(aggregate(runs), spec)
+    row["kind"] = spec.role
+    row["delta_m_seeds"] = [r["delta_m"] for r in runs if "delta_m" in r]
+    if len(row["delta_m_seeds"]) < len(runs):
+        row.pop("delta_m", None)
+        row.pop("delta_m_last", None)
+    return row
+
+
+def stl_reference(stl_runs: Sequence[Sequence[dict]]) -> dict[str, Any]:
+    """The single-task models as one reference row: task i's accuracies from the model trained on task i alone."""
+    row: dict[str, Any] = {"solver": "single-task models (stl)", "kind": "reference, not ranked"}
+    for i, runs in enumerate(stl_runs):
+        ok = [r for r in runs if f"acc_task{i + 1}" in r]
+        if len(ok) < len(runs):
+            return {**row, "note": "; ".join(str(r.get("note", "error")) for r in runs if r not in ok)}
+        agg = aggregate(ok)
+        for key in (f"acc_task{i + 1}", f"acc_task{i + 1}_last"):
+            row[key] = agg[key]
+    row["delta_m"] = row["delta_m_last"] = 0.0
+    return row
+
+
+def rank_key(row: Mapping[str, Any]) -> tuple[int, float]:
+    value = row.get("delta_m")
+    return (0, value["mean"]) if isinstance(value, Mapping) else (1, 0.0)
+
+
+def mark_best(rows: Sequence[dict[str, Any]]) -> None:
+    """Mark the lowest mean Δm% (best epoch) "best", and "≈" every row that Welch's t-test at :data:`LEVEL`
+    does not tell apart from it (needs ≥ 2 seeds)."""
+    scored = [r for r in rows if isinstance(r.get("delta_m"), Mapping)]
+    if not scored:
+        return
+    best = min(scored, key=lambda r: r["delta_m"]["mean"])
+    for row in scored:
+        if row is best:
+            row["vs_best"] = "best"
+        else:
+            same = indistinguishable(best["delta_m_seeds"], row["delta_m_seeds"], LEVEL)
+            row["vs_best"] = "" if same is None else ("≈" if same else "")
+
+
+def training_table(section: str, rows, has_base: bool, seeds: int, last: int, sizes: str) -> str:
+    """The ranked accuracy table of a training section, led by the single-task reference line."""
+    shown = rows if has_base else [r for r in rows if r.get("kind") != "reference, not ranked"]
+    text = table(
+        shown,
+        [
+            ("solver", "solver"),
+            ("kind", "kind"),
+            ("acc_task1", "task 1 acc %"),
+            ("acc_task2", "task 2 acc %"),
+            ("delta_m", "Δm% best-val ↓"),
+            ("delta_m_last", f"Δm% last-{last} ↓"),
+            ("vs_best", "vs best"),
+            ("ms_per_step", "ms/step"),
+            ("peak_mib", "peak MiB"),
+            ("note", "note"),
+        ],
+        {
+            "acc_task1": percent,
+            "acc_task2": percent,
+            "delta_m": lambda v: fmt(v, 2),
+            "delta_m_last": lambda v: fmt(v, 2),
+            "ms_per_step": lambda v: fmt(v, 2),
+            "peak_mib": mib,
+        },
+    )
+    rule = (
+        f"vs best: '≈' when Welch's t-test on the per-seed Δm% (best-val) does not tell the row apart from the "
+        f"best at p < {LEVEL} ({seeds} seeds)"
+        if seeds >= 2
+        else "vs best: not tested with one seed (use --seeds 3 or more)"
     )
     return (
-        lead
-        + table(
-            rows,
-            [
-                ("solver", "solver"),
-                ("acc_task1", "task 1 acc %"),
-                ("acc_task2", "task 2 acc %"),
-                ("delta_m", "Δm% ↓"),
-                ("ms_per_step", "ms/step"),
-                ("peak_mib", "peak MiB"),
-                ("note", "note"),
-            ],
-            {
-                "acc_task1": percent,
-                "acc_task2": percent,
-                "delta_m": lambda v: fmt(v, 2),
-                "ms_per_step": lambda v: fmt(v, 2),
-                "peak_mib": mib,
-            },
-        )
-        + "\n\nΔm% against the single-task baselines (docs/problems.md#delta-m; lower is better, negative beats them); "
-        f"peak MiB: the process's peak resident set while training (CPU; libraries and data included) "
-        f"or the CUDA allocator's peak (GPU); {section}.png."
+        text + f"\n\nRanked by Δm% best-val (docs/problems.md#delta-m; lower is better, negative beats the single-task "
+        f"models): test accuracy at the checkpoint with the best validation accuracy; Δm% last-{last}: the mean test "
+        f"accuracy over the last {last} checkpoints. Values are mean ± sample std over seeds; {rule}. "
+        f"The single-task line is the reference Δm% = 0 (task i from the model trained on task i alone), not a "
+        f"ranked row; baselines (docs/problems.md#baselines) are ranked with the methods. {sizes}. "
+        f"peak MiB: the process's peak resident set while training (CPU; libraries and data included) or the "
+        f"CUDA allocator's peak (GPU); {section}_delta_m.png."
+    )
+
+
+def front_row(spec: Spec, sweep: Sequence[Sequence[dict]]) -> dict[str, Any]:
+    """A preference sweep as a front: per seed, the test errors of every preference and their hypervolume
+    with r = (1, 1); mean front points and HV mean ± std."""
+    row: dict[str, Any] = {"solver": spec.label, "kind": spec.role}
+    failed = [r for runs in sweep for r in runs if "acc_task1" not in r]
+    if failed:
+        return {**row, "note": failed[0].get("note", "error")}
+    per_seed = list(zip(*sweep))  # seeds x preferences
+    hvs = [
+        hypervolume([(1 - r["acc_task1"], 1 - r["acc_task2"]) for r in runs], TRAINING_REFERENCE) for runs in per_seed
+    ]
+    row["hv"] = aggregate([{"hv": h} for h in hvs])["hv"]
+    row["front"] = [
+        [float(np.mean([1 - r["acc_task1"] for r in runs])), float(np.mean([1 - r["acc_task2"] for r in runs]))]
+        for runs in sweep
+    ]
+    row["points"] = [runs[0]["solver"] for runs in sweep]
+    return row
+
+
+#: the hypervolume reference point of the training fronts: test error rates (1, 1)
+TRAINING_REFERENCE = (1.0, 1.0)
+
+
+def fronts_table(name: str, rows, count: int, section: str) -> str:
+    text = table(
+        rows,
+        [
+            ("solver", "solver"),
+            ("kind", "kind"),
+            ("hv", "HV ↑"),
+            ("front", "test error % per preference"),
+            ("note", "note"),
+        ],
+        {
+            "hv": lambda v: fmt(v, 4),
+            "front": lambda v: "" if not v else ", ".join(f"({100 * a:.1f}, {100 * b:.1f})" for a, b in v),
+        },
+    )
+    return (
+        f"### {name}: fronts of the preference-based solvers\n\n"
+        + text
+        + f"\n\nEach solver trained once per preference: (t, 1 − t) for {count} values of t evenly spaced in "
+        "[0.05, 0.95] (population solvers: one index of "
+        f"{count}), points listed in that order; HV of the (task 1, task 2) test errors with r = "
+        f"{TRAINING_REFERENCE} (docs/problems.md#hypervolume), mean ± std over seeds. The linear-scalarisation "
+        f"weight grid is the reference front; {section}_fronts.png."
     )
 
 
@@ -492,14 +876,18 @@ SECTION_RUNNERS: Mapping[str, Callable[..., dict[str, Any]]] = {
     "toy": section_toy,
     "fonseca": section_fonseca,
     "linreg": section_linreg,
-    "digits": section_digits,
-    "mnist": section_digits,
+    "digits": section_training,
+    "mnist": section_training,
 }
 
 
 # ---------------------------------------------------------------- plots
-#: styles that tell apart more solvers than the ten default colours
-LINES, MARKERS = ("-", "--", ":", "-."), ("o", "s", "^", "D")
+#: trajectory colours of the toy plot (the front is black; no colour repeats within a panel)
+TRAJECTORY_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown")
+#: colours of the families in the time plot, and of the kinds of rows in the ranked chart
+FAMILY_COLOURS = {"LW": "tab:blue", "GW": "tab:orange", "FM": "tab:green", "RV": "tab:purple", "PA": "tab:red"}
+KIND_COLOURS = {"method": "tab:blue", "baseline": "tab:orange"}
+LINES, MARKERS = ("-", "--", ":", "-."), ("o", "s", "^", "D", "v", "P")
 
 
 def _figure(width: float, height: float):
@@ -509,85 +897,169 @@ def _figure(width: float, height: float):
 
 
 def plot_toy(rows, scale: str, path: Path) -> None:
-    """One panel per solver: loss contours, the Pareto front, and the five trajectories."""
+    """One panel per solver: loss contours, the Pareto front (black), and the five trajectories in five colours."""
+    from matplotlib.lines import Line2D
+
     ran = [r for r in rows if "trajectory" in r]
     if not ran:
         return
     X1, X2, F = analytic.toy_grid(scale)
-    cols = min(len(ran), 6)
+    cols = min(len(ran), 5)
     nrows = -(-len(ran) // cols)
-    fig = _figure(2.8 * cols, 2.6 * nrows)
-    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
-    for ax, row in zip(axes, ran):
-        ax.contourf(X1, X2, F, levels=25, cmap="Greys", alpha=0.6)
-        ax.plot([-7, 7], [TOY_FRONT_X2] * 2, color="tab:red", lw=2)
+    fig = _figure(2.9 * cols, 2.8 * nrows + 0.6)
+    axes = fig.subplots(nrows, cols, squeeze=False, sharex=True, sharey=True)
+    for ax, row in zip(axes.ravel(), ran):
+        ax.contourf(X1, X2, F, levels=25, cmap="Greys", alpha=0.5)
+        ax.plot([-7, 7], [TOY_FRONT_X2] * 2, color="black", lw=2.5)
         traj = np.asarray(row["trajectory"])  # (T, 5, 2)
         for i in range(traj.shape[1]):
-            ax.plot(traj[:, i, 0], traj[:, i, 1], lw=1)
-            ax.plot(*traj[0, i], "k.", ms=4)
-            ax.plot(*traj[-1, i], "o", ms=3, color="tab:blue")
+            colour = TRAJECTORY_COLOURS[i % len(TRAJECTORY_COLOURS)]
+            ax.plot(traj[:, i, 0], traj[:, i, 1], lw=1.2, color=colour)
+            ax.plot(*traj[0, i], "x", ms=5, color=colour)
+            ax.plot(*traj[-1, i], "o", ms=4, color=colour, mec="black", mew=0.5)
         ax.set_title(row["solver"], fontsize=8)
         ax.set_xlim(-10, 10)
         ax.set_ylim(-10, 10)
         ax.tick_params(labelsize=6)
-    for ax in axes[len(ran) :]:
+    for ax in axes[-1]:
+        ax.set_xlabel("x1", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("x2", fontsize=8)
+    for ax in axes.ravel()[len(ran) :]:
         ax.set_axis_off()
-    fig.suptitle(f"toy landscape ({scale} scaling): trajectories, Pareto front in red")
+    handles = [Line2D([], [], color="black", lw=2.5, label="Pareto front (x2 = −8.3552, |x1| ≤ 7)")]
+    handles += [
+        Line2D([], [], color=c, marker="x", label=f"start {tuple(s)}") for c, s in zip(TRAJECTORY_COLOURS, TOY_STARTS)
+    ]
+    handles.append(Line2D([], [], color="grey", marker="o", ls="", mec="black", label="end point"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=7)
+    fig.suptitle(f"toy landscape ({scale} scaling): Adam trajectories over the summed loss")
     fig.savefig(path)
 
 
 def plot_fonseca(rows, path: Path) -> None:
-    fig = _figure(10, 4.5)
-    axes = fig.subplots(1, 2)
-    for ax, problem in zip(axes, analytic.FONSECA_PROBLEMS):
-        front = analytic.exact_front(problem)
-        ax.plot(front[:, 0], front[:, 1], "k-", lw=1, label="exact front")
-        for i, row in enumerate(r for r in rows if f"front_{problem}" in r):
+    """One panel per preference-based solver and problem: the exact front and the traced points, HV in the title."""
+    ran = [r for r in rows if "front_fonseca" in r]
+    if not ran:
+        return
+    problems = list(analytic.FONSECA_PROBLEMS)
+    fig = _figure(max(2.6 * len(ran) + 0.5, 7.0), 5.4)
+    axes = fig.subplots(len(problems), len(ran), squeeze=False)
+    for j, row in enumerate(ran):
+        for i, problem in enumerate(problems):
+            ax = axes[i, j]
+            front = analytic.exact_front(problem)
+            ax.plot(front[:, 0], front[:, 1], "k-", lw=1)
             pts = np.asarray(row[f"front_{problem}"])
-            ax.plot(pts[:, 0], pts[:, 1], MARKERS[i // 10 % len(MARKERS)], ms=4, label=row["solver"])
-        ax.set_title(problem)
-        ax.set_xlabel("f1")
-        ax.set_ylabel("f2")
-    axes[1].legend(fontsize=7)
+            ax.scatter(pts[:, 0], pts[:, 1], c=np.linspace(0, 1, len(pts)), cmap="viridis", s=16, zorder=3)
+            ax.set_title(f"{row['solver']}: HV {_mean(row[f'hv_{problem}']):.3f}", fontsize=8)
+            ax.set_xlabel("f1", fontsize=8)
+            ax.set_ylabel(f"f2 ({problem})", fontsize=8)
+            ax.tick_params(labelsize=6)
+    fig.suptitle(
+        "Fonseca fronts: exact (black); points dark → light: preference (t, 1 − t), t = 0.05 → 0.95", fontsize=9
+    )
     fig.savefig(path)
 
 
 def plot_linreg(rows, tasks, path: Path) -> None:
-    fig = _figure(10, 5)
+    """ms per step against m on log axes, one panel per solver family (shared axes)."""
+    ran = [r for r in rows if any(f"ms_m{m}" in r for m in tasks)]
+    if not ran:
+        return
+    families = [f for f in FAMILY_COLOURS if any(r["family"] == f for r in ran)]
+    fig = _figure(4.2 * len(families), 4.6)
+    axes = fig.subplots(1, len(families), squeeze=False, sharex=True, sharey=True)[0]
+    for ax, family in zip(axes, families):
+        members = [r for r in ran if r["family"] == family]
+        for i, row in enumerate(members):
+            ms = [(m, _mean(row[f"ms_m{m}"])) for m in tasks if f"ms_m{m}" in row]
+            ax.plot(
+                [m for m, _ in ms], [v for _, v in ms], color=FAMILY_COLOURS[family], ls=LINES[i % len(LINES)],
+                marker=MARKERS[i // len(LINES) % len(MARKERS)], ms=4, lw=1, label=row["solver"],
+            )  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{family}: {_family_name(family)}", fontsize=9)
+        ax.set_xlabel("number of tasks m (log)")
+        ax.legend(fontsize=6, loc="upper left", ncol=1 + len(members) // 9)
+    axes[0].set_ylabel("ms per optimiser step (log)")
+    fig.suptitle("many-task linear regression: time per step (forward, backward, solver, Adam)")
+    fig.savefig(path)
+
+
+def plot_ranked(stl_row, rows, name: str, path: Path) -> None:
+    """Horizontal bars of Δm% (best-val) with ± std error bars, ranked; the last-checkpoints Δm% as a marker,
+    the single-task reference as the zero line."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    scored = [r for r in rows if isinstance(r.get("delta_m"), Mapping)]
+    if not scored:
+        return
+    fig = _figure(8, 1.6 + 0.24 * len(scored))
     ax = fig.subplots()
-    for i, row in enumerate(r for r in rows if f"ms_m{tasks[0]}" in r):
-        ms = [(m, row[f"ms_m{m}"]) for m in tasks if f"ms_m{m}" in row]
-        ax.plot(
-            [m for m, _ in ms],
-            [_mean(v) for _, v in ms],
-            marker="o",
-            ms=3,
-            ls=LINES[i // 10 % len(LINES)],
-            label=row["solver"],
+    y = np.arange(len(scored))[::-1]
+    means = [r["delta_m"]["mean"] for r in scored]
+    stds = [r["delta_m"]["std"] for r in scored]
+    colours = [KIND_COLOURS.get(r.get("kind"), "tab:blue") for r in scored]
+    ax.barh(y, means, xerr=stds, color=colours, alpha=0.8, error_kw={"lw": 1, "capsize": 2})
+    last = [(yy, r["delta_m_last"]["mean"]) for yy, r in zip(y, scored) if isinstance(r.get("delta_m_last"), Mapping)]
+    if last:
+        ax.plot([v for _, v in last], [yy for yy, _ in last], "k|", ms=8)
+    ax.set_yticks(y, [r["solver"] + (" (≈ best)" if r.get("vs_best") == "≈" else "") for r in scored], fontsize=7)
+    ax.axvline(0, color="black", lw=1)
+    ax.set_xlabel("Δm% vs the single-task models (lower is better; 0 = single-task reference)")
+    ax.set_ylim(-0.7, len(scored) - 0.3)
+    handles = [
+        Patch(color=KIND_COLOURS["method"], label="method: Δm% best-val, mean ± std"),
+        Patch(color=KIND_COLOURS["baseline"], label="baseline: Δm% best-val, mean ± std"),
+        Line2D([], [], color="black", marker="|", ls="", ms=8, label="Δm% mean of the last checkpoints"),
+    ]
+    fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncol=3)
+    ax.set_title(f"{name}: methods and baselines ranked by Δm%", fontsize=10)
+    fig.savefig(path)
+
+
+def plot_training_fronts(front_rows, grid_front, stl_row, name: str, path: Path) -> None:
+    """One panel per preference-based solver: its front of test errors (points coloured by preference, joined
+    in preference order), the linear-scalarisation grid front in grey and the single-task errors as a star."""
+    ran = [r for r in front_rows if r.get("front")]
+    if not ran:
+        return
+    cols = min(len(ran), 4)
+    nrows = -(-len(ran) // cols)
+    fig = _figure(max(3.2 * cols, 7.0), 3.1 * nrows + 0.4)
+    axes = fig.subplots(nrows, cols, squeeze=False, sharex=True, sharey=True)
+    for ax, row in zip(axes.ravel(), ran):
+        if grid_front.get("front"):
+            g = 100 * np.asarray(grid_front["front"])
+            ax.plot(g[:, 0], g[:, 1], "s--", color="grey", ms=4, lw=1, label="ls weight grid")
+        pts = 100 * np.asarray(row["front"])
+        ax.plot(pts[:, 0], pts[:, 1], "-", color="tab:blue", lw=1)
+        ax.scatter(
+            pts[:, 0], pts[:, 1], c=np.linspace(0, 1, len(pts)), cmap="viridis", s=22, zorder=3, label=row["solver"]
         )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("tasks m")
-    ax.set_ylabel("ms per step")
-    ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        if "acc_task1" in stl_row:
+            ax.plot(100 * (1 - _mean(stl_row["acc_task1"])), 100 * (1 - _mean(stl_row["acc_task2"])), "k*", ms=9,
+                    label="single-task models")  # fmt: skip
+        ax.set_title(f"{row['solver']}: HV {_mean(row['hv']):.3f}", fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=6)
+    for ax in axes[-1]:
+        ax.set_xlabel("task 1 test error %", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("task 2 test error %", fontsize=8)
+    for ax in axes.ravel()[len(ran) :]:
+        ax.set_axis_off()
+    fig.suptitle(f"{name}: preference sweeps (dark → light: preference (t, 1 − t), t = 0.05 → 0.95)", fontsize=9)
     fig.savefig(path)
 
 
-def plot_accuracies(rows, base, name: str, path: Path) -> None:
-    fig = _figure(7, 6)
-    ax = fig.subplots()
-    for row in rows:
-        if "acc_task1" in row:
-            x, y = 100 * _mean(row["acc_task1"]), 100 * _mean(row["acc_task2"])
-            ax.plot(x, y, "o", ms=4)
-            ax.annotate(row["solver"], (x, y), fontsize=6)
-    if base is not None:
-        ax.plot(100 * base[0], 100 * base[1], "k*", ms=10, label="single-task baselines")
-        ax.legend(fontsize=7)
-    ax.set_xlabel("task 1 test accuracy %")
-    ax.set_ylabel("task 2 test accuracy %")
-    ax.set_title(name)
-    fig.savefig(path)
+def _family_name(family: str) -> str:
+    from mtlsolve.solver import FAMILIES
+
+    return FAMILIES.get(family, family)
 
 
 def _mean(value: Any) -> float:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import numpy as np
 
-from mtlsolve.errors import MtlsolveError
-from mtlsolve.registry import hyperparameters, registry
+from mtlsolve.errors import InvalidConfigError, InvalidSystemError, MtlsolveError
+from mtlsolve.registry import construct, hyperparameters, registry
 from mtlsolve.solver import Need, Solver
 
 #: errors a solver run may raise that the bench reports in the table instead of stopping
@@ -26,24 +27,36 @@ BENCH_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
 }
 
 
+#: a row's role in a training table: a ranked method, a baseline (ranked, marked), the single-task reference
+#: line (not ranked) or a preference-based method (shown as a front)
+ROLES = ("method", "baseline", "reference", "preference")
+
+
 @attrs.frozen
 class Spec:
-    """One solver configuration to run: a table label and the ``{"name": ..., **kwargs}`` config."""
+    """One solver configuration to run: a table label and the ``{"name": ..., **kwargs}`` config.
+
+    ``factory`` builds bench-only solvers that are not registered (the baselines of
+    :mod:`mtlsolve.bench.baselines`); ``role`` is one of :data:`ROLES`."""
 
     label: str
     config: Mapping[str, Any]
+    factory: type[Solver] | None = attrs.field(default=None, eq=False)
+    role: str = "method"
 
     @classmethod
     def parse(cls, item: str | Mapping[str, Any]) -> Spec:
-        """A spec from a name or alias, or from a mapping with ``name``, hyperparameters and an optional ``label``."""
+        """A spec from a name or alias, or from a mapping with ``name``, hyperparameters and an optional ``label``.
+
+        Raises :class:`InvalidConfigError` (one line) for an entry that is neither."""
         if isinstance(item, str):
             entry, preset = registry.resolve(item.strip())
             if entry.name in BENCH_DEFAULTS and not preset:
                 return cls.parse({"name": entry.name, **BENCH_DEFAULTS[entry.name]})
             return cls(entry.name if not preset else item.strip(), {"name": item.strip()})
-        if not isinstance(item, Mapping) or "name" not in item:
-            raise ValueError(f"a solver entry must be a name or a mapping with a 'name' key, got {item!r}")
-        config = dict(item)
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+            raise InvalidConfigError(f"a solver entry must be a name or a mapping with a 'name' key, got {item!r}")
+        config = {str(k): v for k, v in item.items()}
         label = config.pop("label", None)
         registry.resolve(config["name"])  # fail early on unknown names
         if label is None:
@@ -53,7 +66,16 @@ class Spec:
 
     @property
     def cls(self) -> type[Solver]:
-        return registry.resolve(self.config["name"])[0].cls
+        return self.factory or registry.resolve(self.config["name"])[0].cls
+
+    @property
+    def name(self) -> str:
+        """The canonical solver name."""
+        return self.cls.name
+
+    def with_config(self, label: str, role: str | None = None, **changes: Any) -> Spec:
+        """The same solver with ``changes`` to its config, under ``label``."""
+        return attrs.evolve(self, label=label, config={**self.config, **changes}, role=role or self.role)
 
     def make(self, seed: int | None = None, **overrides: Any) -> Solver:
         """A fresh solver; randomized solvers with a ``seed`` field get ``seed`` unless the config sets one."""
@@ -61,6 +83,8 @@ class Spec:
         kwargs.update(overrides)
         if seed is not None and "seed" in hyperparameters(self.cls) and "seed" not in kwargs:
             kwargs["seed"] = seed
+        if self.factory is not None:
+            return construct(self.factory, kwargs, label=self.label)
         return registry.get(self.config["name"], **kwargs)
 
 
@@ -80,6 +104,27 @@ def deterministic_skip(solver: Solver) -> str | None:
         return f"reads {b} independent batches a step; this problem has no batches"
     if getattr(solver, "on", None) == "representation":
         return "works on the shared features (on='representation'); this problem has none"
+    return None
+
+
+def not_applicable(solver: Solver, m: int, n: int = 8) -> str | None:
+    """Why ``solver`` cannot solve an ``m``-task system at all (its :class:`InvalidSystemError` on a random
+    m x n system with positive losses, e.g. Krum's minimum number of tasks), or None."""
+    import torch
+
+    if batches(solver) > 1 or getattr(solver, "on", None) == "representation":
+        return None  # their systems are built by the training loop
+    gen = torch.Generator().manual_seed(0)
+    G = torch.randn(m, n, generator=gen, dtype=torch.float64)
+    losses = 1 + torch.rand(m, generator=gen, dtype=torch.float64)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            solver(G, losses=losses)
+    except InvalidSystemError as exc:
+        return " ".join(str(exc).split())
+    except Exception:  # noqa: BLE001 - anything else is the run's to report
+        return None
     return None
 
 
@@ -198,6 +243,19 @@ def markdown(
         cells = [formats.get(k, fmt)(r.get(k)) for k, _ in cols]
         lines.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
     return "\n".join(lines)
+
+
+def indistinguishable(best: Sequence[float], other: Sequence[float], level: float = 0.05) -> bool | None:
+    """Welch's t-test of two per-seed samples: True when the difference of their means is not significant
+    at ``level`` (p ≥ level, two-sided), None when either has fewer than two values."""
+    a, b = np.asarray(best, dtype=float), np.asarray(other, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if a.std() == 0 and b.std() == 0:
+        return bool(a.mean() == b.mean())
+    from scipy.stats import ttest_ind
+
+    return bool(ttest_ind(a, b, equal_var=False).pvalue >= level)
 
 
 def load_average() -> list[float] | None:

