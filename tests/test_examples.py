@@ -1,4 +1,4 @@
-"""The examples (plain loop, Lightning, DDP, and the COST, STGU and MTGD strategies) run on CPU with small arguments, train, and print sound diagnostics."""
+"""The examples (plain loop, Lightning, DDP, and every training strategy) run on CPU with small arguments, train, and print sound diagnostics."""
 
 from __future__ import annotations
 
@@ -23,6 +23,12 @@ COMMANDS = {
     "test_cost_example": ("cost_example.py", "--steps", "400"),
     "test_stgu_example": ("stgu_example.py", "--iters", "400"),
     "test_mtgd_example": ("mtgd_example.py", "--steps", "100", "--seeds", "1"),
+    "test_auto_lambda_example": ("auto_lambda_example.py", "--steps", "300", "--seeds", "1"),
+    "test_moo_svgd_example": ("moo_svgd_example.py", "--steps", "60", "--seeds", "1"),
+    "test_rotograd_example": ("rotograd_example.py", "--steps", "100"),
+    "test_phn_example": ("phn_example.py", "--steps", "300"),
+    "test_moml_example": ("moml_example.py", "--steps", "200", "--seeds", "1"),
+    "test_forum_example": ("forum_example.py", "--steps", "100"),
 }
 HAS_LIGHTNING = importlib.util.find_spec("lightning") is not None
 
@@ -139,3 +145,50 @@ def test_mtgd_example(output):
     # transfer near its bound collapses the front (docs/problems.md#conflicting-regression)
     assert float(width["alpha=0.95*max_alpha=96.3"]) < 0.5 * float(width["alpha=0"]), out
     assert re.search(r"^pmtl \(alpha=0\)\s+[\d.]+", out, re.M), out  # the Pareto baseline ran
+
+
+def rows(pattern: str, text: str) -> list[tuple[str, ...]]:
+    found = re.findall(pattern, text, re.M)
+    assert found, f"{pattern!r} not in the output:\n{text}"
+    return found
+
+
+@pytest.mark.slow
+def test_auto_lambda_example(output):
+    runs = dict(rows(r"^(primary_only|equal|auto_lambda)\s+([\d.]+) \(", output))
+    assert set(runs) == {"primary_only", "equal", "auto_lambda"}, output
+    assert all(0 < float(loss) < 10 for loss in runs.values()), output
+
+
+@pytest.mark.slow
+def test_moo_svgd_example(output):
+    spread = {alpha: float(l1) for alpha, l1 in rows(r"^alpha=(\S+).*?\s+[\d.]+ \([\d.]+\)\s+([\d.]+)", output)}
+    assert set(spread) == {"0", "1,", "0.1,"}, output
+    assert spread["1,"] > spread["0"], output  # the kernel's repulsion spreads the particles along the front
+
+
+@pytest.mark.slow
+def test_rotograd_example(output):
+    found = rows(r"^(ls|rotate_only|rotograd|rotograd_norm)\b.*?([\d.]+)\s+([\d.]+)\s+([-\d.]+)$", output)
+    assert {row[0] for row in found} == {"ls", "rotate_only", "rotograd", "rotograd_norm"}, output
+    assert all(-1.0 <= float(row[3]) <= 1.0 for row in found), output
+
+
+@pytest.mark.slow
+def test_phn_example(output):
+    # PHN-LS's points lie on the front √f1 + √f2 = 1 of the convex companion problem
+    assert number(r"PHN-LS\s+\d+\s+[\d.]+\s+([\d.e+-]+)", output) < 1e-3, output
+
+
+@pytest.mark.slow
+def test_moml_example(output):
+    found = dict(rows(r"^(equal|auto_lambda|moml)\s+[\d.]+\s+[\d.]+\s+\[([^\]]+)\]", output))
+    assert set(found) == {"equal", "auto_lambda", "moml"}, output
+    for run in ("equal", "moml"):  # λ = softmax(a): on the simplex
+        assert sum(float(x) for x in found[run].split(",")) == pytest.approx(1.0, abs=0.01), output
+
+
+@pytest.mark.slow
+def test_forum_example(output):
+    runs = dict(rows(r"^(equal|forum)\s+([\d.]+)", output))
+    assert set(runs) == {"equal", "forum"}, output
