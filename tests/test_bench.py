@@ -427,3 +427,22 @@ def test_preference_sweeps():
     assert not preference_based(Spec.parse("mgda")) and not preference_based(Spec.parse("stch"))
     assert "mode='raw'" in analytic.sweep_reason(Spec.parse("stch"))  # its preference applies to mode='raw' only
     assert "fixes the preference" in analytic.sweep_reason(Spec.parse({"name": "epo", "preference": [1, 2]}))
+
+
+@pytest.mark.slow
+def test_cost_section_traces_contour_deviation_against_conflict(tmp_path):
+    """One row per (LoRA learning rate, budget); at a fixed learning rate more adapter steps move the
+    weights further (a LoRA step has a non-zero gradient whenever the sharpness term does)."""
+    assert main([*bench("--quick", "--sections", "cost", "--seeds", "1"), "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = results["cost"]["rows"]
+    assert {(r["lora_lr"], r["adapter_steps"]) for r in rows} == {
+        (lr, 8 * b) for lr in results["cost"]["lora_lrs"] for b in results["cost"]["budgets"]
+    }
+    for lr in results["cost"]["lora_lrs"]:
+        line = sorted((r for r in rows if r["lora_lr"] == lr), key=lambda r: r["adapter_steps"])
+        moved = [r["displacement"]["mean"] for r in line]
+        assert all(np.isfinite(r["max_deviation"]["mean"]) and r["max_deviation"]["mean"] >= 0 for r in line)
+        assert moved == sorted(moved) and moved[0] > 0
+    assert "## COST: teleport budget" in (tmp_path / "results.md").read_text()
+    assert read_png(tmp_path / "cost.png")[..., :3].std() > 0.01

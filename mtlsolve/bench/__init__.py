@@ -49,7 +49,7 @@ from mtlsolve.metrics import hypervolume
 from mtlsolve.problems import TOY_FRONT_X2, TOY_SCALES, TOY_STARTS
 from mtlsolve.registry import registry
 
-SECTIONS = ("toy", "fonseca", "linreg", "digits", "mnist")
+SECTIONS = ("toy", "fonseca", "linreg", "digits", "mnist", "cost")
 #: the training sections: seeds, baselines, Δm% and preference fronts
 TRAINING = ("digits", "mnist")
 
@@ -73,6 +73,7 @@ SETTINGS: Mapping[str, Mapping[str, Any]] = {
         "training_fronts": 5,
         "ls_grid": baselines.LS_GRID["full"],
         "training_seeds": 3,
+        "cost_budgets": (1, 4, 16),
     },
     "quick": {
         "toy_steps": 500,
@@ -92,6 +93,7 @@ SETTINGS: Mapping[str, Mapping[str, Any]] = {
         "training_fronts": 3,
         "ls_grid": baselines.LS_GRID["quick"],
         "training_seeds": 1,
+        "cost_budgets": (1, 4),
     },
 }
 DIGITS_LR = 1e-3
@@ -291,7 +293,7 @@ def checked_sections(args: argparse.Namespace) -> list[str]:
 def seeds_for(section: str, args: argparse.Namespace, settings: Mapping[str, Any]) -> list[int]:
     """``--seeds`` seeds from ``--seed``; by default the settings' ``training_seeds`` in the training
     sections and one elsewhere."""
-    n = args.seeds or (settings["training_seeds"] if section in TRAINING else 1)
+    n = args.seeds or (settings["training_seeds"] if section in (*TRAINING, "cost") else 1)
     return [args.seed + i for i in range(n)]
 
 
@@ -321,6 +323,8 @@ def preference_based(spec: Spec) -> bool:
 def planned_runs(section: str, specs: Sequence[Spec], settings: Mapping[str, Any]) -> int:
     """Runs per seed of a section: one per spec, and in a training section the baselines and a sweep of
     ``training_fronts`` preferences per preference-based spec."""
+    if section == "cost":
+        return 0  # COST's own sweep, not one run per solver
     if section not in TRAINING:
         return len(specs)
     swept = sum(preference_based(s) for s in specs)
@@ -871,6 +875,44 @@ def fronts_table(name: str, rows, count: int, section: str) -> str:
     )
 
 
+def section_cost(section, specs, settings, args, each, report, out) -> dict[str, Any]:
+    """COST's teleport budget against its loss-contour invariance (:mod:`mtlsolve.bench.cost_tradeoff`)."""
+    from mtlsolve.bench import cost_tradeoff
+
+    budgets, seeds = settings["cost_budgets"], each.seeds
+    report.add(
+        "## COST: teleport budget vs loss-contour invariance (docs/methods.md#cost): one teleport of a trained "
+        f"two-task MLP per LoRA learning rate {list(cost_tradeoff.LORA_LRS)} and budget {list(budgets)} "
+        f"(passes over an 8-batch teleport set), seeds {seeds}"
+    )
+    rows = cost_tradeoff.summary(cost_tradeoff.tradeoff(budgets=budgets, seeds=seeds))
+    for row in rows:
+        for key in ("max_deviation", "conflict_reduction", "displacement"):
+            row[key] = {"mean": row[key], "std": row.pop(key + "_std")}
+    report.add(
+        table(
+            rows,
+            [
+                ("lora_lr", "LoRA lr"),
+                ("adapter_steps", "adapter steps"),
+                ("max_deviation", "max contour deviation ↓"),
+                ("conflict_reduction", "Δ min_i cos(g₀, g_i) ↑"),
+                ("displacement", "‖Δθ‖"),
+            ],
+            {
+                "lora_lr": lambda v: f"{v:g}",
+                "adapter_steps": lambda v: str(int(v)),
+                "max_deviation": lambda v: fmt({"mean": 100 * v["mean"], "std": 100 * v["std"]}, 2) + " %",
+            },
+        )
+        + "\n\nContour deviation: the largest max_i |L_i − L*_i|/L*_i on the teleport set over the adapter steps; "
+        "Δ min_i cos: the change of the worst task's cosine with the mean gradient on the triggering batch "
+        f"(positive: less conflict); mean ± std over seeds; {section}.png."
+    )
+    plot_cost(rows, out / f"{section}.png")
+    return {"budgets": list(budgets), "lora_lrs": list(cost_tradeoff.LORA_LRS), "rows": rows}
+
+
 #: what runs each section
 SECTION_RUNNERS: Mapping[str, Callable[..., dict[str, Any]]] = {
     "toy": section_toy,
@@ -878,6 +920,7 @@ SECTION_RUNNERS: Mapping[str, Callable[..., dict[str, Any]]] = {
     "linreg": section_linreg,
     "digits": section_training,
     "mnist": section_training,
+    "cost": section_cost,
 }
 
 
@@ -934,6 +977,26 @@ def plot_toy(rows, scale: str, path: Path) -> None:
     handles.append(Line2D([], [], color="grey", marker="o", ls="", mec="black", label="end point"))
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=7)
     fig.suptitle(f"toy landscape ({scale} scaling): Adam trajectories over the summed loss")
+    fig.savefig(path)
+
+
+def plot_cost(rows, path: Path) -> None:
+    """Conflict reduction against contour deviation, one line per LoRA learning rate through its budgets."""
+    fig = _figure(6.0, 4.2)
+    ax = fig.subplots()
+    for k, lr in enumerate(sorted({r["lora_lr"] for r in rows})):
+        line = sorted((r for r in rows if r["lora_lr"] == lr), key=lambda r: r["adapter_steps"])
+        x = [100 * r["max_deviation"]["mean"] for r in line]
+        y = [r["conflict_reduction"]["mean"] for r in line]
+        ax.plot(x, y, LINES[k % len(LINES)], marker=MARKERS[k % len(MARKERS)], label=f"LoRA lr {lr:g}")
+        for xi, yi, r in zip(x, y, line, strict=True):
+            ax.annotate(f"{r['adapter_steps']}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axvline(2.0, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("max loss-contour deviation (%), log scale")
+    ax.set_ylabel("Δ min_i cos(g₀, g_i) (conflict reduction)")
+    ax.set_title("COST teleport: invariance vs conflict (labels: adapter steps)")
+    ax.legend(loc="best", fontsize=8)
     fig.savefig(path)
 
 
