@@ -34,7 +34,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    entry, preset = registry.resolve(args.name)
+    from mtlsolve.errors import UnknownSolverError, UnknownStrategyError
+
+    try:
+        entry, preset = registry.resolve(args.name)
+    except UnknownSolverError as unknown:
+        try:
+            return strategy_info(args.name)
+        except UnknownStrategyError:
+            raise unknown from None  # the solver error, with its suggestions
     cls = entry.cls
     doc = " ".join((cls.__doc__ or "").split())
     print(f"{cls.name}  ({FAMILIES.get(cls.family, cls.family)})")
@@ -59,6 +67,23 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"    {p}: {PROPERTIES[p]}")
     if not cls.properties:
         print("    (none claimed)")
+    return 0
+
+
+def strategy_info(name: str) -> int:
+    """``mtlsolve info`` for a training strategy: paper, summary, aliases, distribution and settings."""
+    entry, preset = registry.resolve_strategy(name)
+    cls = entry.cls
+    print(f"{cls.name}  (training strategy)")
+    if preset:
+        print(f"  alias {name!r} presets {dict(preset)}")
+    print(f"  paper:        {cls.paper or '-'}")
+    print(f"  summary:      {' '.join((cls.__doc__ or '').split()) or '-'}")
+    print(f"  aliases:      {', '.join(cls.aliases) or '-'}")
+    print(f"  distribution: {entry.distribution}")
+    print("  settings:")
+    for setting, default in hyperparameters(cls).items():
+        print(f"    {setting} = {'(required)' if default is attrs.NOTHING else repr(default)}")
     return 0
 
 
@@ -90,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "list", help="every registered solver (name, family, needs, distribution), then every training strategy"
     ).set_defaults(func=cmd_list)
-    info = sub.add_parser("info", help="one solver's paper, defaults and properties")
-    info.add_argument("name", help="a solver name or alias")
+    info = sub.add_parser("info", help="one solver's or strategy's paper, defaults and properties")
+    info.add_argument("name", help="a solver or strategy name or alias")
     info.set_defaults(func=cmd_info)
     bench = sub.add_parser("bench", help="run solvers on the built-in problems and print a results table")
     from mtlsolve.bench import add_arguments

@@ -53,6 +53,17 @@ def test_info_shows_defaults_and_alias_presets(capsys):
     assert "positive_homogeneous" in out
 
 
+def test_info_on_a_strategy_shows_its_paper_and_settings(capsys):
+    import mtlsolve
+
+    settings = mtlsolve.get_strategy("cost")
+    assert main(["info", "teleport"]) == 0  # an alias of the strategy cost
+    out = capsys.readouterr().out
+    assert out.startswith("cost  (training strategy)")
+    assert f"paper:        {type(settings).paper}" in out
+    assert f"lora_rank = {settings.lora_rank!r}" in out
+
+
 def test_unknown_name_is_a_clear_error(capsys):
     assert main(["info", "no-such-method"]) == 2
     err = capsys.readouterr().err
