@@ -28,10 +28,10 @@ import torch
 
 from mtlsolve._array import to_numpy64
 from mtlsolve.adapters.backward import _loss_vector
+from mtlsolve.adapters.strategies._population import ScoredPopulation
 from mtlsolve.adapters.strategies.moo_svgd_settings import MOOSVGDSettings
 from mtlsolve.adapters.strategies.mtgd import _clone_optimizer
 from mtlsolve.errors import InvalidConfigError, InvalidSystemError
-from mtlsolve.metrics import hypervolume
 from mtlsolve.strategy import settings_for
 
 __all__ = ["MOOSVGD", "MOOSVGDSettings", "MOOSVGDStep", "rbf_kernel"]
@@ -60,7 +60,7 @@ class MOOSVGDStep:
     weights: np.ndarray
 
 
-class MOOSVGD:
+class MOOSVGD(ScoredPopulation):
     """MOO-SVGD: K particles moved by the SVGD update with multi-objective descent directions.
 
     Runtime objects: ``model`` (the template; the K particles are deep copies of it, re-initialised
@@ -75,6 +75,8 @@ class MOOSVGD:
     heuristic), ``reinit`` (True), ``seed`` (0), ``reference`` (the hypervolume reference point; default
     1.1 x the per-task maximum of the first losses seen, docs/problems.md#hypervolume).
     """
+
+    label = "moo_svgd"
 
     def __init__(
         self,
@@ -161,24 +163,6 @@ class MOOSVGD:
         for p in params:
             p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype).clone()
             offset += p.numel()
-
-    def _set_reference(self, L: np.ndarray) -> None:
-        if self.reference is None:
-            self.reference = tuple(float(v) for v in 1.1 * L.max(axis=0))
-
-    def evaluate(self, fn: Callable[[torch.nn.Module], Any]) -> np.ndarray:
-        """The K x m losses ``fn(model)`` of every particle, without grad (fixes the HV reference point
-        on the first call when none was given)."""
-        with torch.no_grad():
-            L = np.stack([to_numpy64(_loss_vector(fn(model))) for model in self.models])
-        self._set_reference(L)
-        return L
-
-    def hypervolume(self, losses: np.ndarray) -> float:
-        """HV of a K x m loss array against :attr:`reference`."""
-        if self.reference is None:
-            raise InvalidConfigError("moo_svgd: no reference point yet (call evaluate or step first, or pass one)")
-        return hypervolume(losses, self.reference)
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -35,9 +35,9 @@ import torch
 
 from mtlsolve._array import to_numpy64
 from mtlsolve.adapters.backward import MultiTaskBackward, _loss_vector
+from mtlsolve.adapters.strategies._population import ScoredPopulation
 from mtlsolve.adapters.strategies.settings import LABEL, MTGDSettings, das_dennis, grid_size
 from mtlsolve.errors import InvalidConfigError
-from mtlsolve.metrics import hypervolume
 from mtlsolve.strategy import settings_for
 
 __all__ = ["LABEL", "MTGD", "MTGDStep", "das_dennis", "grid_size", "transfer_matrix", "transfer_relation"]
@@ -110,7 +110,7 @@ def _clone_optimizer(optimizer: Any, template: torch.nn.Module, model: torch.nn.
     return clone
 
 
-class MTGD:
+class MTGD(ScoredPopulation):
     """MTGD-reconstructed: K models trained on K scalarisations, coupled by parameter transfer.
 
     Runtime objects: ``model`` (the template; model 0 is a deep copy of it, the others are copies
@@ -141,6 +141,8 @@ class MTGD:
     losses λ^k_i L_i. With ``alpha=0`` and ``solver="pmtl"`` or ``"epo"`` the population is that
     Pareto method's K independent runs (the independent-runs baseline, docs/methods.md#mtgd).
     """
+
+    label = LABEL
 
     def __init__(
         self,
@@ -295,24 +297,6 @@ class MTGD:
             Dt = torch.as_tensor(D, dtype=stacked.dtype, device=stacked.device)
             out[name] = torch.tensordot(Dt, stacked, dims=1)
         return out
-
-    def _set_reference(self, L: np.ndarray) -> None:
-        if self.reference is None:
-            self.reference = tuple(float(v) for v in 1.1 * L.max(axis=0))
-
-    def evaluate(self, fn: Callable[[torch.nn.Module], Any]) -> np.ndarray:
-        """The K x m losses ``fn(model)`` of every model, without grad (fixes the HV reference point
-        on the first call when none was given)."""
-        with torch.no_grad():
-            L = np.stack([to_numpy64(_loss_vector(fn(model))) for model in self.models])
-        self._set_reference(L)
-        return L
-
-    def hypervolume(self, losses: np.ndarray) -> float:
-        """HV of a K x m loss array against :attr:`reference`."""
-        if self.reference is None:
-            raise InvalidConfigError(f"{LABEL}: no reference point yet (call evaluate or step first, or pass one)")
-        return hypervolume(losses, self.reference)
 
     def end_epoch(self) -> None:
         """Step the schedulers and tell the inner solvers an epoch ended."""
