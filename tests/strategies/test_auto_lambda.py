@@ -10,6 +10,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from strategy_testing import Net, task_losses
 from torch.func import functional_call, grad
 
 import mtlsolve
@@ -48,20 +49,6 @@ def test_hypergradient_matches_the_closed_form_on_a_quadratic_bilevel_problem():
     theta_p = theta - alpha * (lam[:, None] * (theta - a)).sum(axis=0)
     expected = -alpha * ((theta_p - b).sum(axis=0) * (theta - a)).sum(axis=1)
     np.testing.assert_allclose(h, expected, rtol=1e-12, atol=1e-14)
-
-
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.trunk = torch.nn.Linear(4, 5)
-        self.head = torch.nn.Linear(5, 3)
-
-    def forward(self, x):
-        return self.head(torch.tanh(self.trunk(x)))
-
-
-def task_losses(model, x, y):
-    return ((model(x) - y) ** 2).mean(dim=0)
 
 
 def reference_hypergradient(net, lam, x, y, xv, yv, alpha, primary, momentum=None, weight_decay=0.0):

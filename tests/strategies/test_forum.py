@@ -12,26 +12,13 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import minimize
+from strategy_testing import Net, task_losses
 from torch.autograd.function import once_differentiable
 
 import mtlsolve
 from mtlsolve.adapters.strategies import from_config, strategy_class
 from mtlsolve.adapters.strategies.forum import FORUM, forum_qp
 from mtlsolve.errors import InvalidConfigError, InvalidSystemError
-
-
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.trunk = torch.nn.Linear(4, 5)
-        self.head = torch.nn.Linear(5, 3)
-
-    def forward(self, x):
-        return self.head(torch.tanh(self.trunk(x)))
-
-
-def task_losses(model, x, y):
-    return ((model(x) - y) ** 2).mean(dim=0)
 
 
 def data(seed, dtype=torch.float64):

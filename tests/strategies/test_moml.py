@@ -10,26 +10,13 @@ import copy
 import numpy as np
 import pytest
 import torch
+from strategy_testing import Net, task_losses
 from torch.func import functional_call, grad, jacrev
 
 import mtlsolve
 from mtlsolve.adapters.strategies import from_config, strategy_class
 from mtlsolve.adapters.strategies.moml import MoML
 from mtlsolve.errors import InvalidConfigError
-
-
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.trunk = torch.nn.Linear(4, 5)
-        self.head = torch.nn.Linear(5, 3)
-
-    def forward(self, x):
-        return self.head(torch.tanh(self.trunk(x)))
-
-
-def task_losses(model, x, y):
-    return ((model(x) - y) ** 2).mean(dim=0)
 
 
 def reference_H(net, a, x, y, xv, yv, alpha):
