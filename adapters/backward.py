@@ -312,7 +312,14 @@ class MultiTaskBackward:
         features' dtype, at least float32).
     distributed:
         True (default process group) or a process group: reduce across ranks
-        as described in :mod:`mtlsolve.adapters.ddp`.
+        as described in :mod:`mtlsolve.adapters.ddp`; ``ReduceScatter(group)``
+        picks the reduce-scatter schedule for Gramian weightings. Shared
+        parameters that are DTensors (FSDP2's ``fully_shard``, tensor
+        parallelism) need no flag: the sharded engine all-reduces the m x m
+        Gramian (docs/distributed.md).
+    gather_shards:
+        with DTensor shared parameters, gather the full G on every rank for
+        solvers that read it (m x n numbers per rank); refused otherwise.
     callback:
         called with the :class:`StepDiagnostics` of every combined step (after
         the update is written).
@@ -345,6 +352,7 @@ class MultiTaskBackward:
         batched: bool | None = None,
         matrix_dtype: torch.dtype | None = None,
         distributed: Any = False,
+        gather_shards: bool = False,
         callback: Callable[[StepDiagnostics], None] | None = None,
         missing: str = "error",
     ) -> None:
@@ -375,6 +383,7 @@ class MultiTaskBackward:
             from mtlsolve.adapters.ddp import Reducer
 
             self._reducer = Reducer(None if distributed is True else distributed)
+        self.gather_shards = bool(gather_shards)
         self._shared_ids = {id(p) for p in self.shared}
         #: the shared parameters whose per-task gradients the solver sees
         self._tapped = last_shared_block(shared) if self.grads == "last_shared" else self.shared

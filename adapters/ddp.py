@@ -29,6 +29,22 @@ identical update:
 Learnable solver parameters are not reduced: they only see the global losses,
 so their gradients are already equal on every rank.
 
+Two exact schedules serve Gramian weightings on the shared gradients:
+
+* ``distributed=True`` (or a group), the low-memory default: each parameter
+  block (m x |p|) is all-reduced and folded into K, then the update
+  Σ_i w_i ∇L_i of one extra backward is all-reduced (n numbers). A ring
+  all-reduce sends 2(R−1)/R of its buffer per rank: about 2(m + 1)·n
+  numbers per rank and step, with one block alive at a time.
+* ``distributed=ReduceScatter(group)``: each block is reduce-scattered, so a
+  rank keeps only its own ⌈|p|/R⌉ columns of the mean block, G_r (m·n/R
+  numbers in all); the partial Gramians G_r G_rᵀ are summed by one m x m
+  all-reduce, and each rank's columns of the update, G_rᵀw, are all-gathered
+  (no second backward). A ring reduce-scatter and all-gather send (R−1)/R of
+  the buffer per rank: about (m + 1)·n numbers, half of the default.
+
+:mod:`mtlsolve.adapters.comm` counts the bytes of every collective.
+
 DDP's own gradient all-reduce must not run as well: run the forward and
 :meth:`~mtlsolve.adapters.MultiTaskBackward.backward` inside
 ``ddp_model.no_sync()`` (or use the plain module after broadcasting its
@@ -46,12 +62,26 @@ import torch
 import torch.distributed as dist
 
 
+class ReduceScatter:
+    """``distributed=ReduceScatter(group)``: the reduce-scatter schedule on ``group`` (None: the default group)."""
+
+    def __init__(self, group: Any = None) -> None:
+        self.group = group
+
+
 class Reducer:
-    """Averaging and gathering across the ranks of one process group."""
+    """Averaging, scattering and gathering across the ranks of one process group.
+
+    ``schedule`` is "all_reduce" (the default) or "reduce_scatter" (when built
+    from a :class:`ReduceScatter`).
+    """
 
     def __init__(self, group: Any = None) -> None:
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("distributed=... needs an initialised torch.distributed process group")
+        self.schedule = "all_reduce"
+        if isinstance(group, ReduceScatter):
+            self.schedule, group = "reduce_scatter", group.group
         self.group = group
         self.world_size = dist.get_world_size(group)
 
@@ -82,6 +112,28 @@ class Reducer:
         parts = [torch.empty_like(matrix) for _ in range(self.world_size)]
         dist.all_gather(parts, matrix, group=self.group)
         return torch.cat(parts, dim=1)
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` across ranks in place (and return it)."""
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
+        return tensor
+
+    def scatter_mean(self, block: torch.Tensor) -> torch.Tensor:
+        """This rank's ⌈k/R⌉ columns (zero-padded past k) of the cross-rank mean of an (m, k) ``block``."""
+        m, k = block.shape
+        R = self.world_size
+        c = -(-k // R)
+        padded = block.new_zeros(m, R * c)
+        padded[:, :k] = block
+        out = block.new_empty(m * c)
+        dist.reduce_scatter_single(out, padded.reshape(m, R, c).transpose(0, 1).reshape(-1), group=self.group)
+        return out.view(m, c).div_(R)
+
+    def gather(self, part: torch.Tensor) -> torch.Tensor:
+        """The (R, k) stack of every rank's 1-D ``part`` of k numbers, in rank order."""
+        out = part.new_empty(self.world_size * part.numel())
+        dist.all_gather_single(out, part.contiguous(), group=self.group)
+        return out.view(self.world_size, -1)
 
     @property
     def rank(self) -> int:

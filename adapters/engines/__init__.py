@@ -1,9 +1,11 @@
 """The engines of :class:`~mtlsolve.adapters.MultiTaskBackward`: how m task losses become the solver's input and the update.
 
+* :class:`ShardedGramianEngine`: shared parameters that are DTensors (FSDP2, tensor parallelism);
 * :class:`LossEngine`: ``path="losses"``, one backward of Σ w_i L_i;
 * :class:`RepresentationEngine`: ``grads="representation"``, feature gradients;
 * :class:`MatrixEngine`: ``path="matrix"``, and gradient accumulation: G held;
 * :class:`GramianEngine`: ``path="gramian"`` on one process, factored Linear layers;
+* :class:`ScatteredGramianEngine`: ``path="gramian"`` with ``distributed=ReduceScatter(...)``;
 * :class:`FoldedGramianEngine`: ``path="gramian"`` otherwise, blocks folded into K.
 
 :func:`choose` takes the first engine in :data:`ENGINES` whose ``fits``
@@ -20,13 +22,17 @@ from mtlsolve.adapters.engines.gramian import GramianEngine
 from mtlsolve.adapters.engines.loss import LossEngine
 from mtlsolve.adapters.engines.matrix import MatrixEngine
 from mtlsolve.adapters.engines.representation import RepresentationEngine
+from mtlsolve.adapters.engines.scattered import ScatteredGramianEngine
+from mtlsolve.adapters.engines.sharded import ShardedGramianEngine
 
 #: the engines in the order :func:`choose` tries them
 ENGINES: tuple[type[Engine], ...] = (
+    ShardedGramianEngine,
     LossEngine,
     RepresentationEngine,
     MatrixEngine,
     GramianEngine,
+    ScatteredGramianEngine,
     FoldedGramianEngine,
 )
 
@@ -52,6 +58,8 @@ __all__ = [
     "MatrixEngine",
     "Pipeline",
     "RepresentationEngine",
+    "ScatteredGramianEngine",
+    "ShardedGramianEngine",
     "Staged",
     "Update",
     "choose",

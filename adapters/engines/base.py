@@ -41,6 +41,7 @@ class Pipeline(Protocol):
     grads: str
     accumulation_steps: int
     matrix_dtype: torch.dtype | None
+    gather_shards: bool
     scaler: Any
     _reducer: Any
     _shared_ids: set[int]
