@@ -21,6 +21,7 @@ from typing import Any
 
 from mtlsolve import registry
 from mtlsolve.adapters.strategies.auto_lambda_settings import AutoLambdaSettings
+from mtlsolve.adapters.strategies.bayesagg_mtl_settings import BayesAggMTLSettings
 from mtlsolve.adapters.strategies.forum_settings import FORUMSettings
 from mtlsolve.adapters.strategies.moml_settings import MoMLSettings
 from mtlsolve.adapters.strategies.moo_svgd_settings import MOOSVGDSettings
@@ -32,6 +33,7 @@ from mtlsolve.hookspecs import hookimpl
 
 __all__ = [
     "AutoLambdaSettings",
+    "BayesAggMTLSettings",
     "COSTSettings",
     "FORUMSettings",
     "MOOSVGDSettings",
@@ -57,6 +59,7 @@ def register_strategies(register):
         PHNSettings,
         MoMLSettings,
         FORUMSettings,
+        BayesAggMTLSettings,
     ):
         register(cls)
 
