@@ -1,4 +1,4 @@
-"""The examples (plain loop, Lightning, DDP, and every training strategy) run on CPU with small arguments, train, and print sound diagnostics."""
+"""The examples (plain loop, Lightning, DDP, FSDP2, and every training strategy) run on CPU with small arguments, train, and print sound diagnostics."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ COMMANDS = {
     "test_phn_example": ("phn_example.py", "--steps", "300"),
     "test_moml_example": ("moml_example.py", "--steps", "200", "--seeds", "1"),
     "test_forum_example": ("forum_example.py", "--steps", "100"),
+    "test_bayesagg_mtl_example": ("bayesagg_mtl_example.py", "--epochs", "10", "--seeds", "1"),
+    "test_fsdp_launch": ("fsdp_launch.py", "--epochs", "2"),
 }
 HAS_LIGHTNING = importlib.util.find_spec("lightning") is not None
 
@@ -192,3 +194,22 @@ def test_moml_example(output):
 def test_forum_example(output):
     runs = dict(rows(r"^(equal|forum)\s+([\d.]+)", output))
     assert set(runs) == {"equal", "forum"}, output
+
+
+@pytest.mark.slow
+def test_bayesagg_mtl_example(output):
+    found = rows(r"^(equal|bayesagg_mtl\(p=[\d.]+\))\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+) / ([\d.]+)$", output)
+    runs = {row[0]: row[1:] for row in found}
+    assert set(runs) == {"equal", "bayesagg_mtl(p=0)", "bayesagg_mtl(p=0.5)", "bayesagg_mtl(p=1)"}, output
+    assert all(0 < float(r[2]) < 10 for r in runs.values()), output
+    assert float(runs["bayesagg_mtl(p=0)"][3]) == pytest.approx(0.5, abs=1e-3), output  # p = 0: equal weights
+    # p > 0 moves weight to the low-noise tasks 1-3, more so as p grows
+    assert float(runs["bayesagg_mtl(p=1)"][3]) > float(runs["bayesagg_mtl(p=0.5)"][3]) > 0.5, output
+
+
+@pytest.mark.slow
+def test_fsdp_launch(output):
+    assert re.search(r"solver upgrad \(ShardedGramianEngine\), 2 ranks, \d+ steps", output), output
+    total, local = (int(v) for v in re.search(r"parameters: (\d+) in all, (\d+) on rank 0", output).groups())
+    assert local < total, output  # the shared parameters are sharded
+    assert number(r"final test loss ([\d.]+)", output) < 0.95 * number(r"initial test loss ([\d.]+)", output)
