@@ -112,6 +112,7 @@ class MultiTaskLightningMixin:
         *,
         closure: Callable[[], Any] | None = None,
         log: bool = False,
+        present: Any = None,
     ) -> StepDiagnostics | None:
         """Back-propagate the task losses and, at the end of an accumulation cycle, step the optimiser(s).
 
@@ -121,7 +122,9 @@ class MultiTaskLightningMixin:
         the same batch (needed by post-step solvers). ``log=True`` logs the
         step's diagnostics (:meth:`StepDiagnostics.scalars`: losses, weights,
         gradient norms, pairwise cosines, condition number, update norm) as
-        ``mtl/<name>`` with ``self.log_dict``.
+        ``mtl/<name>`` with ``self.log_dict``. ``present`` (a boolean mask
+        over the tasks) drops the absent tasks from this step, as
+        :meth:`MultiTaskBackward.backward` (docs/methods.md#missing-tasks).
         """
         adapter = self.multitask
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
@@ -129,7 +132,7 @@ class MultiTaskLightningMixin:
             if adapter.scaler is not None:
                 raise ValueError("the adapter holds a GradScaler that is not the precision plugin's")
             adapter.scaler = scaler
-        diagnostics = adapter.backward(losses, features)
+        diagnostics = adapter.backward(losses, features, present=present)
         if diagnostics is None:
             return None
         optimizers = self.optimizers()

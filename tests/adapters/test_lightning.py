@@ -206,3 +206,31 @@ def test_log_records_every_diagnostic_of_the_step():
     for i in range(2):
         assert logged[f"weight_{i}"] == pytest.approx(last.weights[i], rel=1e-6)
         assert logged[f"grad_norm_{i}"] == pytest.approx(np.sqrt(last.gramian[i, i]), rel=1e-6)
+
+
+#: task 2 has no labels in every other batch
+MASKS = (np.array([True, True]), np.array([True, False]))
+
+
+class LitMasked(LitTwoTask):
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        losses, _ = self.net(x, y)
+        self.seen.append(self.multitask_step(losses, present=MASKS[batch_idx % 2]))
+
+
+def test_missing_tasks_pass_through_the_mixin():
+    module = LitMasked("upgrad")
+    fit(module, max_steps=4)
+    torch.manual_seed(0)
+    net = TwoTaskNet()
+    adapter = MultiTaskBackward(solver_for("upgrad"), shared=net.trunk)
+    opt = make_optimizer(net)
+    adapter.add_parameters_to(opt)
+    for i, (x, y) in enumerate(loader()):
+        losses, _ = net(x, y)
+        adapter.backward(losses, present=MASKS[i % 2])
+        adapter.step(opt)
+    for a, b in zip(module.net.parameters(), net.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert module.seen[1].weights[1] == 0 and module.seen[0].weights[1] > 0
