@@ -71,6 +71,7 @@ OTHERS = {
     "gradnorm": {"name": "gradnorm"},
     "epo": {"name": "epo"},
     "pmgda": {"name": "pmgda"},
+    "pcd": {"name": "pcd"},
 }
 LEFT_OUT = {"aligned_mtl_ub", "mgda_ub", "modo", "sdmgrad", "krum", "pmtl"}
 
