@@ -11,15 +11,19 @@ import attrs
 from mtlsolve.strategy import StrategySettings
 from mtlsolve.validation import flag, integer_at_least, non_negative, non_negative_int, positive
 
-TASK_TYPES = ("regression",)
+TASK_TYPES = ("regression", "binary", "multiclass")
+
+
+def _task_types(value: Any) -> Any:
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 def _supported_task_type(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value not in TASK_TYPES:
-        raise ValueError(
-            f"only 'regression' tasks are supported (Gaussian likelihood, exact posterior); {value!r} tasks "
-            "need the paper's approximate classification posterior, which is not implemented"
-        )
+    types = value if isinstance(value, tuple) else (value,)
+    if not types or any(not isinstance(t, str) or t not in TASK_TYPES for t in types):
+        raise ValueError(f"task_type must be one of {TASK_TYPES} or a sequence of them, one per task, got {value!r}")
+    if isinstance(value, tuple) and len(value) != instance.num_tasks:
+        raise ValueError(f"task_type has {len(value)} entries for num_tasks={instance.num_tasks}")
 
 
 @attrs.frozen(kw_only=True)
@@ -35,9 +39,19 @@ class BayesAggMTLSettings(StrategySettings):
     paper: ClassVar[str] = "Achituve, Diamant, Netzer, Chechik, Fetaya — ICML 2024 — arXiv 2402.04005"
 
     num_tasks: int = attrs.field(validator=integer_at_least(2))
-    task_type: str = attrs.field(default="regression", validator=_supported_task_type)
+    task_type: str | tuple[str, ...] = attrs.field(
+        default="regression", converter=_task_types, validator=_supported_task_type
+    )
     prior_variance: float = attrs.field(default=1.0, converter=float, validator=positive)
     noise_variance: float = attrs.field(default=1.0, converter=float, validator=positive)
     variance_power: float = attrs.field(default=0.5, converter=float, validator=non_negative)
+    classification_variance_power: float = attrs.field(default=0.5, converter=float, validator=non_negative)
+    mc_samples: int = attrs.field(default=1024, validator=integer_at_least(2))
+    seed: int = attrs.field(default=0, validator=non_negative_int)
     bias: bool = attrs.field(default=False, validator=flag)
     warmup_epochs: int = attrs.field(default=0, validator=non_negative_int)
+
+    @property
+    def task_types(self) -> tuple[str, ...]:
+        """One task type per task."""
+        return self.task_type if isinstance(self.task_type, tuple) else (self.task_type,) * self.num_tasks

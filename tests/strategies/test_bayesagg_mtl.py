@@ -3,7 +3,11 @@ the last-layer posterior against the normal equations with the prior (and the of
 posterior, the previous epoch's posterior as the batch's prior), the gradient moments against Monte-Carlo
 sampling of the head weights and against the official fourth-moment formulas written out, the
 aggregation rule and a whole step against the equations written out, the limiting cases, warm-up,
-checkpoints and bad input."""
+checkpoints and bad input; for classification tasks the Laplace posterior against the MAP of an
+independent optimiser and the autograd Hessian of the log-posterior (and one Newton step away from the
+MAP), the sampled moments against a large Monte-Carlo reference of autograd gradients, a mixed
+regression/binary/multiclass step against the official two-stage computation written out, and a
+bit-identical resume."""
 
 from __future__ import annotations
 
@@ -15,7 +19,14 @@ import torch
 
 import mtlsolve
 from mtlsolve.adapters.strategies import from_config, strategy_class
-from mtlsolve.adapters.strategies.bayesagg_mtl import BayesAggMTL, aggregate, gradient_moments, posterior
+from mtlsolve.adapters.strategies.bayesagg_mtl import (
+    BayesAggMTL,
+    aggregate,
+    gradient_moments,
+    laplace_posterior,
+    posterior,
+    sampled_moments,
+)
 from mtlsolve.errors import InvalidConfigError, InvalidSystemError, NonFiniteError, StateError
 
 D = 4  # feature dimension of the test model
@@ -279,7 +290,10 @@ def test_registered_by_name_and_alias():
     "settings, field",
     [
         ({"num_tasks": 1}, "num_tasks"),
-        ({"num_tasks": 2, "task_type": "binary"}, "task_type"),
+        ({"num_tasks": 2, "task_type": "poisson"}, "task_type"),
+        ({"num_tasks": 2, "task_type": ["binary"]}, "task_type"),
+        ({"num_tasks": 2, "mc_samples": 1}, "mc_samples"),
+        ({"num_tasks": 2, "classification_variance_power": -0.5}, "classification_variance_power"),
         ({"num_tasks": 2, "prior_variance": 0.0}, "prior_variance"),
         ({"num_tasks": 2, "noise_variance": -1.0}, "noise_variance"),
         ({"num_tasks": 2, "variance_power": float("nan")}, "variance_power"),
@@ -289,11 +303,6 @@ def test_registered_by_name_and_alias():
 def test_invalid_settings_raise_invalid_config_error(settings, field):
     with pytest.raises(InvalidConfigError, match=rf"^bayesagg_mtl: .*{field}"):
         mtlsolve.get_strategy("bayesagg_mtl", **settings)
-
-
-def test_classification_is_refused_with_a_clear_message():
-    with pytest.raises(InvalidConfigError, match="only 'regression' tasks are supported"):
-        mtlsolve.get_strategy("bayesagg_mtl", num_tasks=2, task_type="multiclass")
 
 
 def test_bad_input_raises_the_projects_errors():
@@ -319,3 +328,350 @@ def test_bad_input_raises_the_projects_errors():
         flat(torch.zeros(2, 3, D, dtype=torch.float64))
     with pytest.raises(InvalidSystemError, match="does not fit"):
         gradient_moments(torch.zeros(2, 3), torch.zeros(2, 1), torch.zeros(1, 4), torch.eye(4))
+
+
+# ------------------------------------------------------------------ classification tasks
+def neg_log_posterior(theta, phi, labels, kind, n, prior_mean, prior_precision):
+    """−log p(θ | data) up to a constant, with torch's own losses (θ flattened class-major, U = 1 or n = 1)."""
+    W = theta.reshape(-1, n, phi.shape[1])
+    logits = torch.einsum("bp,unp->bun", phi, W)
+    if kind == "binary":
+        nll = torch.nn.functional.binary_cross_entropy_with_logits(logits[..., 0], labels, reduction="sum")
+    else:
+        nll = torch.nn.functional.cross_entropy(logits[:, 0], labels[:, 0].long(), reduction="sum")
+    diff = theta.reshape(prior_mean.shape) - prior_mean
+    return nll + 0.5 * torch.einsum("ui,uij,uj->", diff, prior_precision, diff)
+
+
+def classification_problem(kind, bias, seed, B=30, d=3):
+    g = torch.Generator().manual_seed(seed)
+    phi = torch.randn(B, d, generator=g, dtype=torch.float64)
+    if bias:
+        phi = torch.cat((phi, torch.ones(B, 1, dtype=torch.float64)), dim=1)
+    U, n = (2, 1) if kind == "binary" else (1, 3)
+    labels = (
+        (torch.rand(B, 2, generator=g) < 0.5).double()
+        if kind == "binary"
+        else torch.randint(0, 3, (B, 1), generator=g).double()
+    )
+    A = torch.randn(U, n * phi.shape[1], n * phi.shape[1], generator=g, dtype=torch.float64)
+    prior_precision = A @ A.mT / A.shape[1] + 0.5 * torch.eye(A.shape[1], dtype=torch.float64)
+    prior_mean = 0.3 * torch.randn(U, n * phi.shape[1], generator=g, dtype=torch.float64)
+    return phi, labels, U, n, prior_mean, prior_precision
+
+
+@pytest.mark.parametrize(
+    "kind, bias", [("binary", True), ("binary", False), ("multiclass", True), ("multiclass", False)]
+)
+def test_laplace_posterior_at_the_map_is_the_map_with_the_autograd_hessian(kind, bias):
+    phi, labels, U, n, mu0, lam0 = classification_problem(kind, bias, 11)
+    args = (phi, labels, kind, n, mu0, lam0)
+    theta = torch.zeros(U * n * phi.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [theta], lr=1, max_iter=500, tolerance_grad=1e-13, tolerance_change=0, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = neg_log_posterior(theta, *args)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    map_ = theta.detach()
+    hessian = torch.autograd.functional.hessian(lambda t: neg_log_posterior(t, *args), map_)
+    mean, precision = laplace_posterior(
+        phi, labels, map_.reshape(U, n, -1), kind=kind, prior_mean=mu0, prior_precision=lam0
+    )
+    # the binary outputs are independent: the Hessian is block-diagonal, one block per output
+    blocks = torch.stack(
+        [
+            hessian[u * n * phi.shape[1] :, u * n * phi.shape[1] :][: n * phi.shape[1], : n * phi.shape[1]]
+            for u in range(U)
+        ]
+    )
+    torch.testing.assert_close(precision, blocks, rtol=1e-10, atol=1e-12)
+    if U > 1:
+        off = hessian[: phi.shape[1], phi.shape[1] :]
+        assert torch.all(off == 0)
+    # the step from the optimiser's MAP moves by H⁻¹∇ (≈ 0), the optimiser's residual
+    residual = torch.func.grad(lambda t: neg_log_posterior(t, *args))(map_).norm()
+    bound = float(residual / torch.linalg.eigvalsh(hessian).min())
+    assert bound < 1e-7
+    torch.testing.assert_close(mean.flatten(), map_, rtol=0, atol=2 * bound + 1e-13)
+
+
+@pytest.mark.parametrize("kind", ["binary", "multiclass"])
+def test_laplace_posterior_away_from_the_map_is_one_newton_step(kind):
+    phi, labels, U, n, mu0, lam0 = classification_problem(kind, True, 12)
+    theta0 = torch.randn(U * n * phi.shape[1], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    f = lambda t: neg_log_posterior(t, phi, labels, kind, n, mu0, lam0)  # noqa: E731
+    grad = torch.func.grad(f)(theta0)
+    hessian = torch.autograd.functional.hessian(f, theta0)
+    newton = theta0 - torch.linalg.solve(hessian, grad)
+    mean, precision = laplace_posterior(
+        phi, labels, theta0.reshape(U, n, -1), kind=kind, prior_mean=mu0, prior_precision=lam0
+    )
+    torch.testing.assert_close(mean.flatten(), newton, rtol=1e-10, atol=1e-11)
+    # the head is linear: the precision is the exact Hessian at θ₀ (block-diagonal over binary outputs)
+    torch.testing.assert_close(torch.block_diag(*precision), hessian, rtol=1e-10, atol=1e-12)
+
+
+def autograd_gradients(h, labels, theta, kind, n):
+    """∂NLL/∂h for every sample θ (S, U·n·D) and row of h (B, d): (S, B, U, d), by autograd (bias last)."""
+    S, B, d = theta.shape[0], h.shape[0], h.shape[1]
+    W = theta.reshape(S, -1, n, d + 1)
+    hs = h.expand(S, -1, -1).clone().requires_grad_(True)
+    grads = []
+    for u in range(W.shape[1]):
+        logits = torch.einsum("sbj,scj->sbc", hs, W[:, u, :, :d]) + W[:, u, None, :, d]
+        if kind == "binary":
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits[..., 0], labels[:, u].expand(S, -1), reduction="sum"
+            )
+        else:
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(S * B, n), labels[:, 0].long().repeat(S), reduction="sum"
+            )
+        grads.append(torch.autograd.grad(loss, hs)[0])
+    return torch.stack(grads, dim=2)
+
+
+@pytest.mark.parametrize("kind", ["binary", "multiclass"])
+def test_sampled_moments_match_a_large_monte_carlo_reference(kind):
+    phi, labels, U, n, mean, precision = classification_problem(kind, True, 13, B=4)
+    mean = 2 * mean
+    h = phi[:, :-1]
+    samples = 4096
+    E, V = sampled_moments(
+        phi, labels, mean, precision, kind=kind, dim=3, samples=samples, generator=torch.Generator().manual_seed(5)
+    )
+    # reference: numpy draws from N(μ, Λ⁻¹), autograd gradients
+    rng = np.random.default_rng(6)
+    ref = []
+    for u in range(U):
+        ref.append(rng.multivariate_normal(mean[u].numpy(), np.linalg.inv(precision[u].numpy()), size=200_000))
+    theta = torch.tensor(np.concatenate(ref, axis=1))
+    g = autograd_gradients(h, labels, theta, kind, n)
+    g_mean, g_var = g.mean(dim=0), g.var(dim=0, correction=0)
+    m4 = ((g - g_mean) ** 4).mean(dim=0)
+    se_mean = torch.sqrt(g_var / samples + g_var / len(theta))
+    se_var = torch.sqrt((m4 - g_var**2) * (1 / samples + 1 / len(theta)))
+    assert torch.all((E - g_mean).abs() < 5 * se_mean), ((E - g_mean).abs() / se_mean).max()
+    assert torch.all((V - g_var).abs() < 5 * se_var), ((V - g_var).abs() / se_var).max()
+
+
+def test_a_concentrated_classification_posterior_gives_the_plain_gradient_with_vanishing_variance():
+    phi, labels, U, n, mean, _ = classification_problem("multiclass", True, 14, B=5)
+    precision = 1e14 * torch.eye(mean.shape[1], dtype=torch.float64)[None]
+    E, V = sampled_moments(
+        phi, labels, mean, precision, kind="multiclass", dim=3, samples=64, generator=torch.Generator()
+    )
+    plain = autograd_gradients(phi[:, :-1], labels, mean, "multiclass", n)[0]
+    torch.testing.assert_close(E, plain, rtol=1e-6, atol=1e-6)
+    assert V.max() < 1e-10
+
+
+def make_mixed(init=0, **settings):
+    """A 3 → 4 (tanh) backbone; a regression head, a two-output binary head without bias, a 3-class head."""
+    torch.manual_seed(init)
+    backbone = torch.nn.Sequential(torch.nn.Linear(3, D), torch.nn.Tanh()).double()
+    heads = [torch.nn.Linear(D, 1).double(), torch.nn.Linear(D, 2, bias=False).double(), torch.nn.Linear(D, 3).double()]
+    params = [*backbone.parameters(), *(p for h in heads for p in h.parameters())]
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    types = ("regression", "binary", "multiclass")
+    settings = {"mc_samples": 256, **settings}
+    return BayesAggMTL(backbone=backbone, heads=heads, optimizer=opt, num_tasks=3, task_type=types, **settings)
+
+
+def mixed_batch(seed, n=8):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    y = [torch.randn(n, generator=g, dtype=torch.float64), (torch.rand(n, 2, generator=g) < 0.5).double()]
+    return x, [*y, torch.randint(0, 3, (n,), generator=g)]
+
+
+def mixed_losses(preds, y):
+    return torch.stack(
+        [
+            ((preds[0][:, 0] - y[0]) ** 2).mean(),
+            torch.nn.functional.binary_cross_entropy_with_logits(preds[1], y[1]),
+            torch.nn.functional.cross_entropy(preds[2], y[2]),
+        ]
+    )
+
+
+def run_mixed(ba, seeds):
+    for s in seeds:
+        x, y = mixed_batch(s)
+        ba.step(mixed_losses(ba(x), y), y)
+
+
+def test_a_mixed_step_follows_the_official_two_stage_computation():
+    ba = make_mixed(15, variance_power=0.3, classification_variance_power=0.7, prior_variance=2.0, seed=4)
+    feats, ys = [], []
+    for s in range(3):
+        x, y = mixed_batch(s)
+        preds = ba(x)
+        feats.append(ba._rep.detach().clone())
+        ys.append(y)
+        ba.step(mixed_losses(preds, y), y)
+    ba.end_epoch()
+    x, y = mixed_batch(20)
+    ref = copy.deepcopy((ba.backbone, ba.heads))
+    gen = torch.Generator()
+    gen.set_state(ba._generator.get_state())
+    ba.optimizer.zero_grad()
+    record = ba.backward(mixed_losses(ba(x), y), y)
+    h = ref[0](x)
+    H, Hall = h.detach(), torch.cat(feats)
+    # regression: exact moments under the normal equations with the previous epoch's posterior as prior
+    yall = torch.cat([yy[0] for yy in ys])[:, None]
+    A = np.eye(D) / 2.0 + Hall.numpy().T @ Hall.numpy() + H.numpy().T @ H.numpy()
+    mean = np.linalg.solve(A, Hall.numpy().T @ yall.numpy() + H.numpy().T @ y[0][:, None].numpy()).T
+    E0, V0 = official_moments(H.numpy(), y[0][:, None].numpy(), mean, np.linalg.inv(A))
+    # classification: the epoch's Laplace posterior from N(0, γI) at the current weights, then the batch's
+    Es, Vs = [torch.tensor(E0)], [torch.tensor(V0) ** 0.3]
+    one = lambda a: torch.cat((a, torch.ones(len(a), 1, dtype=a.dtype)), dim=1)  # noqa: E731
+    for t, kind, phi_all, phi, lab_all, lab in (
+        (1, "binary", Hall, H, torch.cat([yy[1] for yy in ys]), y[1]),
+        (2, "multiclass", one(Hall), one(H), torch.cat([yy[2] for yy in ys])[:, None].double(), y[2][:, None].double()),
+    ):
+        head = ref[1][t]
+        W = head.weight.detach() if head.bias is None else torch.cat((head.weight, head.bias[:, None]), 1).detach()
+        W = W[:, None] if kind == "binary" else W[None]
+        U, n, Dd = W.shape
+        prior = (
+            torch.zeros(U, n * Dd, dtype=torch.float64),
+            torch.eye(n * Dd, dtype=torch.float64).expand(U, -1, -1) / 2.0,
+        )
+        m0, l0 = laplace_posterior(phi_all, lab_all, W, kind=kind, prior_mean=prior[0], prior_precision=prior[1])
+        m1, l1 = laplace_posterior(phi, lab, W, kind=kind, prior_mean=m0, prior_precision=l0)
+        E, V = sampled_moments(phi, lab, m1, l1, kind=kind, dim=D, samples=256, generator=gen)
+        Es.append(E)
+        Vs.append(V.clamp(min=1e-8) ** 0.7)
+    E, lam = torch.cat(Es, dim=1), 1 / torch.cat(Vs, dim=1).clamp(min=1e-300)
+    direction = (lam * E).sum(dim=1) / lam.sum(dim=1) / len(H)
+    expected = torch.autograd.grad(h, list(ref[0].parameters()), direction)
+    for p, g in zip(ba.backbone.parameters(), expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-12)
+    shares = lam / lam.sum(dim=1, keepdim=True)
+    want = [shares[:, :1].sum(1).mean(), shares[:, 1:3].sum(1).mean(), shares[:, 3:].sum(1).mean()]
+    np.testing.assert_allclose(record.weights, torch.stack(want).numpy(), rtol=1e-9)
+    head_loss = mixed_losses([hd(h.detach()) for hd in ref[1]], y).sum()
+    head_params = [p for hd in ref[1] for p in hd.parameters()]
+    for p, g in zip([p for hd in ba.heads for p in hd.parameters()], torch.autograd.grad(head_loss, head_params)):
+        torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-14)
+
+
+def test_a_mixed_checkpoint_mid_epoch_resumes_bit_identically():
+    ba = make_mixed(16)
+    run_mixed(ba, range(3))
+    ba.end_epoch()
+    run_mixed(ba, range(3, 5))  # the epoch's classification priors and the generator have moved
+    saved = copy.deepcopy(
+        (ba.state_dict(), ba.backbone.state_dict(), [h.state_dict() for h in ba.heads], ba.optimizer.state_dict())
+    )
+    run_mixed(ba, range(5, 7))
+    ba.end_epoch()
+    run_mixed(ba, range(7, 9))
+    other = make_mixed(99)
+    other.load_state_dict(saved[0])
+    other.backbone.load_state_dict(saved[1])
+    for h, s in zip(other.heads, saved[2]):
+        h.load_state_dict(s)
+    other.optimizer.load_state_dict(saved[3])
+    run_mixed(other, range(5, 7))
+    other.end_epoch()
+    run_mixed(other, range(7, 9))
+    for a, b in zip(ba.backbone.parameters(), other.backbone.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(ba.heads, other.heads):
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert torch.equal(ba._generator.get_state(), other._generator.get_state())
+    # without the generator's state the Monte-Carlo draws, and so the run, would differ
+    third = make_mixed(99)
+    state = dict(saved[0])
+    state["generator"] = torch.Generator().manual_seed(1).get_state()
+    third.load_state_dict(state)
+    third.backbone.load_state_dict(saved[1])
+    for h, s in zip(third.heads, saved[2]):
+        h.load_state_dict(s)
+    third.optimizer.load_state_dict(saved[3])
+    run_mixed(third, range(5, 7))
+    assert not all(torch.equal(a, b) for a, b in zip(ba.backbone.parameters(), third.backbone.parameters()))
+
+
+def test_bad_classification_input_raises_the_projects_errors():
+    ba = make_mixed(17)
+    x, y = mixed_batch(0)
+    preds = ba(x)
+    losses = mixed_losses(preds, y)
+    with pytest.raises(InvalidSystemError, match="multiclass task 2's targets must be integer"):
+        ba.backward(losses, [y[0], y[1], y[2].double()])
+    with pytest.raises(InvalidSystemError, match=r"must lie in \[0, 3\)"):
+        ba.backward(losses, [y[0], y[1], y[2] + 3])
+    with pytest.raises(InvalidSystemError, match=r"binary task 1's targets must lie in \[0, 1\]"):
+        ba.backward(losses, [y[0], 2 * y[1] - 1, y[2]])
+    backbone, opt = ba.backbone, ba.optimizer
+    seq = torch.nn.Sequential(torch.nn.Linear(D, 3))
+    with pytest.raises(InvalidConfigError, match="task 0 is binary: its head must be a torch.nn.Linear"):
+        BayesAggMTL(backbone=backbone, heads=[seq, seq], optimizer=opt, num_tasks=2, task_type="binary")
+    with pytest.raises(InvalidConfigError, match="multiclass task 0 has 1 output"):
+        BayesAggMTL(
+            backbone=backbone, heads=[torch.nn.Linear(D, 1)] * 2, optimizer=opt, num_tasks=2, task_type="multiclass"
+        )
+    with pytest.raises(NonFiniteError, match="not positive definite"):
+        laplace_posterior(
+            torch.ones(2, 2, dtype=torch.float64),
+            torch.ones(2, 1, dtype=torch.float64),
+            torch.zeros(1, 1, 2, dtype=torch.float64),
+            kind="binary",
+            prior_mean=torch.zeros(1, 2, dtype=torch.float64),
+            prior_precision=torch.full((1, 2, 2), float("nan"), dtype=torch.float64),
+        )
+
+
+def test_the_epoch_prior_is_laplace_at_the_weights_of_the_epochs_first_aggregated_step():
+    ba = make_mixed(18, prior_variance=0.5)
+    feats, labels = [], []
+    for s in range(2):
+        x, y = mixed_batch(s)
+        preds = ba(x)
+        feats.append(ba._rep.detach().clone())
+        labels.append(y[2])
+        ba.step(mixed_losses(preds, y), y)
+    ba.end_epoch()
+    head = ba.heads[2]
+    first = torch.cat((head.weight, head.bias[:, None]), 1).detach()[None].clone()
+    run_mixed(ba, [5])  # the first step of the epoch fixes the prior; the heads then move
+    now = torch.cat((head.weight, head.bias[:, None]), 1).detach()[None]
+    assert not torch.equal(first, now)
+    x, y = mixed_batch(6)
+    with torch.no_grad():
+        h = ba.backbone(x)
+    one = lambda a: torch.cat((a, torch.ones(len(a), 1, dtype=a.dtype)), dim=1)  # noqa: E731
+    eye = torch.eye(first[0].numel(), dtype=torch.float64)[None] / 0.5
+    lab_all = torch.cat(labels)[:, None].double()
+    m0, l0 = laplace_posterior(
+        one(torch.cat(feats)), lab_all, first, kind="multiclass", prior_mean=0 * eye[:, 0], prior_precision=eye
+    )
+    ref = laplace_posterior(one(h), y[2][:, None].double(), now, kind="multiclass", prior_mean=m0, prior_precision=l0)
+    got = ba.classification_posterior(2, h, y[2][:, None].double())
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_regression_checkpoint_without_classification_state_loads_and_a_mixed_one_must_have_it():
+    ba = make(19)
+    run(ba, range(2))
+    old = {
+        k: v
+        for k, v in ba.state_dict().items()
+        if k in ("gram", "cross", "prior_gram", "prior_cross", "steps", "epochs")
+    }
+    other = make(19)
+    other.load_state_dict(old)
+    assert torch.equal(other.state_dict()["gram"], ba.state_dict()["gram"]) and other.steps == 2
+    with pytest.raises(StateError, match="lacks.*generator"):
+        make_mixed().load_state_dict(old)
