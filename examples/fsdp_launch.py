@@ -2,6 +2,7 @@
 
     python examples/fsdp_launch.py                          # upgrad, spawns 2 processes
     torchrun --nproc-per-node 2 examples/fsdp_launch.py     # the same under torchrun
+    accelerate launch --num_processes 2 --cpu examples/fsdp_launch.py   # or Hugging Face accelerate
     python examples/fsdp_launch.py --solver famo            # any solver the sharded engine serves
 
 Each rank holds a shard of every parameter and half of every global batch.

@@ -6,7 +6,10 @@ The columns are data parallelism (``distributed=``, exact for every solver:
 what the solver reads is reduced before it runs), FSDP2 and tensor
 parallelism (shared parameters that are DTensors: exact through the m x m
 all-reduce of partial Gramians for solvers whose ``shards`` is "gramian", one
-backward for "losses" and "none", refused for "matrix"), mixed precision with
+backward for "losses" and "none", each rank on its own columns of G for
+"coordinate", refused for "matrix" unless G is gathered; Gramian solvers in
+representation mode need every rank to hold its own batch rows, which tensor
+parallelism does not), mixed precision with
 a GradScaler, and gradient accumulation. The adapters refuse exactly the
 cells this module marks "refused" or "opt-in" (without the opt-in); tests/test_compatibility.py
 checks it.
@@ -22,9 +25,7 @@ from mtlsolve.solver import Capabilities, Need
 COLUMNS = ("DDP", "FSDP2", "TP", "AMP", "accumulation")
 
 
-def sharded_refusal(
-    caps: Capabilities, grads: str | None = None, accumulation_steps: int = 1, gather: bool = False
-) -> str | None:
+def sharded_refusal(caps: Capabilities, grads: str | None = None, gather: bool = False) -> str | None:
     """Why shared parameters that are DTensors (FSDP2, tensor parallelism) cannot serve a solver, or None.
 
     ``gather``: the user opted in to gathering the full G on every rank for solvers that read it."""
@@ -35,10 +36,10 @@ def sharded_refusal(
             "the Gramian or the losses"
         )
     grads = grads or caps.grads or "shared"
-    if grads != "shared":
-        return f"needs grads={grads!r}; sharded (DTensor) parameters support the shared gradients only"
-    if accumulation_steps > 1:
-        return "gradient accumulation is not supported on sharded (DTensor) parameters"
+    if grads == "representation" and caps.shards not in ("none", "losses", "gramian"):
+        return "reads the matrix of feature gradients; sharded (DTensor) parameters give Gramian solvers only"
+    if grads not in ("shared", "representation"):
+        return f"needs grads={grads!r}; sharded (DTensor) parameters support the shared and representation gradients"
     if caps.batches > 1:
         return f"reads {caps.batches} batches a step; sharded (DTensor) parameters support one"
     return None
@@ -64,7 +65,7 @@ class Row:
 
 
 def _cells(caps: Capabilities) -> tuple[str, ...]:
-    if caps.shards == "matrix":
+    if caps.shards in ("coordinate", "matrix"):
         ddp = "exact: G all-reduced"
     elif caps.shards == "gramian":
         ddp = {"representation": "exact: K of features", "last_shared": "exact: default schedule"}.get(
@@ -74,7 +75,11 @@ def _cells(caps: Capabilities) -> tuple[str, ...]:
         ddp = "exact: losses averaged"
     refusal = sharded_refusal(caps)
     if refusal is None:
-        sharded = "exact: m x m all-reduce" if caps.shards == "gramian" else "exact: one backward"
+        sharded = {"gramian": "exact: m x m all-reduce", "coordinate": "exact: own columns of G"}.get(
+            caps.shards, "exact: one backward"
+        )
+        if caps.grads == "representation" and caps.shards == "gramian":
+            sharded = "exact: K of features"
     else:
         sharded = "opt-in: G gathered" if caps.shards == "matrix" else "refused: " + refusal.split(";")[0]
     accumulation = accumulation_refusal(caps)
@@ -84,7 +89,10 @@ def _cells(caps: Capabilities) -> tuple[str, ...]:
         accumulation = "yes: objective per micro-batch"
     else:
         accumulation = "yes: mean of G held"
-    return (ddp, sharded, sharded, "yes", accumulation)
+    tp = sharded
+    if sharded == "exact: K of features":  # the engine checks at each step that the ranks' features differ
+        tp = "refused at the step: ranks hold the same features"
+    return (ddp, sharded, tp, "yes", accumulation)
 
 
 def rows(registry=None, *, distribution: str | None = None) -> list[Row]:

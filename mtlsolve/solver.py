@@ -63,8 +63,9 @@ FAMILIES: Mapping[str, str] = MappingProxyType(
 #: the gradients a solver may be defined on (:attr:`Capabilities.grads`)
 GRADIENTS = ("shared", "representation", "last_shared")
 #: what a sharded engine gathers from the parameter shards before a solve, least to most
-#: (:attr:`Capabilities.shards`)
-SHARDS = ("none", "losses", "gramian", "matrix")
+#: (:attr:`Capabilities.shards`); "coordinate" gathers nothing of G: the solver reads G column
+#: by column, so each rank runs it on its own columns
+SHARDS = ("none", "losses", "gramian", "coordinate", "matrix")
 #: the class attributes a solver declares its training-loop capabilities with
 #: (:meth:`Capabilities.declared_by` reads them; ``learnable`` comes from ``parameter_state``)
 DECLARATIONS = ("needs", "grads", "batches", "stateful", "randomized", "post_step", "post_step_losses", "shards")
@@ -131,8 +132,12 @@ class Capabilities:
     ``shards`` says what an engine that splits the shared parameters into shards G = [G_1 … G_S]
     gathers before the solve: "matrix" the full rows of G; "gramian" only the partial Gramians
     G_s G_sᵀ, summed into K, each shard then applying d_s = G_sᵀw; "losses" only the loss vector
-    (the update is one backward of Σ w_i L_i); "none" nothing. By default the least that
-    ``needs`` allows (:func:`shards_for`); a declaration gathering less than that is refused.
+    (the update is one backward of Σ w_i L_i); "none" nothing. "coordinate" is a promise of a
+    solver reading G (and not K): coordinate j of its direction depends on column j of G
+    alone, deterministically, and its state (if any) is per coordinate too; each rank then runs
+    it on its own columns G_s and writes the d_s it returns, with no gather. By default the
+    least that ``needs`` allows (:func:`shards_for`); a declaration gathering less than that is
+    refused.
     Invalid values raise :class:`~mtlsolve.errors.InvalidConfigError`.
     """
 
@@ -160,7 +165,13 @@ class Capabilities:
 
     def __attrs_post_init__(self) -> None:
         least = shards_for(self.needs)
-        if SHARDS.index(self.shards) < SHARDS.index(least):
+        if self.shards == "coordinate":
+            if Need.MATRIX not in self.needs or Need.GRAMIAN in self.needs or self.randomized:
+                raise InvalidConfigError(
+                    "shards='coordinate' declares a deterministic solver that reads G column by column: it "
+                    "needs the matrix, not the Gramian, and draws no random numbers"
+                )
+        elif SHARDS.index(self.shards) < SHARDS.index(least):
             needs = sorted(n.value for n in self.needs)
             raise InvalidConfigError(
                 f"shards={self.shards!r} gathers too little for a solver reading {needs}: at least {least!r}"

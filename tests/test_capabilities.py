@@ -83,9 +83,10 @@ def test_shards_default_to_the_least_the_needs_allow():
     expected = {"graddrop": "matrix", "mgda": "gramian", "imtl_hybrid": "gramian", "uw": "losses", "ls": "none"}
     for name, shards in expected.items():
         assert ENTRIES[name].cls.capabilities.shards == shards, name
-    assert [shards_for(frozenset(n)) for n in ([], [Need.LOSSES], [Need.GRAMIAN, Need.LOSSES], [Need.MATRIX])] == list(
-        SHARDS
-    )
+    assert [shards_for(frozenset(n)) for n in ([], [Need.LOSSES], [Need.GRAMIAN, Need.LOSSES], [Need.MATRIX])] == [
+        s for s in SHARDS if s != "coordinate"
+    ]
+    assert ENTRIES["trimmed_mean"].cls.capabilities.shards == "coordinate"  # declared: no default gives it
 
 
 # ------------------------------------------------------------------ cr_mogm
@@ -195,6 +196,9 @@ def test_the_registry_refuses_invalid_declarations():
         ({"shards": "rows"}, "shards must be one of"),
         ({"needs": {Need.MATRIX}, "shards": "gramian"}, "at least 'matrix'"),
         ({"needs": {Need.LOSSES}, "shards": "none"}, "at least 'losses'"),
+        ({"needs": {Need.GRAMIAN}, "shards": "coordinate"}, "column by column"),
+        ({"needs": {Need.MATRIX, Need.GRAMIAN}, "shards": "coordinate"}, "column by column"),
+        ({"needs": {Need.MATRIX}, "shards": "coordinate", "randomized": True}, "no random numbers"),
         ({"batches": 3, "grads": "representation"}, "one batch"),
     ],
     ids=str,

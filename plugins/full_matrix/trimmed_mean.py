@@ -28,6 +28,8 @@ class TrimmedMean(Solver):
     aliases: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     family: ClassVar[str] = "FM"
     needs: ClassVar[frozenset[Need]] = frozenset({Need.MATRIX})
+    #: coordinate j of d is read off column j of G alone: each rank trims its own shard's columns
+    shards: ClassVar[str | None] = "coordinate"
     properties: ClassVar[frozenset[str]] = frozenset({"permutation_equivariant", "positive_homogeneous"})
     paper: ClassVar[str] = "Yin, Chen, Ramchandran, Bartlett — ICML 2018 — arXiv 1803.01498"
 

@@ -5,8 +5,9 @@ blocks of uneven sizes and on the root, which holds a weight tied between the in
 output projection) and a tensor-parallel Linear stack (colwise then rowwise, with a norm whose
 parameters are replicated on the mesh). Each rank's K, weights and parameters after three SGD
 steps are compared with a single process on the whole batch: a Gramian solver, a stateful one
-checkpointed and resumed mid-run, a loss weighting with learnable parameters, and a solver that
-reads G (refused, and exact once the adapter opts in to gathering G). The single-process Gramian
+checkpointed and resumed mid-run, a loss weighting with learnable parameters, a coordinate-wise
+solver (the trimmed mean, run on each rank's own columns of G), and a solver that reads G
+(refused, and exact once the adapter opts in to gathering G). The single-process Gramian
 is also checked against per-task ``torch.autograd.grad`` (an independent reference of K).
 """
 
@@ -15,6 +16,9 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +36,8 @@ WORLDS = [2, pytest.param(4, marks=pytest.mark.slow)]
 GLOBAL_BATCH = 8
 STEPS = 3
 M = 3
+#: micro-batches a step in the configurations with gradient accumulation
+MICRO = 2
 
 #: name -> (solver factory, model kind, checkpoint after this many steps or None)
 CONFIGS = {
@@ -40,8 +46,17 @@ CONFIGS = {
     "fsdp_learned_scale": (lambda: LearnedScale(m=M), "fsdp", None),
     "tp_upgrad": (lambda: mtlsolve.get("upgrad"), "tp", None),
     "tp_mgda": (lambda: mtlsolve.get("mgda"), "tp", None),
-    "fsdp_trimmed_mean_gathered": (lambda: mtlsolve.get("trimmed_mean", trim_number=1), "fsdp", None),
-    "tp_trimmed_mean_gathered": (lambda: mtlsolve.get("trimmed_mean", trim_number=1), "tp", None),
+    "fsdp_trimmed_mean": (lambda: mtlsolve.get("trimmed_mean", trim_number=1), "fsdp", None),
+    "tp_trimmed_mean": (lambda: mtlsolve.get("trimmed_mean", trim_number=1), "tp", None),
+    "fsdp_upgrad_accumulated": (lambda: mtlsolve.get("upgrad"), "fsdp", None),
+    "fsdp_nash_mtl_resumed_accumulated": (lambda: mtlsolve.get("nash_mtl"), "fsdp", 1),
+    "fsdp_learned_scale_accumulated": (lambda: LearnedScale(m=M), "fsdp", None),
+    "fsdp_trimmed_mean_accumulated": (lambda: mtlsolve.get("trimmed_mean", trim_number=1), "fsdp", None),
+    "tp_upgrad_accumulated": (lambda: mtlsolve.get("upgrad"), "tp", None),
+    "fsdp_mgda_ub": (lambda: mtlsolve.get("mgda_ub"), "fsdp", None),
+    "fsdp_aligned_mtl_ub": (lambda: mtlsolve.get("aligned_mtl_ub"), "fsdp", None),
+    "fsdp_excess_mtl_gathered": (lambda: mtlsolve.get("excess_mtl"), "fsdp", None),
+    "tp_excess_mtl_gathered": (lambda: mtlsolve.get("excess_mtl"), "tp", None),
 }
 
 
@@ -67,12 +82,13 @@ class FSDPNet(torch.nn.Module):
     def shared(self) -> list[torch.nn.Module]:
         return [self.embed, self.blocks]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, with_features: bool = False):
         z = torch.tanh(self.embed(x))
         for block in self.blocks:
             z = block(z)
-        r = z @ self.embed.weight  # the tied weight, transposed
-        return [head(r).squeeze(-1) for head in self.heads]
+        r = z @ self.embed.weight  # the tied weight, transposed: the features H of representation mode
+        outputs = [head(r).squeeze(-1) for head in self.heads]
+        return (outputs, r) if with_features else outputs
 
 
 class TPNet(torch.nn.Module):
@@ -88,9 +104,10 @@ class TPNet(torch.nn.Module):
     def shared(self) -> list[torch.nn.Module]:
         return [self.up, self.down, self.norm]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, with_features: bool = False):
         z = self.norm(self.down(torch.tanh(self.up(x))))
-        return [head(z).squeeze(-1) for head in self.heads]
+        outputs = [head(z).squeeze(-1) for head in self.heads]
+        return (outputs, z) if with_features else outputs
 
 
 def data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,23 +155,31 @@ def full(p: torch.Tensor) -> np.ndarray:
 
 
 def train(name: str, rank: int | None) -> dict[str, np.ndarray]:
-    """Train one configuration; rank None is the single process on the whole batch."""
+    """Train one configuration; rank None is the single process on the whole batch. A name ending in
+    "accumulated" takes each step's batch in MICRO micro-batches (the same rows on one process)."""
     make_solver, kind, resume_after = CONFIGS[name]
+    micro = MICRO if name.endswith("accumulated") else 1
     net = build(kind, rank)
     adapter_class = Gathering if name.endswith("gathered") and rank is not None else MultiTaskBackward
-    adapter = adapter_class(make_solver(), shared=net.shared())
+    make_adapter = functools.partial(adapter_class, shared=net.shared(), accumulation_steps=micro)
+    adapter = make_adapter(make_solver())
     opt = torch.optim.SGD(list(net.parameters()) + adapter.parameters(), lr=0.1)
     out: dict[str, np.ndarray] = {}
     for step in range(STEPS):
         if resume_after is not None and step == resume_after:
             state = adapter.state_dict()
-            adapter = adapter_class(make_solver(), shared=net.shared())
+            adapter = make_adapter(make_solver())
             adapter.load_state_dict(state)
-        x, y = data(step)
-        if rank is not None and kind == "fsdp":  # data parallel: each rank its share
-            share = GLOBAL_BATCH // dist.get_world_size()
-            x, y = x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]
-        diagnostics = adapter.backward(task_losses(net(x), y))
+        for xs, ys in zip(*(part.chunk(micro) for part in data(step))):
+            x, y = xs, ys
+            if rank is not None and kind == "fsdp":  # data parallel: each rank its share
+                share = len(xs) // dist.get_world_size()
+                x, y = xs[rank * share : (rank + 1) * share], ys[rank * share : (rank + 1) * share]
+            if adapter.grads == "representation":
+                outputs, H = net(x, with_features=True)
+                diagnostics = adapter.backward(task_losses(outputs, y), features=H)
+            else:
+                diagnostics = adapter.backward(task_losses(net(x), y))
         out[f"losses{step}"] = diagnostics.losses
         if diagnostics.weights is not None:
             out[f"weights{step}"] = diagnostics.weights
@@ -193,16 +218,45 @@ def refusals(rank: int) -> dict[str, str]:
     return out
 
 
-def measured_bytes(rank: int) -> dict[str, int]:
+def replicated_features(rank: int) -> str:
+    """The message refusing representation mode under tensor parallelism, whose ranks hold the same batch."""
+    net = build("tp", rank)
+    adapter = MultiTaskBackward("mgda_ub", shared=net.shared())
+    x, y = data(0)
+    outputs, H = net(x, with_features=True)
+    try:
+        adapter.backward(task_losses(outputs, y), features=H)
+    except InvalidConfigError as exc:
+        assert all(p.grad is None for p in net.parameters())
+        return str(exc)
+    return ""
+
+
+def measured_bytes(rank: int, solver="upgrad") -> dict[str, int]:
     """The sharded engine's own collectives in one step (FSDP2's are counted apart)."""
     net = build("fsdp", rank)
-    adapter = MultiTaskBackward("upgrad", shared=net.shared())
+    adapter = MultiTaskBackward(solver, shared=net.shared())
     x, y = data(0)
     share = GLOBAL_BATCH // dist.get_world_size()
-    losses = task_losses(net(x[rank * share : (rank + 1) * share]), y[rank * share : (rank + 1) * share])
+    outputs, H = net(x[rank * share : (rank + 1) * share], with_features=True)
+    losses = task_losses(outputs, y[rank * share : (rank + 1) * share])
     with comm.count() as counter:
-        adapter.backward(losses)
+        adapter.backward(losses, features=H if adapter.grads == "representation" else None)
     return {name: [c.bytes for c in counter.calls if c.name == name] for name in counter.totals()}
+
+
+def accumulated_bytes(rank: int) -> list[int]:
+    """The sharded engine's all-reduces over one step of MICRO micro-batches (upgrad)."""
+    net = build("fsdp", rank)
+    adapter = MultiTaskBackward("upgrad", shared=net.shared(), accumulation_steps=MICRO)
+    x, y = data(0)
+    with comm.count() as counter:
+        for xs, ys in zip(x.chunk(MICRO), y.chunk(MICRO)):
+            share = len(xs) // dist.get_world_size()
+            adapter.backward(
+                task_losses(net(xs[rank * share : (rank + 1) * share]), ys[rank * share : (rank + 1) * share])
+            )
+    return [c.bytes for c in counter.calls if c.name == "all_reduce"]
 
 
 def _worker(rank: int, world: int, port: int, outdir: str) -> None:
@@ -213,7 +267,11 @@ def _worker(rank: int, world: int, port: int, outdir: str) -> None:
     try:
         results = {name: train(name, rank) for name in CONFIGS}
         results["refusals"] = refusals(rank)
+        results["replicated_features"] = replicated_features(rank)
         results["bytes"] = measured_bytes(rank)
+        results["coordinate_bytes"] = measured_bytes(rank, mtlsolve.get("trimmed_mean", trim_number=1))
+        results["representation_bytes"] = measured_bytes(rank, "mgda_ub")
+        results["accumulated_bytes"] = accumulated_bytes(rank)
         torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -255,7 +313,7 @@ def test_the_sharded_gramian_is_the_gramian_of_the_whole_batch(ranks):
 
 def test_solvers_that_read_the_global_matrix_are_refused(ranks):
     for rank in ranks:
-        assert set(rank["refusals"]) == {"graddrop", "trimmed_mean", "excess_mtl"}
+        assert set(rank["refusals"]) == {"graddrop", "excess_mtl"}  # the trimmed mean runs on its own columns
         assert all("global matrix G" in message for message in rank["refusals"].values())
 
 
@@ -271,5 +329,55 @@ def test_the_step_sends_an_m_by_m_all_reduce_and_m_reduce_scatters_of_each_shard
     groups.append(list(net.embed.parameters()) + list(net.heads.parameters()))  # the root's own
     per_task = sorted(8 * padded(group) for group in groups)
     for rank in ranks:
-        assert rank["bytes"]["all_reduce"] == [8 * M * M, 8 * M]
+        assert sorted(rank["bytes"]["all_reduce"]) == [8 * M, 8 * M * M]
         assert sorted(rank["bytes"]["reduce_scatter_single"]) == sorted(per_task * M)
+
+
+def test_a_coordinate_wise_solver_sends_k_the_losses_and_the_norm_only(ranks):
+    """The trimmed mean gathers nothing of G: the engine sends K (m x m), the m losses and ‖d‖², float64."""
+    for rank in ranks:
+        assert sorted(rank["coordinate_bytes"]["all_reduce"]) == [8, 8 * M, 8 * M * M]
+        fsdp = {name: calls for name, calls in rank["bytes"].items() if name != "all_reduce"}
+        assert {name: calls for name, calls in rank["coordinate_bytes"].items() if name != "all_reduce"} == fsdp
+
+
+def test_representation_mode_sends_k_the_losses_and_a_fingerprint_per_rank(ranks):
+    """mgda_ub: K of the feature gradients (m x m), the m losses, two float64 numbers per rank
+    checking that the ranks hold their own rows; FSDP2 then runs one backward (one reduce-scatter
+    of every fully_shard group) instead of m."""
+    groups = 1 + len(build("fsdp", None).blocks)
+    for rank in ranks:
+        sent = rank["representation_bytes"]
+        assert sorted(sent["all_reduce"]) == [8 * M, 8 * M * M]
+        assert sent["all_gather"] == [16]
+        assert len(sent["reduce_scatter_single"]) == groups
+        assert sorted(sent["reduce_scatter_single"] * M) == sorted(rank["bytes"]["reduce_scatter_single"])
+
+
+def test_representation_mode_refuses_features_replicated_across_tensor_parallel_ranks(ranks):
+    for rank in ranks:
+        assert "its own batch rows" in rank["replicated_features"]
+
+
+@pytest.mark.slow
+def test_the_fsdp_example_trains_under_accelerate_launch():
+    """``accelerate launch --num_processes 2 --cpu`` starts the example's two gloo ranks (accelerate is optional)."""
+    pytest.importorskip("accelerate", reason="accelerate (the 'distributed' extra) is not installed")
+    example = Path(__file__).resolve().parents[2] / "examples" / "fsdp_launch.py"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*launch, str(example), "--epochs", "1"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = dict(line.split(" test loss ") for line in done.stdout.splitlines() if " test loss " in line)
+    assert "ShardedGramianEngine), 2 ranks" in done.stdout
+    assert float(lines["final"]) < float(lines["initial"])
+
+
+def test_accumulation_all_reduces_k_once_per_step(ranks):
+    """The per-task shards are held over the micro-batches (m·n/R numbers): K of their sum and the mean losses
+    are all-reduced once, at the last micro-batch."""
+    for rank in ranks:
+        assert sorted(rank["accumulated_bytes"]) == [8 * M, 8 * M * M]
