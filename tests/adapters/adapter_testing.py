@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import attrs
 import numpy as np
+import pytest
 import torch
 
 from mtlsolve.solver import GramianWeighting, Need, Result, Solver
@@ -159,3 +161,23 @@ def per_task(losses: torch.Tensor, params: list[torch.Tensor]) -> np.ndarray:
 
 def flat_grad(params: list[torch.Tensor]) -> np.ndarray:
     return torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params]).double().numpy()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a gloo rendezvous."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_ranks(worker, world: int, outdir) -> list:
+    """Run ``worker(rank, world, port, outdir)`` on ``world`` spawned processes (each saves
+    ``rank{r}.pt`` under ``outdir``) and return what every rank saved; skips without gloo."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    torch.multiprocessing.spawn(worker, args=(world, free_port(), str(outdir)), nprocs=world, join=True)
+    return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False) for r in range(world)]

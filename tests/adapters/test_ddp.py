@@ -4,14 +4,13 @@ Gramian schedule; :mod:`mtlsolve.adapters.comm` checks the bytes each schedule s
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 
-from adapter_testing import LearnedScale, NoisyAverage, NormWeighting, SignMask, TwoTaskNet, data
+from adapter_testing import LearnedScale, NoisyAverage, NormWeighting, SignMask, TwoTaskNet, data, spawn_ranks
 from mtlsolve.adapters import MultiTaskBackward, comm
 from mtlsolve.adapters.ddp import ReduceScatter
 from mtlsolve.plugins.loss_weighting.ls import LinearScalarization
@@ -108,20 +107,9 @@ def _worker(rank: int, world: int, port: int, outdir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=WORLDS, ids=lambda world: f"{world}ranks")
 def ranks(request, tmp_path_factory):
-    world = request.param
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    outdir = tmp_path_factory.mktemp("ddp")
-    torch.multiprocessing.spawn(_worker, args=(world, _free_port(), str(outdir)), nprocs=world, join=True)
-    return [torch.load(outdir / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    return spawn_ranks(_worker, request.param, tmp_path_factory.mktemp("ddp"))
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

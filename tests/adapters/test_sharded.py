@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 import mtlsolve
-from adapter_testing import LearnedScale
+from adapter_testing import LearnedScale, spawn_ranks
 from mtlsolve.adapters import MultiTaskBackward, comm
 from mtlsolve.adapters.engines import ShardedGramianEngine
 from mtlsolve.errors import InvalidConfigError
@@ -277,20 +276,9 @@ def _worker(rank: int, world: int, port: int, outdir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=WORLDS, ids=lambda world: f"{world}ranks")
 def ranks(request, tmp_path_factory):
-    world = request.param
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    outdir = tmp_path_factory.mktemp("sharded")
-    torch.multiprocessing.spawn(_worker, args=(world, _free_port(), str(outdir)), nprocs=world, join=True)
-    return [torch.load(outdir / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    return spawn_ranks(_worker, request.param, tmp_path_factory.mktemp("sharded"))
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
